@@ -1,0 +1,79 @@
+# sophon-sd-kit: control-node entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+ML_VENV := .venv-ml
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Podman settings that work without CAP_SYS_RESOURCE (see tests/hosts/containers.conf).
+export CONTAINERS_CONF ?= $(CURDIR)/tests/hosts/containers.conf
+
+INVENTORY ?= inventory/example/hosts.yml
+LIMIT ?= all
+# The fleet's dependency profile: a file in roles/sophon_venv/files/constraints/ (without .txt).
+PROFILE ?= torch-2.1.0-py3.10
+BUNDLE := bundle
+TEST_PROFILE := torch-2.13.0-py3.11
+SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
+TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
+
+.PHONY: help setup wheelhouse provision verify lint test unit molecule test-image clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Build the control node's .venv (ansible, molecule, testinfra, linters)
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+wheelhouse: $(BUNDLE)/.wheelhouse-$(PROFILE) ## Download the fleet's wheels and the three source archives into bundle/ (PROFILE=...)
+roles/sophon_venv/files/constraints/%.txt:
+	@echo "no constraints file $@: pick PROFILE from roles/sophon_venv/files/constraints/"; exit 2
+# The constraints file is the whole, closed dependency set: downloading each entry with --no-deps
+# gives exactly the wheels the hosts install, for the fleet's Python rather than this machine's.
+$(BUNDLE)/.wheelhouse-%: roles/sophon_venv/files/constraints/%.txt
+	pip download --quiet --no-deps --only-binary=:all: --dest $(BUNDLE)/wheelhouse \
+	  --python-version $(lastword $(subst -py, ,$*)) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64 \
+	  -r $<
+	pip download --quiet --no-deps --no-binary=:all: --dest $(BUNDLE)/sources $(SOURCES)
+	tar -C $(BUNDLE)/wheelhouse -cf $(BUNDLE)/wheelhouse.tar .
+	@echo "wheelhouse for $*: $$(ls $(BUNDLE)/wheelhouse | wc -l) files in $(BUNDLE)/wheelhouse, pushed to hosts as $(BUNDLE)/wheelhouse.tar"
+	touch $@
+
+provision: setup ## Provision INVENTORY (default: the example fleet), optionally LIMIT=host1,host2
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/site.yml
+
+verify: setup ## Run the testinfra checks of the installed state against INVENTORY
+	pytest -p no:cacheprovider tests/testinfra --ansible-inventory=$(INVENTORY) --hosts='$(LIMIT)' --connection=ansible
+
+lint: setup ## ansible-lint (production profile) and yamllint
+	ansible-lint --profile production
+	yamllint --strict .
+
+$(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
+	python3 -m venv $(ML_VENV)
+	$(ML_VENV)/bin/pip install --quiet --no-index --find-links $(BUNDLE)/wheelhouse \
+	  -c $< -r $< $(addprefix $(BUNDLE)/sources/,$(subst ==,-,$(SOURCES:=.tar.gz)))
+	$(ML_VENV)/bin/pip install --quiet pytest==9.2.0
+	touch $@
+
+unit: $(ML_VENV)/.installed ## Unit tests of the patches and runners (no containers)
+	$(ML_VENV)/bin/python -m pytest -q tests/unit
+
+test-image: ## Build the Debian 12 test-host image (debootstrap + podman import)
+	tests/hosts/build-image.sh $(TEST_IMAGE)
+
+molecule: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## Molecule scenarios on podman hosts
+	tests/hosts/make-upstream-repos.sh $(BUNDLE)/sources build/upstream-git
+	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/build/upstream-git molecule test --all
+
+test: lint unit molecule ## Every test: lint, unit tests, Molecule scenarios
+
+clean: ## Remove build outputs and test containers (keeps bundle/ and the venvs)
+	rm -rf build

@@ -1,0 +1,139 @@
+"""Bad input to playbooks/site.yml: each stops the play with one clear message, leaves the host
+as it was or resumable, and a rerun after the fix completes.
+
+The tests share one host and run in file order: the venv one test builds is reused by the next.
+"""
+
+import hashlib
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+UPSTREAM_GIT = REPO / "build/upstream-git"
+# A 64 MB filesystem to fill: torch alone is several hundred MB.
+PODMAN_OPTIONS = ["--tmpfs", "/opt/tiny:size=64m", "-v", f"{UPSTREAM_GIT}:/srv/upstream:ro"]
+SRC = "/opt/sophon-sd/src"
+ACCELERATOR_PY = f"{SRC}/accelerate/src/accelerate/accelerator.py"
+
+
+@pytest.fixture(scope="module")
+def git_vars() -> dict:
+    """Git mode against the local stand-ins of the upstream repositories."""
+    import yaml
+
+    libraries = yaml.safe_load((UPSTREAM_GIT / "libraries.yml").read_text())["sophon_upstream_libraries"]
+    return {"sophon_upstream_source": "git", "sophon_upstream_git_base_url": "file:///srv/upstream",
+            "sophon_upstream_libraries": libraries}
+
+
+def with_library(git_vars: dict, name: str, **changes) -> dict:
+    libraries = [dict(lib, **changes) if lib["name"] == name else lib for lib in git_vars["sophon_upstream_libraries"]]
+    return {**git_vars, "sophon_upstream_libraries": libraries}
+
+
+def single_line(output: str, fragment: str) -> str:
+    """The failure message: the play prints it once per failed host."""
+    hits = [line for line in output.splitlines() if fragment in line]
+    assert hits, f"no message containing {fragment!r} in:\n{output[-3000:]}"
+    return hits[0]
+
+
+def test_python_the_pins_cannot_run_stops_before_any_change(podman_host):
+    result = podman_host.play("site.yml", {"sophon_venv_python_version": "3.10"})
+    assert result.failed
+    message = single_line(result.output, "but the pins")
+    assert "is 3.11" in message and "Python 3.10" in message and "sophon_venv_python" in message
+    assert not podman_host.exists("/opt/sophon-sd")
+
+
+def test_too_little_disk_is_caught_before_installing(podman_host):
+    result = podman_host.play("site.yml", {"sophon_venv_root": "/opt/tiny"}, tags="venv")
+    assert result.failed
+    message = single_line(result.output, "MB free under /opt/tiny")
+    assert "needs about 4000 MB" in message and "rerun" in message
+    assert not podman_host.exists("/opt/tiny/venv")
+
+
+def test_disk_filling_up_during_the_build_leaves_no_venv(podman_host):
+    # With the free-space check disabled, pip itself runs out of space half-way through torch.
+    result = podman_host.play("site.yml", {"sophon_venv_root": "/opt/tiny", "sophon_venv_min_free_mb": 0},
+                              tags="venv")
+    assert result.failed
+    message = single_line(result.output, "Disk full while installing into the venv /opt/tiny/venv")
+    assert "rerun" in message
+    assert not podman_host.exists("/opt/tiny/venv")
+
+
+def test_unreachable_source_names_the_url(podman_host, git_vars):
+    result = podman_host.play("site.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/nowhere"})
+    assert result.failed
+    message = single_line(result.output, "Cannot reach file:///srv/nowhere/transformers.git")
+    assert "sophon_upstream_git_base_url" in message
+    assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
+
+
+def test_unknown_tag_is_reported_and_nothing_is_left_half_fetched(podman_host, git_vars):
+    result = podman_host.play("site.yml", with_library(git_vars, "transformers", tag="v9.9.9"))
+    assert result.failed
+    single_line(result.output, "has no tag v9.9.9")
+    assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
+
+
+def test_moved_tag_is_an_error(podman_host, git_vars, tmp_path_factory):
+    # A mirror whose v4.29.1 tag was moved onto a different commit.
+    mirror = tmp_path_factory.mktemp("moved")
+    work = mirror / "work"
+    subprocess.run(["git", "clone", "-q", str(UPSTREAM_GIT / "transformers.git"), str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-q",
+                    "--allow-empty", "-m", "not upstream"], check=True)
+    subprocess.run(["git", "-C", str(work), "tag", "-f", "v4.29.1"], check=True, capture_output=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(mirror / "transformers.git")], check=True)
+    subprocess.run(["podman", "cp", str(mirror / "transformers.git"), f"{podman_host.name}:/srv/moved.git"], check=True)
+    podman_host.check_output("mkdir -p /srv/moved && mv /srv/moved.git /srv/moved/transformers.git")
+
+    result = podman_host.play("site.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/moved"})
+    assert result.failed
+    message = single_line(result.output, "not the pinned commit")
+    pinned = git_vars["sophon_upstream_libraries"][0]["commit"]
+    assert pinned in message and "tag was moved" in message
+    assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
+
+
+def test_package_missing_from_the_wheelhouse_is_named(podman_host, git_vars, tmp_path):
+    partial = tmp_path / "wheelhouse.tar"
+    with tarfile.open(REPO / "bundle/wheelhouse.tar") as full, tarfile.open(partial, "w") as out:
+        for member in full.getmembers():
+            if not member.name.split("/")[-1].startswith("tokenizers-"):
+                out.addfile(member, full.extractfile(member) if member.isfile() else None)
+    result = podman_host.play("site.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
+                                           "sophon_venv_wheelhouse_dir": "/opt/sophon-sd/wheelhouse-partial"})
+    assert result.failed
+    message = single_line(result.output, "is missing from the wheelhouse")
+    assert "tokenizers" in message and "make wheelhouse" in message
+
+
+def test_patch_drift_names_file_and_patch_and_changes_nothing(podman_host, git_vars):
+    # Undo the kit's patch and change a line the patch's context needs, as a local edit would.
+    podman_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
+    podman_host.check_output(f"sed -i 's/requires {{requirement}}/needs {{requirement}}/' {ACCELERATOR_PY}")
+    before = podman_host.check_output(f"sha256sum {ACCELERATOR_PY}")
+    result = podman_host.play("site.yml", git_vars)
+    assert result.failed
+    message = single_line(result.output, "does not match patches/accelerate/v0.16.0/accelerator.py.patch")
+    assert ACCELERATOR_PY in message and "left unchanged" in message
+    assert podman_host.check_output(f"sha256sum {ACCELERATOR_PY}") == before
+    assert podman_host.run(f"ls {ACCELERATOR_PY}.rej {ACCELERATOR_PY}.orig").returncode != 0
+
+
+def test_rerun_after_the_fixes_completes(podman_host, git_vars):
+    podman_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
+    result = podman_host.play("site.yml", git_vars)
+    assert not result.failed, result.output[-3000:]
+    assert "failed=0" in result.output
+    versions = podman_host.check_output(
+        "/opt/sophon-sd/venv/bin/python -c 'import diffusers, transformers, accelerate as a;"
+        " print(diffusers.__version__, transformers.__version__, a.__version__)'")
+    assert versions.split() == ["0.20.0", "4.29.1", "0.16.0"]

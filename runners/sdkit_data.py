@@ -1,0 +1,246 @@
+"""Dataset loading and image preprocessing for the LoRA trainer, without torchvision.
+
+torchvision cannot be installed beside the CPU torch builds the kit deploys (and Sophgo's
+torch_tpu pins its own torch), so resize / crop / flip / normalise are done with PIL and
+torch. The resize goes through PIL's bilinear filter, which is what torchvision's Resize
+does for PIL images too, so the pixels match upstream's pipeline.
+
+Randomness (crop offset, flip) comes from a generator seeded by (seed, epoch, row): the
+same row in the same epoch always gets the same augmentation, which is what lets a
+resumed run repeat an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdkit_env import RunnerError, assets_root, hub_error, resolve_source
+
+logger = logging.getLogger("sdkit")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _load_local(path: Path, cache_dir: Optional[str]):
+    """Load a local parquet file/folder, an imagefolder or a save_to_disk folder as one split."""
+    import datasets
+
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise RunnerError(f"dataset file '{path}' is not a parquet file")
+        return datasets.load_dataset("parquet", data_files=[str(path)], cache_dir=cache_dir, split="train")
+    if (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
+        return datasets.load_from_disk(str(path))
+    parquet_files = sorted(str(p) for p in path.rglob("*.parquet"))
+    if parquet_files:
+        # The hub copy of pokemon-blip-captions is data/train-*.parquet: every parquet file is training data.
+        return datasets.load_dataset("parquet", data_files=parquet_files, cache_dir=cache_dir, split="train")
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+        return datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir, split="train")
+    raise RunnerError(
+        f"dataset folder '{path}' holds neither parquet files nor images; expected the pokemon-blip-captions "
+        "parquet (columns image, text) or an imagefolder with metadata.jsonl"
+    )
+
+
+def load_train_split(dataset_name: Optional[str], train_data_dir: Optional[str], dataset_config_name: Optional[str] = None,
+                     cache_dir: Optional[str] = None, assets: Optional[Path] = None):
+    """Return the training split as a ``datasets.Dataset``.
+
+    ``--dataset_name`` may be a hub name (mapped to the download share when SOPHON_SD_ASSETS
+    is set), a local parquet file or folder; ``--train_data_dir`` is an imagefolder.
+    """
+    import datasets
+
+    if dataset_name is None and train_data_dir is None:
+        raise RunnerError("give --dataset_name (hub name or local parquet) or --train_data_dir (image folder)")
+    if dataset_name is not None:
+        source = resolve_source(dataset_name, assets)
+        if os.path.exists(source):
+            return _load_local(Path(source), cache_dir)
+        try:
+            loaded = datasets.load_dataset(source, dataset_config_name, cache_dir=cache_dir, data_dir=train_data_dir)
+        except Exception as exc:  # hub unreachable, dataset removed (pokemon was taken down in 2024), typo
+            raise hub_error("dataset", dataset_name, exc) from None
+        return loaded["train"]
+    folder = Path(train_data_dir)
+    if not folder.is_dir():
+        raise RunnerError(f"--train_data_dir '{folder}' does not exist")
+    return _load_local(folder, cache_dir)
+
+
+def check_columns(dataset, image_column: str, caption_column: str) -> None:
+    """Fail early, listing the columns found, instead of a KeyError deep inside the data loader."""
+    found = dataset.column_names
+    for flag, column in (("--image_column", image_column), ("--caption_column", caption_column)):
+        if column not in found:
+            raise RunnerError(f"{flag} '{column}' is not a column of the dataset; columns found: {', '.join(found)}")
+
+
+def undecoded(dataset, image_column: str):
+    """Ask datasets for raw {"bytes", "path"} so that we decode, and can name the row that fails."""
+    import datasets
+
+    feature = dataset.features.get(image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+def describe_row(value: Any, row: int) -> str:
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return f"row {row}" + (f" ('{path}')" if path else "")
+
+
+def open_image(value: Any, row: int) -> Image.Image:
+    """Decode one image cell: {"bytes", "path"}, a file path, raw bytes, or an already decoded image."""
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict) and value.get("bytes"):
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            image = Image.open(value["path"])
+        elif isinstance(value, str):
+            image = Image.open(value)
+        elif isinstance(value, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(value))
+        else:
+            raise ValueError(f"unsupported image cell of type {type(value).__name__}")
+        return image.convert("RGB")
+    except Exception as exc:
+        raise RunnerError(f"cannot read the image of {describe_row(value, row)}: {exc}") from None
+
+
+def verify_images(dataset, image_column: str) -> None:
+    """Open every image once before training, so a broken file stops the run at minute 0, not hour 3."""
+    for row, value in enumerate(dataset[image_column]):
+        open_image(value, row)
+
+
+class TrainTransform:
+    """Resize shorter side, crop to a square, optional flip, to [-1, 1]: upstream's transforms without torchvision."""
+
+    def __init__(self, resolution: int, center_crop: bool, random_flip: bool):
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+
+    def __call__(self, image: Image.Image, rng: random.Random) -> Tuple[torch.Tensor, Tuple[int, int, bool]]:
+        """Return the tensor and the augmentation chosen (top, left, flipped), which keys the latent cache."""
+        size = self.resolution
+        width, height = image.size
+        # torchvision's Resize(int): shorter side to `size`, the other keeps the aspect ratio (truncated).
+        if width <= height:
+            new_w, new_h = size, int(size * height / width)
+        else:
+            new_w, new_h = int(size * width / height), size
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+        if self.center_crop:
+            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        else:
+            top, left = rng.randint(0, new_h - size), rng.randint(0, new_w - size)
+        image = image.crop((left, top, left + size, top + size))
+        flipped = self.random_flip and rng.random() < 0.5
+        if flipped:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return (tensor - 0.5) / 0.5, (top, left, flipped)
+
+
+class CaptionedImages(torch.utils.data.Dataset):
+    """Rows of (image, caption) turned into model inputs, with per-(epoch, row) seeded augmentation."""
+
+    def __init__(self, dataset, image_column: str, caption_column: str, tokenizer, transform: TrainTransform, seed: int):
+        self.dataset = dataset
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: int) -> Dict[str, Any]:
+        rng = random.Random(f"{self.seed}-{self.epoch}-{row}")
+        record = self.dataset[row]
+        pixels, augmentation = self.transform(open_image(record[self.image_column], row), rng)
+        caption = record[self.caption_column]
+        if isinstance(caption, (list, tuple, np.ndarray)):
+            caption = rng.choice(list(caption))  # several captions per image: one at random, as upstream
+        if not isinstance(caption, str):
+            raise RunnerError(
+                f"caption of row {row} in column '{self.caption_column}' is {type(caption).__name__}, "
+                "expected a string or a list of strings"
+            )
+        input_ids = self.tokenizer(
+            caption, max_length=self.tokenizer.model_max_length, padding="max_length", truncation=True,
+            return_tensors="pt",
+        ).input_ids[0]
+        return {"pixel_values": pixels, "input_ids": input_ids, "key": (row,) + augmentation}
+
+
+def collate(examples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous().float(),
+        "input_ids": torch.stack([e["input_ids"] for e in examples]),
+        "keys": [e["key"] for e in examples],
+    }
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """Shuffle with a permutation fixed by (seed, epoch); optionally start some samples in.
+
+    Upstream shuffles with the global RNG, so a resumed run sees a different order and
+    replays the skipped batches through the whole loader. A seeded permutation plus
+    ``skip`` gives the resumed run exactly the batches the interrupted one would have had,
+    without decoding the skipped images.
+    """
+
+    def __init__(self, num_rows: int, seed: int):
+        self.num_rows = num_rows
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order: List[int] = torch.randperm(self.num_rows, generator=generator).tolist()
+        return iter(order[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_rows - self.skip
+
+
+def build_dataset(args, tokenizer, seed: int):
+    """Load, check and wrap the training data described by the trainer's arguments."""
+    assets = assets_root(getattr(args, "assets", None))
+    dataset = load_train_split(args.dataset_name, args.train_data_dir, args.dataset_config_name, args.cache_dir, assets)
+    check_columns(dataset, args.image_column, args.caption_column)
+    dataset = undecoded(dataset, args.image_column)
+    if args.max_train_samples is not None:
+        dataset = dataset.shuffle(seed=seed).select(range(min(args.max_train_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise RunnerError("the dataset has no rows")
+    verify_images(dataset, args.image_column)
+    transform = TrainTransform(args.resolution, args.center_crop, args.random_flip)
+    return CaptionedImages(dataset, args.image_column, args.caption_column, tokenizer, transform, seed)

@@ -1,0 +1,333 @@
+"""train_lora.py end to end on the tiny pipeline: the tutorial's commands, resume, interrupts, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+RUNNERS = Path(__file__).resolve().parents[3] / "runners"
+
+# The tutorial's two command lines, flag lines copied verbatim (seed/000_8490e3169b27f017.txt).
+SEED_FP32 = r'''
+        --mixed_precision="no" \
+        --pretrained_model_name_or_path=$MODEL_NAME \
+        --dataset_name=$DATASET_NAME --caption_column="text" \
+        --resolution=512 --random_flip \
+        --train_batch_size=1 \
+        --num_train_epochs=10 --checkpointing_steps=500 \
+        --learning_rate=1e-04 --lr_scheduler="constant" --lr_warmup_steps=0 \
+        --seed=42 \
+        --output_dir="sd-pokemon-model-lora_fp32" \
+        --validation_prompt="cute dragon creature"
+'''
+SEED_FP16 = SEED_FP32.replace('--mixed_precision="no"', '--mixed_precision="fp16"').replace(
+    "sd-pokemon-model-lora_fp32", "sd-pokemon-model-lora_fp16")
+
+# Kept small so the whole file runs in well under two minutes on two cores.
+SMALL = ["--resolution", "16", "--max_train_steps", "2", "--num_validation_images", "1", "--report_to", "none"]
+
+
+def seed_argv(text: str, model: Path, dataset: Path):
+    text = text.replace("\\\n", " ").replace("$MODEL_NAME", str(model)).replace("$DATASET_NAME", str(dataset))
+    return shlex.split(text)
+
+
+def base_argv(tiny, output_dir: Path, *extra):
+    return ["--pretrained_model_name_or_path", tiny["model"], "--dataset_name", tiny["parquet"],
+            "--resolution", "16", "--train_batch_size", "2", "--learning_rate", "1e-2", "--lr_warmup_steps", "0",
+            "--seed", "7", "--report_to", "none", "--output_dir", output_dir, *extra]
+
+
+def lora_tensors(folder: Path):
+    return load_file(str(folder / "pytorch_lora_weights.safetensors"))
+
+
+def assert_same_lora(a: Path, b: Path):
+    ta, tb = lora_tensors(a), lora_tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(ta[key], tb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_seed_lines_match_the_tutorial():
+    seed = Path("/work/shared/seed/000_8490e3169b27f017.txt")
+    if not seed.is_file():
+        pytest.skip("tutorial text not available here")
+    text = seed.read_text()
+    for line in SEED_FP32.strip().splitlines() + SEED_FP16.strip().splitlines():
+        assert line.strip() in text
+
+
+@pytest.fixture(scope="module")
+def seed_fp32_run(tiny, tmp_path_factory, reset_accelerate):
+    """The tutorial's fp32 command with the tiny model and dataset, run once for several tests."""
+    import sdkit_env
+    import train_lora
+
+    workdir = tmp_path_factory.mktemp("fp32")
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the tutorial's relative --output_dir lands here
+    reset_accelerate()
+    try:
+        argv = seed_argv(SEED_FP32, tiny["model"], tiny["parquet"]) + SMALL
+        rc = sdkit_env.run_main(train_lora.main, argv)
+    finally:
+        os.chdir(cwd)
+        reset_accelerate()
+        os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
+    assert rc == 0
+    return workdir / "sd-pokemon-model-lora_fp32"
+
+
+def test_seed_fp32_command_trains_and_writes_outputs(seed_fp32_run):
+    out = seed_fp32_run
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["epoch-0_0.png"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert set(lines[0]) == {"step", "epoch", "loss", "lr", "step_time_s"}
+    assert lines[0]["lr"] == pytest.approx(1e-4)
+    run = json.loads((out / "run.json").read_text())
+    assert run["resolution"] == 16 and run["rank"] == 4 and run["finished"] is True
+
+
+def test_trained_lora_loads_both_ways_and_generates(seed_fp32_run, tiny):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny["model"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.load_attn_procs(str(seed_fp32_run))
+    assert any("LoRA" in type(p).__name__ for p in pipe.unet.attn_processors.values())
+    image = pipe("cute dragon creature", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (16, 16)
+
+    pipe2 = StableDiffusionPipeline.from_pretrained(tiny["model"], safety_checker=None)
+    pipe2.load_lora_weights(str(seed_fp32_run))
+    assert any("LoRA" in type(p).__name__ for p in pipe2.unet.attn_processors.values())
+
+
+def test_trained_lora_with_infer_runner(seed_fp32_run, tiny, tmp_path, run_runner):
+    rc = run_runner("infer", ["--model", tiny["model"], "--lora", seed_fp32_run, "--output_dir", tmp_path,
+                              "--steps", "2"])
+    assert rc == 0 and (tmp_path / "pokemon_lora.png").is_file()
+
+
+def test_seed_fp16_command_on_cpu_trains_fp32_with_warning(tiny, tmp_path, monkeypatch, run_runner, caplog):
+    monkeypatch.chdir(tmp_path)
+    argv = seed_argv(SEED_FP16, tiny["model"], tiny["parquet"]) + SMALL
+    with caplog.at_level(logging.WARNING):
+        assert run_runner("train_lora", argv) == 0
+    assert "fp16 on the CPU is not supported" in caplog.text
+    out = tmp_path / "sd-pokemon-model-lora_fp16"
+    tensors = lora_tensors(out)
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+
+
+def test_no_validation_prompt_and_gradient_checkpointing(tiny, tmp_path, run_runner, monkeypatch):
+    """Upstream crashes at the end without --validation_prompt and never applies --gradient_checkpointing."""
+    import torch.utils.checkpoint as checkpoint_module
+
+    calls = []
+    original = checkpoint_module.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "checkpoint", counting)
+    out = tmp_path / "out"
+    rc = run_runner("train_lora", base_argv(tiny, out, "--max_train_steps", "2", "--gradient_checkpointing",
+                                            "--train_data_dir", tiny["imagefolder"]))
+    assert rc == 0
+    assert calls, "gradient checkpointing was not used in the UNet"
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert not (out / "validation").exists()
+    assert any(t.abs().sum() > 0 for k, t in lora_tensors(out).items() if "up" in k)  # LoRA actually trained
+
+
+def test_gradient_checkpointing_enabled_and_lora_gets_gradients(tiny):
+    import train_lora
+
+    _, _, _, _, unet = train_lora.load_models(str(tiny["model"]), None)
+    unet.requires_grad_(False)
+    train_lora.add_lora(unet, 4)
+    train_lora.enable_gradient_checkpointing(unet)
+    assert unet.is_gradient_checkpointing and unet.training
+    out = unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 16, 32)).sample
+    out.pow(2).mean().backward()
+    grads = [p.grad for proc in unet.attn_processors.values() for p in proc.parameters()]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_imagefolder_dataset(tiny, tmp_path, run_runner):
+    out = tmp_path / "out"
+    argv = ["--pretrained_model_name_or_path", tiny["model"], "--train_data_dir", tiny["imagefolder"],
+            "--resolution", "16", "--center_crop", "--max_train_steps", "1", "--report_to", "tensorboard",
+            "--output_dir", out, "--train_batch_size", "4"]
+    assert run_runner("train_lora", argv) == 0
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path, run_runner):
+    # 8 rows, batch 2: 4 steps per epoch; resuming at step 3 skips 3 batches, then crosses into epoch 1.
+    extra = ["--max_train_steps", "7", "--checkpointing_steps", "3", "--random_flip"]
+    full = tmp_path / "full"
+    assert run_runner("train_lora", base_argv(tiny, full, *extra)) == 0
+    assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copy(full / "run.json", resumed / "run.json")
+    assert run_runner("train_lora", base_argv(tiny, resumed, *extra, "--resume_from_checkpoint", "latest")) == 0
+    assert_same_lora(full, resumed)
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 5, 6, 7]
+    full_losses = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    resumed_losses = [json.loads(line)["loss"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert resumed_losses == pytest.approx(full_losses[3:], rel=1e-5)
+
+
+def test_checkpoints_total_limit(tiny, tmp_path, run_runner):
+    out = tmp_path / "out"
+    assert run_runner("train_lora", base_argv(tiny, out, "--max_train_steps", "3", "--checkpointing_steps", "1",
+                                              "--checkpoints_total_limit", "2", "--no_cache")) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert not list(out.glob(".checkpoint-*"))
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_matches(tiny, tmp_path, subprocess_env, run_runner):
+    out = tmp_path / "interrupted"
+    argv = [sys.executable, str(RUNNERS / "train_lora.py"),
+            *map(str, base_argv(tiny, out, "--max_train_steps", "400", "--checkpointing_steps", "1000"))]
+    proc = subprocess.Popen(argv, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints, stderr[-2000:]
+    step = int(checkpoints[-1].name.split("-")[1])
+    assert f"checkpoint-{step}" in stderr and "Traceback" not in stderr
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+
+    # Resume to step+2 and compare with an uninterrupted run of the same length.
+    target = ["--max_train_steps", str(step + 2), "--checkpointing_steps", "1000"]
+    assert run_runner("train_lora", base_argv(tiny, out, *target, "--resume_from_checkpoint", "latest")) == 0
+    straight = tmp_path / "straight"
+    assert run_runner("train_lora", base_argv(tiny, straight, *target)) == 0
+    assert_same_lora(out, straight)
+
+
+def test_missing_column_lists_columns(tiny, tmp_path, run_runner, capsys):
+    rc = run_runner("train_lora", base_argv(tiny, tmp_path / "o", "--caption_column", "caption"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "--caption_column 'caption'" in err and "columns found: image, text" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unreadable_image_names_the_file(tiny, tmp_path, run_runner, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(tiny["imagefolder"], folder)
+    (folder / "0003.png").write_bytes(b"not a png at all")
+    rc = run_runner("train_lora", base_argv(tiny, tmp_path / "o", "--train_data_dir", folder,
+                                            "--dataset_name", folder))
+    err = capsys.readouterr().err
+    assert rc == 2 and "0003.png" in err and "cannot read the image" in err
+
+
+def test_unreadable_image_in_parquet_names_the_row(tiny, tmp_path, run_runner, capsys):
+    import datasets
+
+    broken = datasets.Dataset.from_parquet(str(tiny["parquet"]))
+    broken = broken.cast_column("image", datasets.Image(decode=False))
+    rows = broken.to_dict()
+    rows["image"][5] = {"bytes": b"garbage", "path": None}
+    path = tmp_path / "broken.parquet"
+    datasets.Dataset.from_dict(rows, features=broken.features).to_parquet(str(path))
+    rc = run_runner("train_lora", base_argv(tiny, tmp_path / "o", "--dataset_name", path))
+    err = capsys.readouterr().err
+    assert rc == 2 and "row 5" in err
+
+
+def test_missing_model_folder(tiny, tmp_path, run_runner, capsys):
+    argv = base_argv(tiny, tmp_path / "o")
+    argv[1] = tmp_path / "no-such-model"
+    assert run_runner("train_lora", argv) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "model_index.json" in err
+
+
+def test_resume_from_another_runs_checkpoint_is_refused(seed_fp32_run, tiny, tmp_path, run_runner, capsys):
+    out = tmp_path / "other"
+    out.mkdir()
+    assert run_runner("train_lora", base_argv(tiny, out, "--max_train_steps", "1", "--checkpointing_steps", "1",
+                                              "--rank", "8")) == 0
+    capsys.readouterr()
+    # Same output folder, different rank: the folder and its checkpoints belong to another run.
+    rc = run_runner("train_lora", base_argv(tiny, out, "--resume_from_checkpoint", "latest", "--max_train_steps", "2"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "another training run" in err and "rank" in err
+    # An explicit checkpoint path of another run, into a fresh folder.
+    rc = run_runner("train_lora", base_argv(tiny, tmp_path / "fresh", "--resume_from_checkpoint",
+                                            out / "checkpoint-1", "--max_train_steps", "2"))
+    assert rc == 2 and "another training run" in capsys.readouterr().err
+
+
+def test_bundle_layout_with_tutorial_hub_ids(tiny_bundle, tmp_path, run_runner, monkeypatch):
+    monkeypatch.setenv("SOPHON_SD_ASSETS", str(tiny_bundle["bundle"]))
+    argv = ["--pretrained_model_name_or_path", "CompVis/stable-diffusion-v1-4",
+            "--dataset_name", "lambdalabs/pokemon-blip-captions", "--output_dir", tmp_path / "o", *SMALL]
+    assert run_runner("train_lora", argv) == 0
+
+
+def test_two_processes_with_accelerate_launch(tiny, tmp_path, subprocess_env):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
+           str(RUNNERS / "train_lora.py"), *map(str, base_argv(tiny, out, "--max_train_steps", "3",
+                                                               "--checkpointing_steps", "2", "--verbose"))]
+    env = dict(subprocess_env, MASTER_PORT="29517")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "checkpoint-2").is_dir()
+    assert "2 process(es)" in result.stderr
+    # Gradients are averaged across processes: both end with the same LoRA weights.
+    checksums = {line.split("checksum")[1].strip() for line in result.stderr.splitlines() if "checksum" in line}
+    assert len(checksums) == 1, result.stderr[-3000:]
+
+
+def test_hub_dataset_unreachable_says_what_to_do(tiny, tmp_path, run_runner, capsys, monkeypatch):
+    monkeypatch.delenv("SOPHON_SD_ASSETS", raising=False)
+    argv = base_argv(tiny, tmp_path / "o")
+    argv[3] = "lambdalabs/pokemon-blip-captions"
+    assert run_runner("train_lora", argv) == 2
+    err = capsys.readouterr().err
+    assert "lambdalabs/pokemon-blip-captions" in err and "SOPHON_SD_ASSETS" in err
+
+
+def test_cached_latents_match_encoding_every_step(tiny, tmp_path, run_runner):
+    """The latent/text cache is a speed-up only: same result as upstream's encode-every-step loop."""
+    extra = ["--max_train_steps", "6", "--random_flip", "--checkpointing_steps", "100"]
+    assert run_runner("train_lora", base_argv(tiny, tmp_path / "cached", *extra)) == 0
+    assert run_runner("train_lora", base_argv(tiny, tmp_path / "plain", *extra, "--no_cache")) == 0
+    assert_same_lora(tmp_path / "cached", tmp_path / "plain")

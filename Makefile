@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup wheelhouse provision verify lint test unit molecule test-image clean
+.PHONY: help setup wheelhouse provision verify lint test unit bench molecule roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,14 +66,25 @@ $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $
 unit: $(ML_VENV)/.installed ## Unit tests of the patches and runners (no containers)
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
 
+bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json
+	$(ML_VENV)/bin/python tests/bench/bench_runners.py --out build/bench.json
+
 test-image: ## Build the Debian 12 test-host image (debootstrap + podman import)
 	tests/hosts/build-image.sh $(TEST_IMAGE)
 
-molecule: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## Molecule scenarios on podman hosts
-	tests/hosts/make-upstream-repos.sh $(BUNDLE)/sources build/upstream-git
-	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/build/upstream-git molecule test --all
+UPSTREAM_GIT := build/upstream-git
+$(UPSTREAM_GIT)/libraries.yml: tests/hosts/make-upstream-repos.sh tests/unit/patches/fixtures/train_text_to_image_lora.v0.20.0.py $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
+	tests/hosts/make-upstream-repos.sh $(BUNDLE)/sources $(UPSTREAM_GIT)
 
-test: lint unit molecule ## Every test: lint, unit tests, Molecule scenarios
+HOST_TEST_INPUTS := setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) $(UPSTREAM_GIT)/libraries.yml
 
-clean: ## Remove build outputs and test containers (keeps bundle/ and the venvs)
+molecule: $(HOST_TEST_INPUTS) ## Molecule scenarios: converge, idempotence, testinfra verify on podman hosts
+	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test --all
+
+roles: $(HOST_TEST_INPUTS) ## Bad-input tests of the roles on throwaway podman hosts
+	pytest -q -p no:cacheprovider tests/roles
+
+test: lint unit molecule roles ## Every test: lint, unit tests, Molecule scenarios, bad-input tests
+
+clean: ## Remove build outputs (keeps bundle/ and the venvs)
 	rm -rf build

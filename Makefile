@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup wheelhouse provision verify lint test unit bench molecule roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse provision verify lint test unit bench molecule roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,23 @@ $(BUNDLE)/.wheelhouse-%: roles/sophon_venv/files/constraints/%.txt
 	tar -C $(BUNDLE)/wheelhouse -cf $(BUNDLE)/wheelhouse.tar .
 	@echo "wheelhouse for $*: $$(ls $(BUNDLE)/wheelhouse | wc -l) files in $(BUNDLE)/wheelhouse, pushed to hosts as $(BUNDLE)/wheelhouse.tar"
 	touch $@
+
+DEMO_HOST := sophon-sd-demo
+demo: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## No hardware needed: provision a local container host, run make smoke there, collect results in demo-out/
+	@echo "== 1/4 local container host $(DEMO_HOST)"
+	podman container exists $(DEMO_HOST) || podman run -d --name $(DEMO_HOST) $(TEST_IMAGE) sleep infinity
+	podman start $(DEMO_HOST) >/dev/null
+	@echo "== 2/4 provision it with the kit (playbooks/site.yml, CPU profile)"
+	ansible-playbook -i inventory/demo/hosts.yml playbooks/site.yml
+	@echo "== 3/4 make smoke on the host (tiny random model, CPU) and 4/4 collect the outputs"
+	ansible-playbook -i inventory/demo/hosts.yml playbooks/smoke.yml -e sophon_sd_smoke_fetch_dir=$(CURDIR)/demo-out
+	@echo "Demo results (LoRA weights, validation and generated images, metrics):"
+	@find $(CURDIR)/demo-out -type f | sort | sed 's/^/  /'
+	@echo "The host stays up: podman exec -it $(DEMO_HOST) make -C /opt/sophon-sd help; remove it with make demo-clean"
+
+demo-clean: ## Remove the demo container and demo-out/
+	podman rm -f -t 0 $(DEMO_HOST) >/dev/null 2>&1 || true
+	rm -rf demo-out
 
 provision: setup ## Provision INVENTORY (default: the example fleet), optionally LIMIT=host1,host2
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/site.yml

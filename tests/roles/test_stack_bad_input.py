@@ -1,4 +1,4 @@
-"""Bad input to playbooks/site.yml: each stops the play with one clear message, leaves the host
+"""Bad input to playbooks/stack.yml: each stops the play with one clear message, leaves the host
 as it was or resumable, and a rerun after the fix completes.
 
 The tests share one host and run in file order: the venv one test builds is reused by the next.
@@ -42,7 +42,7 @@ def single_line(output: str, fragment: str) -> str:
 
 
 def test_python_the_pins_cannot_run_stops_before_any_change(podman_host):
-    result = podman_host.play("site.yml", {"sophon_venv_python_version": "3.10"})
+    result = podman_host.play("stack.yml", {"sophon_venv_python_version": "3.10"})
     assert result.failed
     message = single_line(result.output, "but the pins")
     assert "is 3.11" in message and "Python 3.10" in message and "sophon_venv_python" in message
@@ -50,7 +50,7 @@ def test_python_the_pins_cannot_run_stops_before_any_change(podman_host):
 
 
 def test_too_little_disk_is_caught_before_installing(podman_host):
-    result = podman_host.play("site.yml", {"sophon_venv_root": "/opt/tiny"}, tags="venv")
+    result = podman_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny"}, tags="venv")
     assert result.failed
     message = single_line(result.output, "MB free under /opt/tiny")
     assert "needs about 4000 MB" in message and "rerun" in message
@@ -59,7 +59,7 @@ def test_too_little_disk_is_caught_before_installing(podman_host):
 
 def test_disk_filling_up_during_the_build_leaves_no_venv(podman_host):
     # With the free-space check disabled, pip itself runs out of space half-way through torch.
-    result = podman_host.play("site.yml", {"sophon_venv_root": "/opt/tiny", "sophon_venv_min_free_mb": 0},
+    result = podman_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_venv_min_free_mb": 0},
                               tags="venv")
     assert result.failed
     message = single_line(result.output, "Disk full while installing into the venv /opt/tiny/venv")
@@ -68,7 +68,7 @@ def test_disk_filling_up_during_the_build_leaves_no_venv(podman_host):
 
 
 def test_unreachable_source_names_the_url(podman_host, git_vars):
-    result = podman_host.play("site.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/nowhere"})
+    result = podman_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/nowhere"})
     assert result.failed
     message = single_line(result.output, "Cannot reach file:///srv/nowhere/transformers.git")
     assert "sophon_upstream_git_base_url" in message
@@ -76,7 +76,7 @@ def test_unreachable_source_names_the_url(podman_host, git_vars):
 
 
 def test_unknown_tag_is_reported_and_nothing_is_left_half_fetched(podman_host, git_vars):
-    result = podman_host.play("site.yml", with_library(git_vars, "transformers", tag="v9.9.9"))
+    result = podman_host.play("stack.yml", with_library(git_vars, "transformers", tag="v9.9.9"))
     assert result.failed
     single_line(result.output, "has no tag v9.9.9")
     assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
@@ -94,7 +94,7 @@ def test_moved_tag_is_an_error(podman_host, git_vars, tmp_path_factory):
     subprocess.run(["podman", "cp", str(mirror / "transformers.git"), f"{podman_host.name}:/srv/moved.git"], check=True)
     podman_host.check_output("mkdir -p /srv/moved && mv /srv/moved.git /srv/moved/transformers.git")
 
-    result = podman_host.play("site.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/moved"})
+    result = podman_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/moved"})
     assert result.failed
     message = single_line(result.output, "not the pinned commit")
     pinned = git_vars["sophon_upstream_libraries"][0]["commit"]
@@ -108,7 +108,7 @@ def test_package_missing_from_the_wheelhouse_is_named(podman_host, git_vars, tmp
         for member in full.getmembers():
             if not member.name.split("/")[-1].startswith("tokenizers-"):
                 out.addfile(member, full.extractfile(member) if member.isfile() else None)
-    result = podman_host.play("site.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
+    result = podman_host.play("stack.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
                                            "sophon_venv_wheelhouse_dir": "/opt/sophon-sd/wheelhouse-partial"})
     assert result.failed
     message = single_line(result.output, "is missing from the wheelhouse")
@@ -120,7 +120,7 @@ def test_patch_drift_names_file_and_patch_and_changes_nothing(podman_host, git_v
     podman_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
     podman_host.check_output(f"sed -i 's/requires {{requirement}}/needs {{requirement}}/' {ACCELERATOR_PY}")
     before = podman_host.check_output(f"sha256sum {ACCELERATOR_PY}")
-    result = podman_host.play("site.yml", git_vars)
+    result = podman_host.play("stack.yml", git_vars)
     assert result.failed
     message = single_line(result.output, "does not match patches/accelerate/v0.16.0/accelerator.py.patch")
     assert ACCELERATOR_PY in message and "left unchanged" in message
@@ -130,7 +130,7 @@ def test_patch_drift_names_file_and_patch_and_changes_nothing(podman_host, git_v
 
 def test_rerun_after_the_fixes_completes(podman_host, git_vars):
     podman_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
-    result = podman_host.play("site.yml", git_vars)
+    result = podman_host.play("stack.yml", git_vars)
     assert not result.failed, result.output[-3000:]
     assert "failed=0" in result.output
     versions = podman_host.check_output(

@@ -1,0 +1,247 @@
+"""Bad input to playbooks/runtime.yml (libsophon, torch_tpu, host environment): each case stops the
+play with one clear message, and either nothing was installed or a rerun after the fix completes.
+
+The vendor files are the STAND-INS from tests/standins (built once per run). All tests share one
+long-lived host (sdkit-rt-bad-*) and run in file order: the cases that need no venv come first, then
+one fixture builds the kit's venv (torch) once for the torch_tpu cases. Between tests the runtime is
+removed again (packages, fact, torch_tpu, the environment files); the venv stays.
+
+Where a case cannot happen on this host for real, the test says how it is provoked: the container is
+Debian 12 on x86_64, so the unsupported-platform case narrows the supported lists instead of faking
+the facts, and the missing-kernel-headers case relies on the container's kernel having no
+linux-headers package in Debian's archive (skipped where it has one).
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import IMAGE, REPO, PodmanHost
+
+VENV = "/opt/sophon-sd/venv"
+WHEEL_311 = "torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
+WHEEL_310 = "torch_tpu-2.1.0.post1-cp310-cp310-linux_x86_64.whl"
+GOOGLE_WHEEL = "torch_tpu-0.2.0-py3-none-any.whl"
+LIBSOPHON_DEB = "sophon-libsophon_0.4.9_amd64.deb"
+CLEAN_RUNTIME = (
+    "dpkg --purge sophon-libsophon-dev sophon-libsophon sophon-driver >/dev/null 2>&1; "
+    f"[ -x {VENV}/bin/pip ] && {VENV}/bin/pip uninstall -y -q torch-tpu >/dev/null 2>&1; "
+    "rm -rf /opt/sophon /opt/sophon-sd/vendor /etc/ansible/facts.d/sophon.fact /etc/sophon-standin "
+    "/etc/sophon-sd /etc/profile.d/sophon-sd.sh /etc/security/limits.d/sophon-sd.conf "
+    "/etc/systemd/system.conf.d/sophon-sd-limits.conf; true"
+)
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("standins")
+    subprocess.run([str(REPO / "tests/standins/build.sh"), str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def standin_vars(standins) -> dict:
+    return yaml.safe_load((standins / "standins.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def rt_host():
+    name = f"sdkit-rt-bad-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["podman", "run", "-d", "--name", name, IMAGE, "sleep", "infinity"], check=True, capture_output=True)
+    try:
+        yield PodmanHost(name)
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def clean_host(rt_host):
+    rt_host.run(CLEAN_RUNTIME)
+    return rt_host
+
+
+@pytest.fixture
+def vendor(tmp_path, standins) -> Path:
+    """A fresh vendor folder with every stand-in a host needs (copies: tests may damage them)."""
+    folder = tmp_path / "vendor"
+    folder.mkdir()
+    for name in ("sophon-driver_0.4.9_amd64.deb", LIBSOPHON_DEB, "sophon-libsophon-dev_0.4.9_amd64.deb",
+                 WHEEL_311):
+        shutil.copy(standins / name, folder / name)
+    return folder
+
+
+def runtime_vars(vendor: Path, standin_vars: dict, **overrides) -> dict:
+    variables = {key: value for key, value in standin_vars.items() if key.startswith("sophon_")}
+    variables.update(sophon_libsophon_vendor_dir=str(vendor), sophon_torch_tpu_vendor_dir=str(vendor),
+                     sophon_libsophon_driver_enabled=False)
+    variables.update(overrides)
+    return variables
+
+
+def message(output: str, fragment: str) -> str:
+    """The failure message containing fragment, from the task result the play prints for the host
+    (`fatal: [host]: FAILED! => {...}`, one JSON line, whatever the terminal width)."""
+    messages = []
+    for line in output.splitlines():
+        if "FAILED! => {" in line:
+            messages.append(str(json.loads(line.split("=> ", 1)[1]).get("msg", "")))
+    hits = [text for text in messages if fragment in text]
+    assert hits, f"no failure message containing {fragment!r}; messages: {messages}\n{output[-2000:]}"
+    return hits[0]
+
+
+def nothing_installed(host: PodmanHost) -> None:
+    assert host.run("dpkg -s sophon-libsophon").returncode != 0, "sophon-libsophon was installed"
+    for path in ("/opt/sophon", "/opt/sophon-sd/vendor", "/etc/ansible/facts.d/sophon.fact", "/etc/sophon-sd"):
+        assert not host.exists(path), f"{path} exists: something was installed"
+
+
+def torch_tpu_author(host: PodmanHost):
+    """Author of the torch-tpu in the venv, or None when there is none."""
+    result = host.run(f"{VENV}/bin/python -c \"import importlib.metadata as m; print(m.metadata('torch-tpu')['Author'])\"")
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- before any venv
+
+
+@pytest.mark.parametrize("missing", [LIBSOPHON_DEB, WHEEL_311])
+def test_missing_vendor_file_names_the_file_and_the_folder(clean_host, vendor, standins, standin_vars, missing):
+    (vendor / missing).unlink()
+    if missing == WHEEL_311:  # the wheel for another Python is there: the message points at it
+        shutil.copy(standins / WHEEL_310, vendor / WHEEL_310)
+    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars))
+    assert result.failed
+    line = message(result.output, f"Missing on the control node: {vendor}/{missing}")
+    if missing == WHEEL_311:
+        assert "not on PyPI" in line and f"Found instead: {WHEEL_310}" in line
+    else:
+        assert f"put the file(s) in {vendor}/" in line and "libsophon 0.4.9" in line
+    nothing_installed(clean_host)
+
+
+def test_checksum_mismatch_stops_before_anything_is_installed(clean_host, vendor, standin_vars):
+    with (vendor / LIBSOPHON_DEB).open("ab") as deb:
+        deb.write(b"tampered")
+    actual = hashlib.sha256((vendor / LIBSOPHON_DEB).read_bytes()).hexdigest()
+    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars))
+    assert result.failed
+    line = message(result.output, "Checksum mismatch")
+    assert f"{LIBSOPHON_DEB} has sha256 {actual}" in line
+    assert f"sophon_libsophon_sha256 says {standin_vars['sophon_libsophon_sha256']}" in line
+    assert "Nothing was installed" in line
+    nothing_installed(clean_host)
+
+
+def test_unset_checksum_is_required(clean_host, vendor, standin_vars):
+    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars, sophon_torch_tpu_sha256=""))
+    assert result.failed
+    line = message(result.output, "sophon_torch_tpu_sha256 must be set")
+    assert WHEEL_311 in line
+    nothing_installed(clean_host)
+
+
+@pytest.mark.parametrize("override, found", [
+    ({"sophon_libsophon_supported_platforms": ["Ubuntu 22.04"]}, "used by the kit on Ubuntu 22.04 on x86_64"),
+    ({"sophon_libsophon_supported_architectures": ["aarch64"]}, "on aarch64"),
+], ids=["os", "architecture"])
+def test_unsupported_platform_fails_in_preflight(clean_host, vendor, standin_vars, override, found):
+    # The host really is Debian 12 on x86_64: the test narrows what the role accepts instead.
+    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars, **override))
+    assert result.failed
+    line = message(result.output, "runs Debian 12 on x86_64")
+    assert found in line and "Remove this host from the inventory" in line
+    nothing_installed(clean_host)
+
+
+def test_expected_chips_not_found_names_what_was_found(clean_host, vendor, standin_vars):
+    variables = runtime_vars(vendor, standin_vars, sophon_libsophon_expected_chips=2)
+    result = clean_host.play("runtime.yml", variables, tags="libsophon")
+    assert result.failed
+    line = message(result.output, "should have 2 BM1684X chip(s)")
+    assert "but 0 can be used" in line and "PCI devices 1f1c:1686: none" in line
+    assert "no /dev/bm-sophon*" in line and "get devcount failed! no sophon device found" in line
+    # The fix: the cards show up (here: the bm-smi stand-in is told there are two); the rerun completes.
+    clean_host.check_output("mkdir -p /etc/sophon-standin && echo 2 > /etc/sophon-standin/chips")
+    result = clean_host.play("runtime.yml", variables, tags="libsophon")
+    assert not result.failed, result.output[-3000:]
+    assert '"chip_count": 2' in clean_host.check_output("/etc/ansible/facts.d/sophon.fact")
+
+
+def test_driver_without_kernel_headers_says_so(clean_host, vendor, standin_vars):
+    kernel = clean_host.check_output("uname -r").strip()
+    clean_host.check_output("apt-get update -qq >/dev/null 2>&1 || true")
+    if clean_host.run(f"apt-cache show linux-headers-{kernel}").returncode == 0:
+        pytest.skip(f"Debian's archive has linux-headers-{kernel}: the kernel headers would really install")
+    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars, sophon_libsophon_driver_enabled=True),
+                       tags="libsophon")
+    assert result.failed
+    line = message(result.output, f"kernel headers missing for {kernel}")
+    assert f"linux-headers-{kernel}" in line and "sophon_libsophon_driver_enabled: false" in line
+    assert clean_host.run("dpkg -s sophon-driver").returncode != 0
+
+
+# --------------------------------------------------------------------------- with the kit's venv
+
+
+@pytest.fixture(scope="module")
+def venv(rt_host, standins, standin_vars):
+    """The kit's venv with torch, built once by the sophon_venv role (the slow part of this file)."""
+    result = rt_host.play("runtime.yml", {}, tags="venv")
+    assert not result.failed, result.output[-3000:]
+    return VENV
+
+
+def test_pypi_torch_tpu_in_the_venv_is_refused_then_replaced(clean_host, venv, vendor, standins, standin_vars):
+    subprocess.run(["podman", "cp", str(standins / "google" / GOOGLE_WHEEL), f"{clean_host.name}:/tmp/{GOOGLE_WHEEL}"],
+                   check=True)
+    clean_host.check_output(f"{venv}/bin/pip install -q --no-deps --no-index /tmp/{GOOGLE_WHEEL}")
+    variables = runtime_vars(vendor, standin_vars)
+    result = clean_host.play("runtime.yml", variables, tags="torch_tpu")
+    assert result.failed
+    line = message(result.output, "already has a torch_tpu that is not Sophgo")
+    assert "torch-tpu 0.2.0 by" in line and "Google LLC" in line and "Google's Cloud TPU" in line
+    assert "sophon_torch_tpu_foreign_action: remove" in line
+    assert torch_tpu_author(clean_host) == "Google LLC", "the foreign package must be left alone when failing"
+    result = clean_host.play("runtime.yml", dict(variables, sophon_torch_tpu_foreign_action="remove"), tags="torch_tpu")
+    assert not result.failed, result.output[-3000:]
+    assert torch_tpu_author(clean_host) == "sophgo"
+
+
+def test_google_wheel_in_the_bundle_is_refused(clean_host, venv, vendor, standins, standin_vars):
+    shutil.copy(standins / "google" / GOOGLE_WHEEL, vendor / GOOGLE_WHEEL)
+    result = clean_host.play("runtime.yml", runtime_vars(
+        vendor, standin_vars, sophon_torch_tpu_wheel=GOOGLE_WHEEL,
+        sophon_torch_tpu_sha256=standin_vars["standin_google_torch_tpu_sha256"]), tags="torch_tpu")
+    assert result.failed
+    line = message(result.output, f"{GOOGLE_WHEEL} is not Sophgo's torch_tpu")
+    assert "Google LLC" in line and "no torch_tpu/tpu/ package" in line and "Nothing was installed" in line
+    assert torch_tpu_author(clean_host) is None
+
+
+def test_wheel_for_another_python_is_refused(clean_host, venv, vendor, standins, standin_vars):
+    # Sophgo's 2.1.0.post1 wheel is cp310; the test profile's venv is Python 3.11.
+    shutil.copy(standins / WHEEL_310, vendor / WHEEL_310)
+    result = clean_host.play("runtime.yml", runtime_vars(
+        vendor, standin_vars, sophon_torch_tpu_wheel=WHEEL_310,
+        sophon_torch_tpu_sha256=standin_vars["standin_torch_tpu_cp310_sha256"]), tags="torch_tpu")
+    assert result.failed
+    line = message(result.output, f"{WHEEL_310} is built for cp310-cp310-linux_x86_64")
+    assert "runs Python 3.11 (cp311)" in line and "Nothing was installed" in line
+    assert torch_tpu_author(clean_host) is None
+
+
+def test_wheel_paired_with_another_torch_is_refused(clean_host, venv, vendor, standin_vars):
+    # The defaults' pairing: torch_tpu 2.1.0.post1 is built for torch 2.1.0; the venv has 2.13.0.
+    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars, sophon_torch_tpu_torch_version="2.1.0"),
+                       tags="torch_tpu")
+    assert result.failed
+    line = message(result.output, "is built for torch 2.1.0")
+    assert "has torch 2.13.0" in line and "sophon_venv_torch_version" in line
+    assert torch_tpu_author(clean_host) is None

@@ -1,0 +1,62 @@
+"""The runners on a provisioned host: deployed, runnable as the runner user, and working end to end.
+
+`make smoke` trains a tiny random model for a few steps and generates with the result; it runs
+on the CPU, CUDA or a BM1684X chip alike, so this check is meaningful on any host of a fleet.
+"""
+
+import pytest
+from conftest import KIT_ROOT, REPO
+
+SMOKE = "/var/lib/sophon-sd/outputs/smoke"
+TARGETS = ["help", "infer", "infer-lora", "train-fp32", "train-fp16", "smoke"]
+
+
+def test_runners_are_deployed_root_owned(host):
+    for runner in sorted(p.name for p in (REPO / "runners").glob("*.py")):
+        deployed = host.file(f"{KIT_ROOT}/runners/{runner}")
+        assert deployed.exists and deployed.user == "root", runner
+        assert deployed.content_string == (REPO / "runners" / runner).read_text(), f"{runner} differs from the repo"
+
+
+def test_host_makefile_lists_the_tutorials_targets(host):
+    listing = host.check_output(f"make -C {KIT_ROOT} help")
+    for target in TARGETS:
+        assert f"make {target} " in listing
+
+
+def test_train_targets_use_the_tutorials_flags(host):
+    dry_run = host.check_output(f"make -C {KIT_ROOT} -n train-fp16")
+    for flag in ['--mixed_precision="fp16"', "--resolution=512", "--random_flip", "--train_batch_size=1",
+                 "--num_train_epochs=10", "--checkpointing_steps=500", "--learning_rate=1e-04",
+                 '--lr_scheduler="constant"', "--lr_warmup_steps=0", "--seed=42",
+                 '--validation_prompt="cute dragon creature"', "sd-pokemon-model-lora_fp16"]:
+        assert flag in dry_run
+    assert "runuser -u sophon-sd" in dry_run, "root must run the targets as the runner user"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(host):
+    return host.run(f"make -C {KIT_ROOT} smoke")
+
+
+def test_smoke_trains_and_generates(host, smoke_run):
+    assert smoke_run.rc == 0, smoke_run.stderr[-2000:]
+    for output in ["lora/pytorch_lora_weights.safetensors", "lora/metrics.jsonl", "images/pokemon_lora.png"]:
+        produced = host.file(f"{SMOKE}/{output}")
+        assert produced.exists and produced.size > 0, output
+        assert produced.user == "sophon-sd", f"{output} must belong to the runner user"
+    assert host.file(f"{SMOKE}/lora/validation").is_directory
+    assert len(host.file(f"{SMOKE}/lora/metrics.jsonl").content_string.splitlines()) == 6
+
+
+def test_smoke_lora_loads_both_ways(host, smoke_run, venv_python):
+    assert smoke_run.rc == 0
+    probe = (
+        "from diffusers import StableDiffusionPipeline;"
+        f"pipe = StableDiffusionPipeline.from_pretrained('{SMOKE}/fixtures/tiny-sd', safety_checker=None);"
+        f"pipe.unet.load_attn_procs('{SMOKE}/lora');"
+        f"pipe.load_lora_weights('{SMOKE}/lora');"
+        "print(sum('lora' in type(p).__name__.lower() for p in pipe.unet.attn_processors.values()))"
+    )
+    loaded = host.check_output(f"{venv_python} -c \"{probe}\" 2>/dev/null")
+    assert int(loaded.strip().splitlines()[-1]) > 0

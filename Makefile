@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse provision verify lint test unit bench molecule roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse assets-sums provision verify lint test unit bench molecule roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ demo: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## No hardware need
 demo-clean: ## Remove the demo container and demo-out/
 	podman rm -f -t 0 $(DEMO_HOST) >/dev/null 2>&1 || true
 	rm -rf demo-out
+
+assets-sums: ## List the checksums of bundle/assets/ (the download share's folders) in bundle/assets/SHA256SUMS
+	cd $(BUNDLE)/assets && find . -type f ! -name SHA256SUMS -printf '%P\n' | sort | xargs -d '\n' sha256sum > SHA256SUMS
+	@echo "$$(wc -l < $(BUNDLE)/assets/SHA256SUMS) files listed in $(BUNDLE)/assets/SHA256SUMS"
 
 provision: setup ## Provision INVENTORY (default: the example fleet), optionally LIMIT=host1,host2
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/site.yml

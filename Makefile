@@ -71,7 +71,7 @@ provision: setup ## Provision INVENTORY (default: the example fleet), optionally
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/site.yml
 
 verify: setup ## Run the testinfra checks of the installed state against INVENTORY
-	pytest -p no:cacheprovider tests/testinfra --ansible-inventory=$(INVENTORY) --hosts='$(LIMIT)' --connection=ansible
+	pytest -p no:cacheprovider tests/testinfra --ansible-inventory=$(INVENTORY) --hosts='$(LIMIT)' --connection=ansible $(PYTEST_ARGS)
 
 lint: setup ## ansible-lint (production profile) and yamllint
 	ansible-lint --profile production

@@ -4,6 +4,8 @@
 on the CPU, CUDA or a BM1684X chip alike, so this check is meaningful on any host of a fleet.
 """
 
+import hashlib
+
 import pytest
 from conftest import KIT_ROOT, REPO
 
@@ -15,7 +17,9 @@ def test_runners_are_deployed_root_owned(host):
     for runner in sorted(p.name for p in (REPO / "runners").glob("*.py")):
         deployed = host.file(f"{KIT_ROOT}/runners/{runner}")
         assert deployed.exists and deployed.user == "root", runner
-        assert deployed.content_string == (REPO / "runners" / runner).read_text(), f"{runner} differs from the repo"
+        # Compared by checksum: some testinfra backends strip trailing whitespace from file contents.
+        expected = hashlib.sha256((REPO / "runners" / runner).read_bytes()).hexdigest()
+        assert deployed.sha256sum == expected, f"{runner} differs from the repo"
 
 
 def test_host_makefile_lists_the_tutorials_targets(host):

@@ -1,0 +1,77 @@
+"""Fleet report: at the end of a run, one line per host that failed or could not be reached.
+
+Ansible's recap counts failures per host; on a fleet the reason is scrolled far away. This
+callback keeps each host's first failure (task and message) and its unreachable error, and prints
+them together after the recap, so an operator sees which hosts to fix and why without searching.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = """
+    name: sophon_fleet_report
+    type: aggregate
+    short_description: Name each failed or unreachable host and why, at the end of the run
+    description:
+      - Collects the first failure and the unreachable error of every host and prints them after the recap.
+      - Failures that a task ignores (ignore_errors, or rescued by a block) are not reported.
+    requirements:
+      - enable in ansible.cfg (callbacks_enabled)
+"""
+
+from ansible.plugins.callback import CallbackBase
+
+MESSAGE_LIMIT = 300
+
+
+def summarize(result: dict) -> str:
+    """The one line an operator needs from a failed task's result."""
+    message = result.get("msg") or result.get("stderr") or ""
+    # A module that crashed says only that its output was not JSON; its stderr says why.
+    module_error = next((line for line in str(result.get("module_stderr", "")).splitlines() if line.strip()), "")
+    if module_error:
+        message = f"{message}: {module_error}" if message else module_error
+    if not message and result.get("results"):
+        failed_items = [item for item in result["results"] if item.get("failed")]
+        message = summarize(failed_items[0]) if failed_items else ""
+    message = " ".join(str(message).split())
+    return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 3] + "..."
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "sophon_fleet_report"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: dict[str, tuple[str, str, str]] = {}
+
+    def _record(self, kind: str, result) -> None:
+        host = result._host.get_name()
+        # The first problem is the cause; what follows on that host is a consequence.
+        self.problems.setdefault(host, (kind, result._task.get_name(), summarize(result._result)))
+
+    def v2_runner_on_failed(self, result, ignore_errors: bool = False) -> None:
+        if not ignore_errors:
+            self._record("FAILED", result)
+
+    def v2_runner_on_unreachable(self, result) -> None:
+        self._record("UNREACHABLE", result)
+
+    def v2_runner_item_on_failed(self, result) -> None:
+        # Items are summed up by v2_runner_on_failed for the whole loop; nothing to do per item.
+        pass
+
+    def v2_playbook_on_stats(self, stats) -> None:
+        # Failures rescued by a block count as "rescued", not as failed hosts.
+        failed_hosts = {host for host in stats.processed
+                        if stats.summarize(host)["failures"] or stats.summarize(host)["unreachable"]}
+        reported = {host: problem for host, problem in self.problems.items() if host in failed_hosts}
+        ok_count = len(stats.processed) - len(reported)
+        self._display.banner("FLEET REPORT")
+        self._display.display(f"{ok_count} of {len(stats.processed)} hosts completed.")
+        for host, (kind, task, message) in sorted(reported.items()):
+            self._display.display(f"{host}: {kind} at \"{task}\": {message}", color="red")
+        if reported:
+            self._display.display("Fix the hosts above and rerun; the completed hosts will report no changes.")

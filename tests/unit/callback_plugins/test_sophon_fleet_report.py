@@ -1,0 +1,70 @@
+"""The fleet report names each failed or unreachable host with its reason, and only those."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+PLAYBOOK = """
+- name: A fleet where one host fails and one cannot be reached
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Reach the host
+      ansible.builtin.ping:
+    - name: Check the disk
+      ansible.builtin.fail:
+        msg: "only 3 GB free under /opt: free some space and rerun"
+      when: inventory_hostname == 'node-bad'
+    - name: A failure that a rescue handles
+      block:
+        - name: Try something optional
+          ansible.builtin.fail:
+            msg: this one is rescued
+      rescue:
+        - name: Carry on
+          ansible.builtin.debug:
+            msg: rescued
+    - name: A second failure on a host that already failed is not its cause
+      ansible.builtin.fail:
+        msg: consequence
+      when: inventory_hostname == 'node-bad'
+"""
+
+INVENTORY = """
+fleet:
+  hosts:
+    node-ok: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+    node-bad: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+    node-gone: {ansible_connection: ssh, ansible_host: 127.0.0.1, ansible_port: 1, ansible_timeout: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("fleet")
+    (folder / "play.yml").write_text(PLAYBOOK)
+    (folder / "hosts.yml").write_text(INVENTORY)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    result = subprocess.run(["ansible-playbook", "-i", str(folder / "hosts.yml"), str(folder / "play.yml")],
+                            capture_output=True, text=True, env=env, check=False, cwd=REPO)
+    assert result.returncode != 0, "a failed and an unreachable host must fail the run"
+    return result.stdout.split("FLEET REPORT", 1)[-1]
+
+
+def test_the_failed_host_is_named_with_its_first_failure(report):
+    assert 'node-bad: FAILED at "Check the disk": only 3 GB free under /opt: free some space and rerun' in report
+    assert "consequence" not in report
+
+
+def test_the_unreachable_host_is_named_with_the_connection_error(report):
+    line = next(line for line in report.splitlines() if line.startswith("node-gone:"))
+    assert "UNREACHABLE" in line and "port 1" in line
+
+
+def test_completed_hosts_and_rescued_failures_are_not_reported(report):
+    assert "1 of 3 hosts completed." in report
+    assert "node-ok:" not in report and "rescued" not in report

@@ -41,3 +41,35 @@ def patch_changed_lines(patch_text: str) -> list[str]:
         for line in patch_text.splitlines()
         if line[:1] in "+-" and not line.startswith(("+++ ", "--- "))
     ]
+
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Label each report with the host it ran against, for the per-host table below."""
+    report = yield
+    callspec = getattr(item, "callspec", None)
+    testinfra_host = callspec.params.get("_testinfra_host") if callspec else None
+    host = testinfra_host.backend.get_hostname() if testinfra_host else "(control node)"
+    report.user_properties = [*report.user_properties, ("host", host)]
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line per host: on a fleet, which hosts need attention matters more than which test."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            # A passing setup or teardown is not a test; a failing one is a problem with the host.
+            if outcome == "passed" and report.when != "call":
+                continue
+            host = dict(report.user_properties).get("host", "(unknown)")
+            counts.setdefault(host, {"passed": 0, "failed": 0, "error": 0, "skipped": 0})[outcome] += 1
+    if not counts:
+        return
+    terminalreporter.section("installed state per host")
+    terminalreporter.write_line(f"{'host':<32} {'result':<6} {'passed':>6} {'failed':>6} {'skipped':>7}")
+    for host, count in sorted(counts.items()):
+        bad = count["failed"] + count["error"]
+        verdict = "FAIL" if bad else "PASS"
+        terminalreporter.write_line(f"{host:<32} {verdict:<6} {count['passed']:>6} {bad:>6} {count['skipped']:>7}")

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse assets-sums provision verify lint test unit bench molecule roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse assets-sums provision verify train doctor lint test unit bench molecule roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,11 +67,27 @@ assets-sums: ## List the checksums of bundle/assets/ (the download share's folde
 	cd $(BUNDLE)/assets && find . -type f ! -name SHA256SUMS -printf '%P\n' | sort | xargs -d '\n' sha256sum > SHA256SUMS
 	@echo "$$(wc -l < $(BUNDLE)/assets/SHA256SUMS) files listed in $(BUNDLE)/assets/SHA256SUMS"
 
-provision: setup ## Provision INVENTORY (default: the example fleet), optionally LIMIT=host1,host2
-	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/site.yml
+# Rolling runs: SERIAL hosts at a time (a number or a percentage); a batch with more than MAX_FAIL
+# percent of failed hosts stops the run. TAGS runs only some roles (apt, libsophon, venv, torch_tpu,
+# host_env, upstream, assets, runners, preflight). ANSIBLE_ARGS passes anything else, e.g. --check --diff.
+SERIAL ?= 100%
+MAX_FAIL ?= 100
+TAGS ?= all
+provision: setup ## Provision INVENTORY (default: the example fleet); LIMIT=host1,host2 SERIAL= MAX_FAIL= TAGS= ANSIBLE_ARGS=
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' --tags '$(TAGS)' \
+	  -e sophon_sd_serial='$(SERIAL)' -e sophon_sd_max_fail_percentage=$(MAX_FAIL) $(ANSIBLE_ARGS) playbooks/site.yml
 
 verify: setup ## Run the testinfra checks of the installed state against INVENTORY
 	pytest -p no:cacheprovider tests/testinfra --ansible-inventory=$(INVENTORY) --hosts='$(LIMIT)' --connection=ansible $(PYTEST_ARGS)
+
+doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml
+
+# TRAIN_ARGS reaches the playbook through the environment (make exports command-line variables), which keeps its quotes.
+train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml -e sophon_sd_train_run_id='$(RUN_ID)' \
+	  $(if $(PRECISION),-e sophon_sd_train_precision=$(PRECISION)) $(if $(MODE),-e sophon_sd_train_mode=$(MODE)) \
+	  $(if $(TINY),-e sophon_sd_train_tiny=true) $(ANSIBLE_ARGS)
 
 lint: setup ## ansible-lint (production profile) and yamllint
 	ansible-lint --profile production

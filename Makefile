@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse assets-sums provision verify train doctor lint test unit bench molecule roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify assets-sums provision verify train doctor lint test unit bench molecule roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,15 @@ $(BUNDLE)/.wheelhouse-%: roles/sophon_venv/files/constraints/%.txt
 	tar -C $(BUNDLE)/wheelhouse -cf $(BUNDLE)/wheelhouse.tar .
 	@echo "wheelhouse for $*: $$(ls $(BUNDLE)/wheelhouse | wc -l) files in $(BUNDLE)/wheelhouse, pushed to hosts as $(BUNDLE)/wheelhouse.tar"
 	touch $@
+
+# The whole bundle for an air-gapped fleet, listed with sha256 in bundle/manifest.yml (tools/sdkit_bundle.py --help).
+ASSETS_FROM ?=
+BUNDLE_ARGS ?=
+bundle: setup $(BUNDLE)/.wheelhouse-$(PROFILE) ## Everything an air-gapped fleet needs in bundle/, listed in manifest.yml (PROFILE= ASSETS_FROM= BUNDLE_ARGS=)
+	$(BIN)/python tools/sdkit_bundle.py build --bundle-dir $(BUNDLE) --profile $(PROFILE) $(if $(ASSETS_FROM),--assets-from $(ASSETS_FROM)) $(BUNDLE_ARGS)
+
+bundle-verify: setup ## Check bundle/ against its manifest: names each missing, corrupt or unlisted file
+	$(BIN)/python tools/sdkit_bundle.py verify --bundle-dir $(BUNDLE)
 
 DEMO_HOST := sophon-sd-demo
 demo: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## No hardware needed: provision a local container host, run make smoke there, collect results in demo-out/

@@ -1,0 +1,744 @@
+#!/usr/bin/env python3
+"""Build and verify bundle/: everything an air-gapped fleet needs, listed with sha256.
+
+The control node that builds the bundle can reach PyPI (and maybe git and the Hugging Face
+hub); the fleet and the control node that provisions it may reach nothing. The bundle is
+the only thing carried between them, so every file in it is listed in bundle/manifest.yml
+with where it came from and its sha256, and `verify` proves the copy is whole before any
+host changes (playbooks/preflight.yml runs it first in site.yml).
+
+Layout (paths relative to bundle/):
+
+  wheelhouse/*.whl, wheelhouse.tar   the fleet profile's wheels (`make wheelhouse`'s rule)
+  sources/<name>-<version>.tar.gz    the three pinned libraries' PyPI sdists (same rule)
+  sources/<name>-<version>.git.tar.gz  `git archive` of the pinned tag, when git is reachable
+  vendor/*                           Sophgo's files, dropped in by the user, never downloaded
+  assets/<share folder>/...          the download share's folders, and assets/SHA256SUMS
+  apt/*.deb, apt/Packages(.gz)       the kit's apt packages and all their dependencies, as a
+                                     flat apt repository for hosts of this machine's release
+
+`build` fetches only what is missing. A file that no longer matches its manifest entry is
+reported and fetched again where that is possible; its entry is never silently replaced
+(--accept-changes records files as they are now, after a deliberate change).
+
+Usage: tools/sdkit_bundle.py build --profile torch-2.1.0-py3.10 [--assets-from DIR] [--no-apt]
+       tools/sdkit_bundle.py verify
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ROLES = REPO / "roles"
+MANIFEST = "manifest.yml"
+KINDS = ("wheel", "source", "vendor", "asset", "deb", "apt-index")
+CHUNK = 1 << 20
+
+
+class BadInput(Exception):
+    """Input the operator must fix before anything runs; printed as one line, exit code 2."""
+
+
+@dataclass
+class Entry:
+    path: str
+    kind: str
+    name: str
+    version: str
+    sha256: str
+    origin: str
+
+
+# --------------------------------------------------------------------------- reading the kit
+
+
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()) or {}
+
+
+def share_folders() -> Tuple[List[str], Dict[str, Tuple[str, str]]]:
+    """The download share's folders (as the assets role stages them) and, for those the hub has,
+    (repo id, repo type) as the runners map them.
+
+    runners/sdkit_env.py is read rather than imported: it imports torch, which the control
+    node's .venv does not have.
+    """
+    folders = list(role_defaults("sophon_assets")["sophon_assets_items"])
+    tree = ast.parse((REPO / "runners" / "sdkit_env.py").read_text())
+    constants: Dict[str, ast.expr] = {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+    }
+
+    def value(node: ast.expr):
+        return ast.literal_eval(constants[node.id] if isinstance(node, ast.Name) else node)
+
+    hub_to_share = constants["HUB_TO_BUNDLE"]
+    assert isinstance(hub_to_share, ast.Dict)
+    dataset_folder = value(constants["BUNDLE_DATASET_DIR"])
+    hub = {}
+    for key, folder_node in zip(hub_to_share.keys, hub_to_share.values):
+        folder = value(folder_node)
+        hub[folder] = (value(key), "dataset" if folder == dataset_folder else "model")
+    return folders, hub
+
+
+def apt_packages(with_driver: bool) -> List[str]:
+    """The apt packages the roles install: every `*_apt_packages` list in the roles' defaults
+    (`*driver*` lists only with the driver) and the literal names of their apt tasks.
+
+    Entries with a Jinja expression (linux-headers-{{ kernel }}) depend on the host and cannot
+    be bundled from here.
+    """
+    names: List[str] = []
+    for defaults in sorted(ROLES.glob("*/defaults/main.yml")):
+        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
+            if key.endswith("_apt_packages") and (with_driver or "driver" not in key):
+                names += [name for name in value if "{{" not in name]
+    for tasks in sorted(ROLES.glob("*/tasks/*.yml")):
+        for task in _walk_tasks(yaml.safe_load(tasks.read_text()) or []):
+            apt = task.get("ansible.builtin.apt")
+            if isinstance(apt, dict) and isinstance(apt.get("name"), str) and apt.get("state", "present") != "absent":
+                if "{{" not in apt["name"]:
+                    names.append(apt["name"])
+    return list(dict.fromkeys(names))
+
+
+def _walk_tasks(tasks: list) -> Iterator[dict]:
+    for task in tasks:
+        if isinstance(task, dict):
+            yield task
+            for section in ("block", "rescue", "always"):
+                yield from _walk_tasks(task.get(section) or [])
+
+
+# --------------------------------------------------------------------------- files and manifest
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+def bundle_files(bundle: Path) -> List[str]:
+    """Every file of the bundle, relative, except the manifest and dot names (Make's stamps,
+    apt's lock and partial downloads, editors' and hub caches)."""
+    found = []
+    for path in bundle.rglob("*"):
+        rel = path.relative_to(bundle).as_posix()
+        if path.is_file() and rel not in (MANIFEST, "apt/lock") and not rel.startswith("apt/partial/") \
+                and not any(part.startswith(".") for part in rel.split("/")):
+            found.append(rel)
+    return sorted(found)
+
+
+def files_under(bundle: Path, folder: str) -> List[str]:
+    return [rel for rel in bundle_files(bundle) if rel.startswith(folder + "/")]
+
+
+def load_manifest(bundle: Path) -> Tuple[dict, Dict[str, Entry]]:
+    path = bundle / MANIFEST
+    if not path.exists():
+        return {}, {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        entries = {item["path"]: Entry(**{k: str(item[k]) for k in Entry.__dataclass_fields__}) for item in data.get("items") or []}
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise BadInput(f"{path} is not a manifest this tool wrote ({exc}): move it away and run make bundle") from None
+    return {k: v for k, v in data.items() if k != "items"}, entries
+
+
+def write_manifest(bundle: Path, header: dict, entries: Dict[str, Entry]) -> bool:
+    """Write the manifest when its content changed (a rerun that changes nothing keeps the file)."""
+    old_header, old_entries = load_manifest(bundle)
+    items = [asdict(entries[path]) for path in sorted(entries)]
+    same_header = {k: v for k, v in old_header.items() if k != "created"} == header
+    if same_header and [asdict(old_entries[p]) for p in sorted(old_entries)] == items:
+        return False
+    document = {"created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **header, "items": items}
+    text = "# Every file of this bundle: written by `make bundle`, checked by `make bundle-verify`.\n"
+    text += yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=4096)
+    (bundle / (MANIFEST + ".new")).write_text(text)
+    (bundle / (MANIFEST + ".new")).replace(bundle / MANIFEST)
+    return True
+
+
+def shown(bundle: Path) -> str:
+    """The bundle as messages name it: relative to the current folder when inside it."""
+    try:
+        return str(bundle.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(bundle)
+
+
+def fix_for(rel: str, kind: str) -> str:
+    if kind == "vendor" or rel.startswith("vendor/"):
+        return "drop Sophgo's file again into bundle/vendor/ (or rerun make bundle BUNDLE_ARGS=--accept-changes if you replaced it on purpose)"
+    if kind == "asset" or rel.startswith("assets/"):
+        return "copy it again from the download share (make bundle ASSETS_FROM=<copy of the share>) or rerun make bundle"
+    return "rerun make bundle"
+
+
+def parse_name_version(filename: str) -> Tuple[str, str]:
+    """Name and version from a wheel, deb or sdist file name ('' when it follows none)."""
+    patterns = (r"([^-]+)-([^-]+)-.+\.whl", r"([^_]+)_([^_]+)_[^_]+\.deb", r"(.+)-(\d[^-]*?)(?:\.git)?\.tar\.gz")
+    for pattern in patterns:
+        match = re.fullmatch(pattern, filename)
+        if match:
+            return match.group(1), urllib.parse.unquote(match.group(2))  # a deb's epoch is written %3a
+    return filename, ""
+
+
+# --------------------------------------------------------------------------- build
+
+
+class Builder:
+    """Collects the bundle's entries: each file is checked against the old manifest and fetched
+    only when it is missing or no longer matches."""
+
+    def __init__(self, args: argparse.Namespace, old_entries: Dict[str, Entry]) -> None:
+        self.args = args
+        self.bundle: Path = args.bundle_dir
+        self.old = old_entries
+        self.entries: Dict[str, Entry] = {}
+        self.problems: List[str] = []
+        self.missing: List[dict] = []
+        self.fetched: List[str] = []
+        self._digests: Dict[str, str] = {}
+        self._hub: Optional[Tuple[bool, str]] = None
+        self.shown = shown(self.bundle)
+
+    def say(self, message: str) -> None:
+        print(message, flush=True)
+
+    def problem(self, rel: str, what: str, fix: str) -> None:
+        self.problems.append(f"{self.shown}/{rel}: {what}; fix: {fix}")
+
+    def digest(self, rel: str) -> str:
+        if rel not in self._digests:
+            self._digests[rel] = sha256_of(self.bundle / rel)
+        return self._digests[rel]
+
+    def intact(self, rel: str) -> bool:
+        """Whether bundle/REL exists and matches its manifest entry."""
+        old = self.old.get(rel)
+        return old is not None and (self.bundle / rel).is_file() and self.digest(rel) == old.sha256
+
+    def old_origin(self, rel: str, otherwise: str) -> str:
+        return self.old[rel].origin if rel in self.old else otherwise
+
+    def take(self, rel: str, kind: str, name: str, version: str, origin: str,
+             fetch: Optional[Callable[[Path], None]] = None, fix: str = "") -> bool:
+        """Record bundle/REL, fetching it with FETCH when it is absent or differs from its manifest
+        entry. Returns whether it is in the bundle and recorded now."""
+        path = self.bundle / rel
+        old = self.old.get(rel)
+        fix = fix or fix_for(rel, kind)
+        if path.is_file():
+            if old is None or self.digest(rel) == old.sha256:
+                self.entries[rel] = Entry(rel, kind, name, version, self.digest(rel), origin)
+                return True
+            self.say(f"{self.shown}/{rel}: sha256 {self.digest(rel)} differs from the manifest's {old.sha256}")
+            if fetch is None or self.args.accept_changes:
+                return self._changed(old, Entry(rel, kind, name, version, self.digest(rel), origin), fix)
+            path.unlink()
+        elif fetch is None:
+            if old is not None and not self.args.accept_changes:
+                self.entries[rel] = old
+                self.problem(rel, "listed in the manifest but missing", fix)
+            return False
+        self._digests.pop(rel, None)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fetch(path)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            if old is not None:
+                self.entries[rel] = old
+            self.problem(rel, " ".join(str(exc).split()), fix)
+            return False
+        self.fetched.append(rel)
+        self.say(f"fetched {self.shown}/{rel} ({origin})")
+        new = Entry(rel, kind, name, version, self.digest(rel), origin)
+        if old is not None and new.sha256 != old.sha256:
+            return self._changed(old, new, "check the source, then rerun make bundle BUNDLE_ARGS=--accept-changes to record it")
+        self.entries[rel] = new
+        return True
+
+    def _changed(self, old: Entry, new: Entry, fix: str) -> bool:
+        if self.args.accept_changes:
+            self.say(f"{self.shown}/{new.path}: recorded as it is now (--accept-changes); it was {old.sha256}")
+            self.entries[new.path] = new
+            return True
+        self.entries[new.path] = old
+        self.problem(new.path, f"sha256 {new.sha256} differs from the manifest's {old.sha256}", fix)
+        return False
+
+    # ------------------------------------------------------------------ wheelhouse
+
+    def refetch_by_wheelhouse_rule(self, path: Path) -> None:
+        """Wheels and sdists come from the Makefile's wheelhouse rule: a bad or missing copy is
+        removed together with the rule's stamp so that the next `make bundle` downloads it again."""
+        path.unlink(missing_ok=True)
+        for stamp in self.bundle.glob(".wheelhouse-*"):
+            stamp.unlink()
+        raise RuntimeError("missing or changed: removed it and the wheelhouse stamp, so that the wheelhouse rule downloads it again")
+
+    def wheelhouse(self) -> None:
+        wheels = files_under(self.bundle, "wheelhouse")
+        listed = [rel for rel in self.old if rel.startswith("wheelhouse/")]
+        if not wheels and not listed:
+            if not self.args.no_wheelhouse:
+                self.problem("wheelhouse/", "has no wheels", f"run make bundle PROFILE={self.args.profile} (or pass --no-wheelhouse)")
+            return
+        for rel in sorted(set(wheels) | set(listed)):
+            self.take(rel, "wheel", *parse_name_version(Path(rel).name), "pypi", self.refetch_by_wheelhouse_rule,
+                      fix="rerun make bundle")
+        self.wheelhouse_tar(sorted(rel for rel in wheels if rel in self.entries))
+
+    def wheelhouse_tar(self, wheels: List[str]) -> None:
+        """wheelhouse.tar, what the venv role pushes. The rule writes it anew whenever it runs, so a
+        new checksum is recorded (and said) when the tar holds exactly the wheels listed above."""
+        rel, path = "wheelhouse.tar", self.bundle / "wheelhouse.tar"
+        entry = Entry(rel, "wheel", "wheelhouse", self.args.profile, "", "tar of wheelhouse/ (by the wheelhouse rule)")
+        if path.is_file() and rel in self.old and not self.intact(rel):
+            try:
+                with tarfile.open(path) as tar:
+                    members = {Path(member.name).name: member.size for member in tar.getmembers() if member.isfile()}
+            except (tarfile.TarError, OSError):
+                members = {}
+            if members == {Path(wheel).name: (self.bundle / wheel).stat().st_size for wheel in wheels}:
+                self.say(f"{self.shown}/{rel}: written again by the wheelhouse rule and holds exactly the {len(wheels)} wheels: recorded")
+                entry.sha256 = self.digest(rel)
+                self.entries[rel] = entry
+                return
+        self.take(rel, entry.kind, entry.name, entry.version, entry.origin, self.refetch_by_wheelhouse_rule, "rerun make bundle")
+
+    # ------------------------------------------------------------------ sources
+
+    def libraries(self) -> List[dict]:
+        if self.args.libraries is None:
+            return list(role_defaults("sophon_upstream")["sophon_upstream_libraries"])
+        try:
+            return list(yaml.safe_load(self.args.libraries.read_text())["sophon_upstream_libraries"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise BadInput(f"--libraries {self.args.libraries}: cannot read sophon_upstream_libraries from it ({exc})") from None
+
+    def git(self, *argv: str, timeout: Optional[float] = 600, input_bytes: Optional[bytes] = None) -> str:
+        """Run git without ever prompting; a failure raises RuntimeError with git's own last line."""
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+        result = subprocess.run(["git", *argv], capture_output=True, timeout=timeout, env=env, input=input_bytes)
+        if result.returncode != 0:
+            last = (result.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"git {argv[0]} failed (exit {result.returncode}): {last}")
+        return result.stdout.decode().strip()
+
+    def git_unreachable(self, url: str, tag: str) -> str:
+        """'' when URL answers within --git-timeout and has TAG; otherwise why not, short."""
+        try:
+            self.git("ls-remote", "--exit-code", url, f"refs/tags/{tag}", timeout=self.args.git_timeout)
+        except subprocess.TimeoutExpired:
+            self.say(f"git: no answer from {url} within {self.args.git_timeout:g}s")
+            return "git unreachable"
+        except RuntimeError as exc:
+            self.say(f"git: {url}: {exc}")
+            return f"git has no tag {tag}" if "(exit 2)" in str(exc) else "git unreachable"
+        return ""
+
+    def archive_commit(self, path: Path) -> str:
+        """The commit a `git archive` tarball was made from (git stores it in the tar header)."""
+        with gzip.open(path) as archive:
+            head = archive.read(10240)
+        return self.git("get-tar-commit-id", input_bytes=head)
+
+    def git_archive(self, url: str, library: dict) -> Callable[[Path], None]:
+        def fetch(dest: Path) -> None:
+            with tempfile.TemporaryDirectory(prefix="sdkit-bundle-") as work:
+                self.git("clone", "--quiet", "--depth", "1", "--branch", str(library["tag"]), url, work)
+                partial = dest.with_name(f".{dest.name}.partial")
+                # The sdist's layout (<name>-<version>/...), so both archives unpack the same way.
+                self.git("-C", work, "archive", "--format=tar.gz", f"--prefix={library['name']}-{library['version']}/",
+                         "-o", str(partial), "HEAD")
+                partial.replace(dest)
+        return fetch
+
+    def sources(self) -> None:
+        """The three libraries: `git archive` of the pinned tag when git is reachable, and always
+        the PyPI sdists (the wheelhouse rule downloads them; the upstream role's bundle mode uses them)."""
+        for library in self.libraries():
+            name, version, tag = str(library["name"]), str(library["version"]), str(library["tag"])
+            pinned_commit, pinned_sha = str(library.get("commit") or ""), str(library.get("sha256") or "")
+            url = f"{self.args.git_base_url.rstrip('/')}/{name}.git"
+            archive, sdist = f"sources/{name}-{version}.git.tar.gz", f"sources/{name}-{version}.tar.gz"
+            # An archive fetched before is verified against the manifest; git is asked only without one.
+            unreachable = "" if archive in self.old or (self.bundle / archive).is_file() else self.git_unreachable(url, tag)
+            if not unreachable and self.take(archive, "source", name, version, f"git {url}", self.git_archive(url, library)):
+                commit = self.archive_commit(self.bundle / archive)
+                self.entries[archive].origin = f"git {url} {commit}"
+                if pinned_commit and commit != pinned_commit:
+                    del self.entries[archive]
+                    (self.bundle / archive).unlink()
+                    self.problem(archive, f"made from commit {commit} of tag {tag}, the pin says {pinned_commit} "
+                                 "(the tag moved or the mirror differs): removed",
+                                 "check the mirror (--git-base-url) or the pin, and rerun make bundle")
+            origin = "pypi sdist" if archive in self.entries else f"pypi sdist ({unreachable or 'git archive failed'})"
+            if self.take(sdist, "source", name, version, origin, self.refetch_by_wheelhouse_rule, "rerun make bundle"):
+                if pinned_sha and self.entries[sdist].sha256 != pinned_sha:
+                    self.problem(sdist, f"sha256 differs from the pin {pinned_sha} in sophon_upstream_libraries",
+                                 "delete it, rm bundle/.wheelhouse-*, and rerun make bundle")
+
+    # ------------------------------------------------------------------ vendor files
+
+    def vendor(self) -> None:
+        listed = {rel for rel in self.old if rel.startswith("vendor/")}
+        for rel in sorted(set(files_under(self.bundle, "vendor")) | listed):
+            self.take(rel, "vendor", *parse_name_version(Path(rel).name), "vendor: dropped in by the user")
+
+    # ------------------------------------------------------------------ assets
+
+    def hub_ready(self) -> Tuple[bool, str]:
+        """Whether the hub can be used: huggingface_hub importable, not offline, its endpoint answering."""
+        if self._hub is None:
+            try:
+                from huggingface_hub import constants
+            except ImportError:
+                self._hub = (False, "huggingface_hub is not installed: .venv/bin/pip install huggingface_hub")
+            else:
+                if constants.HF_HUB_OFFLINE:
+                    self._hub = (False, "HF_HUB_OFFLINE is set")
+                else:
+                    try:
+                        urllib.request.urlopen(constants.ENDPOINT, timeout=self.args.hub_timeout).close()
+                        self._hub = (True, "")
+                    except urllib.error.HTTPError:
+                        self._hub = (True, "")  # it answered
+                    except (OSError, ValueError) as exc:
+                        self._hub = (False, f"the hub is unreachable: {exc}")
+        return self._hub
+
+    def hub_files(self, repo_id: str, repo_type: str) -> List[str]:
+        from huggingface_hub import HfApi
+        # The share holds the diffusers folders, not the original single-file checkpoints (GBs each).
+        return [name for name in HfApi().list_repo_files(repo_id, repo_type=repo_type)
+                if not name.endswith(".ckpt") and not name.startswith(".")]
+
+    def hub_fetch(self, repo_id: str, repo_type: str, filename: str) -> Callable[[Path], None]:
+        def fetch(dest: Path) -> None:
+            from huggingface_hub import hf_hub_download
+            shutil.copyfile(hf_hub_download(repo_id, filename, repo_type=repo_type), dest)
+        return fetch
+
+    def assets(self) -> None:
+        """The share's folders, and anything else the user put in bundle/assets/."""
+        wanted, hub = share_folders()
+        known = {rel for rel in bundle_files(self.bundle) + list(self.old) if rel.startswith("assets/") and rel.count("/") >= 2}
+        for folder in dict.fromkeys(wanted + sorted({rel.split("/")[1] for rel in known})):
+            prefix = f"assets/{folder}/"
+            why = self.asset_folder(folder, {rel[len(prefix):] for rel in known if rel.startswith(prefix)}, hub.get(folder))
+            if folder in wanted and not any(rel.startswith(prefix) for rel in self.entries):
+                fix = f"make bundle ASSETS_FROM=<copy of Sophgo's download share> (or copy its {folder}/ into bundle/assets/)"
+                if folder in hub:
+                    fix += f", or make bundle where hub {hub[folder][0]} is reachable ({why})"
+                self.missing.append({"name": f"assets/{folder}", "fix": fix})
+                self.say(f"missing: {self.shown}/assets/{folder}/: {fix}")
+        self.assets_sums()
+
+    def asset_folder(self, folder: str, names: set, hub_repo: Optional[Tuple[str, str]]) -> str:
+        """Record one folder: copied from --assets-from, else from the hub when a file is missing and
+        the hub is usable, else as bundle/assets/ holds it. Returns why the hub was not used."""
+        prefix = f"assets/{folder}/"
+        local = self.args.assets_from / folder if self.args.assets_from else None
+        copies = {path.relative_to(local).as_posix(): path for path in local.rglob("*") if path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(local).parts)} if local else {}
+        if copies:
+            for name in sorted(names | set(copies)):
+                if name in copies:
+                    self.take(prefix + name, "asset", folder, "", f"local copy {local}",
+                              lambda dest, src=copies[name]: shutil.copyfile(src, dest))
+                else:
+                    self.take(prefix + name, "asset", folder, "", self.old_origin(prefix + name, "local copy bundle/assets"))
+            return ""
+        why = ""
+        if hub_repo and (not names or not all(self.intact(prefix + name) for name in names)):
+            ready, why = self.hub_ready()
+            if ready:
+                try:
+                    names = names | set(self.hub_files(*hub_repo))
+                except Exception as exc:  # the hub library's own errors: the folder counts as missing
+                    why = f"listing {hub_repo[0]} on the hub failed: {exc}"
+                else:
+                    for name in sorted(names):
+                        self.take(prefix + name, "asset", folder, "", f"hub {hub_repo[0]}", self.hub_fetch(*hub_repo, name))
+                    return ""
+        for name in sorted(names):
+            self.take(prefix + name, "asset", folder, "", self.old_origin(prefix + name, "local copy bundle/assets"))
+        return why
+
+    def assets_sums(self) -> None:
+        """assets/SHA256SUMS, what the assets role checks: the lines `make assets-sums` writes,
+        from the checksums just verified."""
+        sums = sorted((rel[len("assets/"):], e.sha256) for rel, e in self.entries.items() if rel.startswith("assets/") and rel.count("/") >= 2)
+        if not sums:
+            return
+        rel, path = "assets/SHA256SUMS", self.bundle / "assets" / "SHA256SUMS"
+        text = "".join(f"{digest}  {name}\n" for name, digest in sums)
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            self._digests.pop(rel, None)
+            self.say(f"wrote {self.shown}/{rel} ({len(sums)} files)")
+        self.entries[rel] = Entry(rel, "asset", "SHA256SUMS", "", self.digest(rel), "checksums of assets/ (as make assets-sums writes them)")
+
+    # ------------------------------------------------------------------ apt repository
+
+    def apt(self, old_header: dict) -> dict:
+        """A flat apt repository of the kit's packages and everything they depend on, resolved as for
+        a host with nothing installed, for hosts of this machine's release and architecture."""
+        listed = sorted(rel for rel in self.old if rel.startswith("apt/") and rel.endswith(".deb"))
+        if self.args.no_apt:
+            on_disk = files_under(self.bundle, "apt") + (["apt.tar"] if (self.bundle / "apt.tar").is_file() else [])
+            for rel in sorted({rel for rel in self.old if rel.startswith("apt")} | set(on_disk)):
+                if rel in self.old:
+                    self.take(rel, self.old[rel].kind, self.old[rel].name, self.old[rel].version, self.old[rel].origin)
+                else:
+                    kind = "deb" if rel.endswith(".deb") else "apt-index"
+                    name, version = parse_name_version(Path(rel).name) if kind == "deb" else (Path(rel).name, "")
+                    self.take(rel, kind, name, version, "local copy bundle/apt")
+            return old_header.get("apt") or {}
+        for tool, package in (("apt-get", "apt"), ("dpkg-scanpackages", "dpkg-dev")):
+            if shutil.which(tool) is None:
+                raise BadInput(f"{tool} not found: the apt repository is built on a Debian/Ubuntu control node of the hosts' "
+                               f"release, with `apt-get install {package}`; or pass --no-apt (make bundle BUNDLE_ARGS=--no-apt)")
+        os_release = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+        codename = os_release.get("VERSION_CODENAME", "").strip('"')
+        architecture = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True, text=True).stdout.strip()
+        header = {"codename": codename, "architecture": architecture, "packages": apt_packages(self.args.with_driver)}
+        origin = f"debian {codename} via apt"
+        # The same request with every .deb intact needs no apt-get: reruns stay offline and quick.
+        download = old_header.get("apt") != header or not listed or not all(self.intact(rel) for rel in listed)
+        if download:
+            for rel in listed:
+                if (self.bundle / rel).is_file() and not self.intact(rel):
+                    (self.bundle / rel).unlink()
+                    self._digests.pop(rel, None)
+            self.download_debs(header["packages"])
+        for rel in sorted(set(listed) | {r for r in files_under(self.bundle, "apt") if r.endswith(".deb")}):
+            self.take(rel, "deb", *parse_name_version(Path(rel).name), self.old_origin(rel, origin))
+        stale = self.apt_index(stale=download, origin=f"dpkg-scanpackages of the .debs ({origin})")
+        self.apt_archive(header, stale)
+        return header
+
+    def download_debs(self, packages: List[str]) -> None:
+        apt_dir = self.bundle / "apt"
+        (apt_dir / "partial").mkdir(parents=True, exist_ok=True)
+        before = set(files_under(self.bundle, "apt"))
+        with tempfile.NamedTemporaryFile(prefix="sdkit-empty-status-") as empty_status:
+            # An empty dpkg status makes apt resolve every dependency, as for a minimal host; with the
+            # package caches switched off, this machine's apt state is left as it was. Recommends are
+            # kept: the roles' apt tasks install them, so a host gets the same packages either way.
+            command = ["apt-get", "install", "--download-only", "--yes",
+                       "-o", f"Dir::State::status={empty_status.name}", "-o", f"Dir::Cache::archives={apt_dir.resolve()}",
+                       "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", *packages]
+            self.say(f"apt-get install --download-only {' '.join(packages)}, with every dependency")
+            result = subprocess.run(command, capture_output=True, text=True)
+        shutil.rmtree(apt_dir / "partial", ignore_errors=True)
+        (apt_dir / "lock").unlink(missing_ok=True)
+        if result.returncode != 0:
+            tail = " ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+            raise BadInput(f"apt-get could not download the packages ({tail}); run `apt-get update` and rerun, or pass --no-apt")
+        self.fetched += sorted(set(files_under(self.bundle, "apt")) - before)
+
+    def apt_index(self, stale: bool, origin: str) -> bool:
+        """apt/Packages and Packages.gz, so that hosts can use `deb [trusted=yes] file:<dir> ./`.
+        Returns whether they were written."""
+        apt_dir = self.bundle / "apt"
+        names = ("Packages", "Packages.gz")
+        written = False
+        if stale or not all(self.intact(f"apt/{name}") for name in names):
+            scan = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=apt_dir, capture_output=True, text=True, check=True)
+            if not all((apt_dir / name).is_file() for name in names) or (apt_dir / "Packages").read_text() != scan.stdout:
+                (apt_dir / "Packages").write_text(scan.stdout)
+                (apt_dir / "Packages.gz").write_bytes(gzip.compress(scan.stdout.encode(), mtime=0))
+                self.say(f"wrote {self.shown}/apt/Packages ({scan.stdout.count('Package: ')} packages)")
+                written = True
+            for name in names:
+                self._digests.pop(f"apt/{name}", None)
+        for name in names:
+            rel = f"apt/{name}"
+            self.entries[rel] = Entry(rel, "apt-index", name, "", self.digest(rel), origin)
+        return written
+
+    def apt_archive(self, header: dict, stale: bool) -> None:
+        """apt/release.yml (the release the sophon_apt role checks each host against) and apt.tar,
+        the repository as the one archive that role pushes. The tar is byte-for-byte the same for
+        the same files (sorted, no owners or dates), so a rerun leaves its checksum alone."""
+        release = self.bundle / "apt" / "release.yml"
+        text = yaml.safe_dump({"codename": header["codename"], "architecture": header["architecture"]}, sort_keys=False)
+        if not release.is_file() or release.read_text() != text:
+            release.write_text(text)
+            self._digests.pop("apt/release.yml", None)
+            stale = True
+        self.entries["apt/release.yml"] = Entry("apt/release.yml", "apt-index", "release.yml", "", self.digest("apt/release.yml"),
+                                                "the release and architecture the .debs were resolved for")
+        members = files_under(self.bundle, "apt")
+        if stale or not self.intact("apt.tar"):
+            partial = self.bundle / ".apt.tar.partial"
+            with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
+                for rel in members:
+                    info = tar.gettarinfo(self.bundle / rel, arcname=rel[len("apt/"):])
+                    info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                    with open(self.bundle / rel, "rb") as handle:
+                        tar.addfile(info, handle)
+            partial.replace(self.bundle / "apt.tar")
+            self._digests.pop("apt.tar", None)
+            self.say(f"wrote {self.shown}/apt.tar ({len(members)} files)")
+        self.entries["apt.tar"] = Entry("apt.tar", "apt-index", "apt.tar", header["codename"], self.digest("apt.tar"),
+                                        "tar of apt/ (pushed by the sophon_apt role)")
+
+
+def build(args: argparse.Namespace) -> int:
+    bundle: Path = args.bundle_dir
+    if args.assets_from is not None and not args.assets_from.is_dir():
+        raise BadInput(f"--assets-from {args.assets_from} is not a folder: give a copy of Sophgo's download share "
+                       "(CompVis_SD14_pretrained_weights/, dataset/, ...)")
+    bundle.mkdir(parents=True, exist_ok=True)
+    old_header, old_entries = load_manifest(bundle)
+    builder = Builder(args, old_entries)
+    builder.wheelhouse()
+    builder.sources()
+    builder.vendor()
+    builder.assets()
+    apt_header = builder.apt(old_header)
+    header = {
+        "profile": args.profile,
+        "python": args.profile.rpartition("-py")[2],
+        "platform": "linux x86_64 (manylinux wheels)",
+        "apt": apt_header,
+        "missing": builder.missing,
+    }
+    written = write_manifest(bundle, header, builder.entries)
+    size = sum((bundle / rel).stat().st_size for rel in builder.entries if (bundle / rel).is_file())
+    for line in builder.problems:
+        print(line)
+    print(f"bundle {bundle}: {len(builder.entries)} files, {size / 2**20:.0f} MiB, fetched {len(builder.fetched)}, "
+          f"missing {len(builder.missing)}, problems {len(builder.problems)}; manifest {'written' if written else 'unchanged'}")
+    if builder.problems:
+        return 1
+    if builder.missing and args.require_assets:
+        print("--require-assets: the bundle lacks " + ", ".join(item["name"] for item in builder.missing))
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(args: argparse.Namespace) -> int:
+    bundle: Path = args.bundle_dir
+    if not (bundle / MANIFEST).is_file():
+        raise BadInput(f"{bundle}/{MANIFEST} does not exist: build the bundle with make bundle (or copy the whole bundle/ again)")
+    header, entries = load_manifest(bundle)
+    problems = []
+    size = 0
+    where = shown(bundle)
+    for rel, entry in sorted(entries.items()):
+        path = bundle / rel
+        if not path.is_file():
+            problems.append(f"{where}/{rel}: missing; fix: {fix_for(rel, entry.kind)}")
+        elif sha256_of(path) != entry.sha256:
+            problems.append(f"{where}/{rel}: sha256 differs from the manifest (corrupt or replaced); fix: {fix_for(rel, entry.kind)}")
+        else:
+            size += path.stat().st_size
+    for rel in bundle_files(bundle):
+        if rel not in entries:
+            recorded = rel.split("/")[0] in ("wheelhouse", "wheelhouse.tar", "vendor", "assets", "apt", "apt.tar")
+            fix = "rerun make bundle to record it, or remove it" if recorded else "remove it (make bundle does not record it)"
+            problems.append(f"{where}/{rel}: not in the manifest; fix: {fix}")
+    for line in problems:
+        print(line)
+    if problems:
+        return 1
+    missing = header.get("missing") or []
+    note = f"; not in it: {', '.join(item['name'] for item in missing)}" if missing else ""
+    print(f"bundle OK: {len(entries)} files, {size / 2**20:.0f} MiB match {bundle}/{MANIFEST} "
+          f"(profile {header.get('profile')}){note}")
+    return 0
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    default_bundle = REPO / "bundle"
+
+    build_parser = commands.add_parser("build", help="fetch what is missing, re-verify the rest, write the manifest",
+                                       description="Fetch what the bundle lacks, re-verify the rest, write bundle/manifest.yml.")
+    build_parser.add_argument("--bundle-dir", type=Path, default=default_bundle, help="the bundle (default: the repo's bundle/)")
+    build_parser.add_argument("--profile", required=True,
+                              help="the fleet's profile, as PROFILE of make wheelhouse (torch-2.1.0-py3.10): recorded in the manifest")
+    build_parser.add_argument("--libraries", type=Path,
+                              help="YAML with sophon_upstream_libraries overriding the role's pins (tests: build/upstream-git/libraries.yml)")
+    build_parser.add_argument("--git-base-url", default=role_defaults("sophon_upstream")["sophon_upstream_git_base_url"],
+                              help="where <name>.git lives (default: the sophon_upstream role's default)")
+    build_parser.add_argument("--git-timeout", type=float, default=15,
+                              help="seconds to wait for git ls-remote before keeping the sdist (default 15)")
+    build_parser.add_argument("--assets-from", type=Path,
+                              help="a local copy of Sophgo's download share (its folders are copied in); otherwise the hub, if reachable")
+    build_parser.add_argument("--hub-timeout", type=float, default=10, help="seconds to wait for the hub (default 10)")
+    build_parser.add_argument("--require-assets", action="store_true", help="exit 1 when a share folder could not be bundled")
+    build_parser.add_argument("--no-wheelhouse", action="store_true",
+                              help="a bundle without wheels (hosts use an index): do not require bundle/wheelhouse")
+    build_parser.add_argument("--no-apt", action="store_true",
+                              help="do not build the apt repository (files already in bundle/apt/ stay listed and verified)")
+    build_parser.add_argument("--with-driver", action="store_true",
+                              help="also bundle the driver's apt packages (dkms); linux-headers must still match each host's kernel")
+    build_parser.add_argument("--accept-changes", action="store_true",
+                              help="record files as they are now, after replacing or removing one on purpose")
+
+    verify_parser = commands.add_parser("verify", help="check every file against the manifest; exit 1 on any problem",
+                                        description="Check every manifest entry (exists, sha256) and look for unlisted files.")
+    verify_parser.add_argument("--bundle-dir", type=Path, default=default_bundle, help="the bundle (default: the repo's bundle/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    # Absolute paths: git runs in other folders, and the manifest records where copies came from.
+    args.bundle_dir = args.bundle_dir.resolve()
+    if getattr(args, "assets_from", None) is not None:
+        args.assets_from = args.assets_from.resolve()
+    try:
+        return build(args) if args.command == "build" else verify(args)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Fleet operations on a provisioned fleet: hosts with no network, --check, LIMIT and tags."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from fleet_support import REPO, ansible_env, recap
+
+BUNDLE_REPO = "file:/var/lib/sophon-sd/apt"
+KIT_PACKAGES = ["python3-venv", "python3-packaging", "git", "patch", "make"]
+
+# Reads the mirror from the host's own apt sources, so no mirror is named here.
+REACH_MIRROR = (
+    "import re, urllib.request; "
+    "url = re.search(r'https?://\\S+', open('/etc/apt/sources.list').read()).group(); "
+    "urllib.request.urlopen(url, timeout=5)"
+)
+
+
+@pytest.fixture(scope="module")
+def offline_hosts(fleet) -> list[str]:
+    hosts = [host for host in fleet.hosts if fleet.hostvars[host].get("sophon_apt_source") == "bundle"]
+    if not hosts:
+        pytest.skip("no host of this fleet takes its Debian packages from the bundle (sophon_apt_source: bundle)")
+    return hosts
+
+
+def test_offline_hosts_cannot_reach_their_mirror(fleet, offline_hosts):
+    for host in offline_hosts:
+        result = fleet.command(host, ["python3", "-c", REACH_MIRROR])
+        assert result.returncode != 0 and "URLError" in result.stdout, f"{host} reached its mirror: {result.stdout}"
+
+
+def test_offline_hosts_installed_the_kits_packages_from_the_bundle(fleet, offline_hosts):
+    for host in offline_hosts:
+        policy = fleet.command(host, ["apt-cache", "policy", *KIT_PACKAGES])
+        assert policy.returncode == 0, policy.stdout
+        # For each package: the line after the installed version (***) names where it came from.
+        for package, section in zip(KIT_PACKAGES, _sections(policy.stdout)):
+            lines = section.splitlines()
+            installed = next(i for i, line in enumerate(lines) if line.lstrip().startswith("***"))
+            assert BUNDLE_REPO in lines[installed + 1], f"{package} on {host} did not come from the bundle:\n{section}"
+
+
+def _sections(policy_output: str) -> list[str]:
+    """apt-cache policy's output, one section per package (each starts at column 0 with `name:`)."""
+    sections: list[str] = []
+    for line in policy_output.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            sections.append("")
+        if sections:
+            sections[-1] += line + "\n"
+    return sections
+
+
+def test_check_diff_on_the_provisioned_fleet_reports_no_changes(fleet):
+    result = fleet.playbook("site.yml", "--check", "--diff")
+    assert result.returncode == 0, result.stdout[-3000:]
+    counters = recap(result.stdout)
+    assert set(counters) == set(fleet.hosts), f"recap lists {sorted(counters)}"
+    changed = {host: count["changed"] for host, count in counters.items() if count["changed"]}
+    assert not changed, f"--check reports changes on a provisioned fleet: {changed}\n{result.stdout[-3000:]}"
+
+
+def test_make_provision_takes_limit_and_tags(fleet):
+    host = fleet.hosts[0]
+    result = subprocess.run(["make", "-C", str(REPO), "provision", f"INVENTORY={fleet.inventory}", f"LIMIT={host}",
+                             "TAGS=runners", "ANSIBLE_ARGS=--check"],
+                            capture_output=True, text=True, env=ansible_env(), timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert set(recap(result.stdout)) == {host}
+    assert "Deploy the runners" in result.stdout
+    # Only the runners role ran: no other role's tasks.
+    assert "Build the venv with the pinned torch" not in result.stdout

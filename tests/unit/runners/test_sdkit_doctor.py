@@ -1,0 +1,276 @@
+"""The host doctor against fake hosts: a folder laid out like a provisioned host, passed as --root.
+
+The venv's python is a small wrapper around this interpreter that sees only a folder of fake
+*.dist-info records (with -S, no site-packages), so the doctor's subprocess probe runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sdkit_doctor
+
+REPO = Path(__file__).resolve().parents[3]
+KIT = "/opt/sophon-sd"
+UPSTREAM_DEFAULTS = yaml.safe_load((REPO / "roles/sophon_upstream/defaults/main.yml").read_text())
+PINS = {lib["name"]: str(lib["version"]) for lib in UPSTREAM_DEFAULTS["sophon_upstream_libraries"]}
+ACCELERATE_PATCH = "accelerate/v0.16.0/accelerator.py.patch"
+DIFFUSERS_PATCH = "diffusers/v0.20.0/train_text_to_image_lora.py.patch"
+DIFFUSERS_FILE = "examples/text_to_image/train_text_to_image_lora.py"
+DIFFUSERS_PRISTINE = REPO / "tests/unit/patches/fixtures/train_text_to_image_lora.v0.20.0.py"
+
+
+class FakeHost:
+    """A provisioned CPU host in bundle mode (like the demo); methods change one thing at a time."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.site = root / "fake-site-packages"
+        self.write("etc/sophon-sd/env", "\n".join([
+            "# written by the host_env role", "ACCELERATE_TORCH_DEVICE=cpu", "SOPHON_SD_DEVICES=",
+            "SOPHON_SD_DEVICE_COUNT=0", "LD_LIBRARY_PATH=/opt/sophon/libsophon-current/lib",
+            f"SOPHON_SD_VENV={KIT}/venv", "SOPHON_SD_OUTPUTS=/var/lib/sophon-sd/outputs", ""]))
+        self.write("etc/security/limits.d/sophon-sd.conf",
+                   "# Added by Ansible\nsophon-sd\tsoft\tnofile\t65535\nsophon-sd\thard\tnofile\t524288\n")
+        (root / "var/lib/sophon-sd/outputs").mkdir(parents=True)
+        self.write(f"{KIT}/constraints.txt", "# pins\nnumpy==1.26.4\ntorch==2.13.0\n")
+        self.write(f"{KIT}/wheelhouse/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "")
+        shutil.copytree(REPO / "patches", root / KIT.lstrip("/") / "patches")
+        self.sources = {
+            "source": "bundle", "src_dir": f"{KIT}/src", "venv": f"{KIT}/venv",
+            "libraries": [{"name": name, "version": version} for name, version in PINS.items()],
+            "patches": [
+                {"library": "accelerate", "file": "src/accelerate/accelerator.py", "patch": ACCELERATE_PATCH,
+                 "applied": True},
+                {"library": "diffusers", "file": DIFFUSERS_FILE, "patch": DIFFUSERS_PATCH, "applied": False},
+            ],
+        }
+        self.write_sources()
+        # The patched accelerate file: what matters to the doctor is that the patch's added lines are there.
+        added = sdkit_doctor.added_lines((REPO / "patches" / ACCELERATE_PATCH).read_text())
+        self.write(f"{KIT}/src/accelerate/src/accelerate/accelerator.py", "import torch\n" + "\n".join(added) + "\n")
+        self.install("torch", "2.13.0+cpu")
+        for name, version in PINS.items():
+            self.install(name, version, {"url": f"file://{KIT}/src/{name}", "dir_info": {"editable": True}})
+        python = root / KIT.lstrip("/") / "venv/bin/python"
+        python.parent.mkdir(parents=True)
+        python.write_text(f'#!/bin/sh\nPYTHONPATH="{self.site}" exec "{sys.executable}" -S "$@"\n')
+        python.chmod(0o755)
+
+    def write(self, host_path: str, text: str) -> Path:
+        path = self.root / host_path.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def write_sources(self) -> None:
+        self.write(f"{KIT}/src/sources.json", json.dumps(self.sources))
+
+    def install(self, name: str, version: str, direct_url: dict | None = None, author: str = "") -> None:
+        """A dist-info record as pip leaves it (METADATA, and direct_url.json for file and editable installs)."""
+        for old in self.site.glob(f"{name}-*.dist-info"):
+            shutil.rmtree(old)
+        info = self.site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nAuthor: {author}\n")
+        if direct_url:
+            (info / "direct_url.json").write_text(json.dumps(direct_url))
+
+    def make_tpu_host(self) -> None:
+        """Two chips, the driver and libsophon, Sophgo's torch_tpu from the pushed wheel."""
+        env = self.root / "etc/sophon-sd/env"
+        env.write_text(env.read_text().replace("ACCELERATE_TORCH_DEVICE=cpu", "ACCELERATE_TORCH_DEVICE=tpu:0")
+                       .replace("SOPHON_SD_DEVICES=", "SOPHON_SD_DEVICES=tpu:0,tpu:1")
+                       .replace("SOPHON_SD_DEVICE_COUNT=0", "SOPHON_SD_DEVICE_COUNT=2"))
+        self.write("proc/bmsophon/driver_version", "0.4.9\n")
+        self.write("dev/bm-sophon0", "")
+        self.write("dev/bm-sophon1", "")
+        (self.root / "opt/sophon/libsophon-0.4.9").mkdir(parents=True)
+        os.symlink("libsophon-0.4.9", self.root / "opt/sophon/libsophon-current")
+        wheel = f"{KIT}/vendor/torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
+        self.write(wheel, "")
+        self.install("torch_tpu", "2.1.0.post1", {"url": f"file://{wheel}", "archive_info": {}}, author="sophgo")
+
+
+@pytest.fixture
+def fake_host(tmp_path) -> FakeHost:
+    return FakeHost(tmp_path / "host")
+
+
+@pytest.fixture(autouse=True)
+def session(monkeypatch):
+    """A login session with the kit's limits and environment, whatever this test machine has."""
+    monkeypatch.setattr(sdkit_doctor.resource, "getrlimit", lambda which: (65535, 524288))
+    monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "cpu")
+
+
+def doctor(fake_host: FakeHost, capsys, *args) -> tuple[int, dict]:
+    """Run the doctor with --json on the fake host; returns the exit code and checks by name."""
+    code = sdkit_doctor.main(["--json", "--root", str(fake_host.root), "--min-free-gb", "0", *args])
+    report = json.loads(capsys.readouterr().out)
+    return code, {check["name"]: check for check in report["checks"]}
+
+
+def test_cpu_host_healthy(fake_host, capsys):
+    code, checks = doctor(fake_host, capsys)
+    assert code == 0
+    assert {name: c["status"] for name, c in checks.items() if c["status"] != "ok"} == {}
+    for name in ("driver", "chips", "libsophon", "torch_tpu"):
+        assert checks[name]["detail"] == "not expected (CPU host)"
+    assert checks["torch"]["detail"] == "2.13.0+cpu (wheel from the wheelhouse)"
+    assert checks["diffusers"]["detail"] == f"{PINS['diffusers']} (editable {KIT}/src/diffusers)"
+    assert checks["patch:accelerate"]["detail"].startswith(f"{ACCELERATE_PATCH} present")
+    assert checks["patch:diffusers"]["detail"].startswith("not applicable (sdist)")
+
+
+def test_plain_output_names_problems_and_fixes(fake_host, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "tpu:0")
+    code = sdkit_doctor.main(["--root", str(fake_host.root), "--min-free-gb", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "(CPU host, no Sophgo runtime expected)" in out
+    assert "  warn  device" in out and "fix: runs from this shell use tpu:0: `unset ACCELERATE_TORCH_DEVICE`" in out
+    assert out.rstrip().endswith("ok, 1 warn, 0 fail")
+
+
+def test_missing_patch_is_named_with_fix(fake_host, capsys):
+    fake_host.write(f"{KIT}/src/accelerate/src/accelerate/accelerator.py", "import torch\n# reinstalled, unpatched\n")
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1
+    check = checks["patch:accelerate"]
+    assert check["status"] == "fail"
+    assert ACCELERATE_PATCH in check["detail"]
+    assert f"{KIT}/src/accelerate/src/accelerate/accelerator.py" in check["detail"]
+    assert f"remove {KIT}/src/accelerate" in check["fix"] and "--tags upstream" in check["fix"]
+
+
+def test_git_checkout_with_the_real_diffusers_patch(fake_host, capsys, tmp_path):
+    """In git mode the diffusers example is patched: the real patch on upstream's file passes, the bare file fails."""
+    target = fake_host.write(f"{KIT}/src/diffusers/{DIFFUSERS_FILE}", DIFFUSERS_PRISTINE.read_text())
+    fake_host.sources["source"] = "git"
+    fake_host.sources["patches"][1]["applied"] = True
+    fake_host.write_sources()
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1 and checks["patch:diffusers"]["status"] == "fail"
+
+    subprocess.run(["patch", "-p1", "-s", "-i", str(REPO / "patches" / DIFFUSERS_PATCH)],
+                   cwd=fake_host.root / KIT.lstrip("/") / "src/diffusers", check=True)
+    assert target.read_text() != DIFFUSERS_PRISTINE.read_text()
+    code, checks = doctor(fake_host, capsys)
+    assert code == 0 and checks["patch:diffusers"]["status"] == "ok"
+
+
+def test_patch_not_deployed_is_a_warning(fake_host, capsys):
+    (fake_host.root / KIT.lstrip("/") / "patches" / ACCELERATE_PATCH).unlink()
+    code, checks = doctor(fake_host, capsys)
+    assert code == 0 and checks["patch:accelerate"]["status"] == "warn"
+    assert "--tags runners" in checks["patch:accelerate"]["fix"]
+
+
+def test_limits_below_65535_warn(fake_host, capsys, monkeypatch):
+    monkeypatch.setattr(sdkit_doctor.resource, "getrlimit", lambda which: (20000, 20000))
+    code, checks = doctor(fake_host, capsys)
+    assert code == 0
+    check = checks["nofile_in_force"]
+    assert check["status"] == "warn" and "soft 20000, hard 20000" in check["detail"]
+    assert "log in again" in check["fix"] and "ulimit" in check["fix"]
+
+
+def test_low_soft_limit_is_fine_when_the_hard_limit_allows(fake_host, capsys, monkeypatch):
+    monkeypatch.setattr(sdkit_doctor.resource, "getrlimit", lambda which: (1024, 524288))
+    _, checks = doctor(fake_host, capsys)
+    assert checks["nofile_in_force"]["status"] == "ok"
+
+
+def test_limits_file_below_65535_fails(fake_host, capsys):
+    fake_host.write("etc/security/limits.d/sophon-sd.conf", "sophon-sd soft nofile 4096\n")
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1 and checks["nofile_config"]["status"] == "fail"
+    assert "--tags host_env" in checks["nofile_config"]["fix"]
+
+
+def test_low_disk_fails_and_warns(fake_host, capsys):
+    free_gb = shutil.disk_usage(fake_host.root).free / 1e9
+    code, checks = doctor(fake_host, capsys, "--min-free-gb", str(free_gb * 2))
+    assert code == 1 and checks["disk"]["status"] == "fail"
+    assert "/var/lib/sophon-sd/outputs" in checks["disk"]["detail"] and "free space" in checks["disk"]["fix"]
+    code, checks = doctor(fake_host, capsys, "--min-free-gb", str(free_gb * 0.75))
+    assert code == 0 and checks["disk"]["status"] == "warn"
+
+
+def test_broken_venv_python_reported(fake_host, capsys):
+    python = fake_host.root / KIT.lstrip("/") / "venv/bin/python"
+    python.unlink()
+    python.symlink_to("/usr/bin/python3.99")  # the interpreter the venv was built from is gone
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1
+    assert checks["venv"]["status"] == "fail" and f"{KIT}/venv/bin/python cannot run" in checks["venv"]["detail"]
+    assert f"remove {KIT}/venv" in checks["venv"]["fix"]
+    assert checks["torch"]["status"] == "fail" and "not checked" in checks["torch"]["detail"]
+
+
+def test_venv_python_that_crashes_is_reported(fake_host, capsys):
+    python = fake_host.root / KIT.lstrip("/") / "venv/bin/python"
+    python.write_text("#!/bin/sh\necho 'ImportError: libpython' >&2\nexit 1\n")
+    _, checks = doctor(fake_host, capsys)
+    assert checks["venv"]["status"] == "fail" and "ImportError: libpython" in checks["venv"]["detail"]
+
+
+def test_wrong_version_and_non_editable_install_fail(fake_host, capsys):
+    fake_host.install("diffusers", "0.21.0", {"url": f"file://{KIT}/src/diffusers", "dir_info": {"editable": True}})
+    fake_host.install("accelerate", PINS["accelerate"])  # from an index: the patched checkout is not used
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1
+    assert checks["diffusers"]["status"] == "fail" and f"pinned {PINS['diffusers']}" in checks["diffusers"]["detail"]
+    assert checks["accelerate"]["status"] == "fail" and "not the editable checkout" in checks["accelerate"]["detail"]
+
+
+def test_tpu_host_healthy(fake_host, capsys, monkeypatch):
+    fake_host.make_tpu_host()
+    monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "tpu:0")
+    code, checks = doctor(fake_host, capsys)
+    assert code == 0
+    assert checks["driver"]["detail"] == "bmsophon loaded (0.4.9)"
+    assert checks["chips"]["detail"] == "2: bm-sophon0, bm-sophon1"
+    assert checks["libsophon"]["detail"].startswith("0.4.9 ")
+    wheel = f"{KIT}/vendor/torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
+    assert checks["torch_tpu"]["detail"] == f"2.1.0.post1 (file {wheel})"
+
+
+def test_tpu_host_without_runtime_fails(fake_host, capsys, monkeypatch):
+    fake_host.make_tpu_host()
+    for path in ("proc/bmsophon", "dev", "opt/sophon"):
+        shutil.rmtree(fake_host.root / path)
+    fake_host.install("torch_tpu", "0.2.0", {}, author="Google")
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1
+    assert [checks[name]["status"] for name in ("driver", "chips", "libsophon", "torch_tpu")] == ["fail"] * 4
+    assert "modprobe bmsophon" in checks["driver"]["fix"] and "Google" in checks["torch_tpu"]["detail"]
+
+
+def test_json_parses_when_run_by_the_system_python(fake_host):
+    """playbooks/doctor.yml runs it as `python3 sdkit_doctor.py --json`: stdlib only, one JSON object."""
+    system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    proc = subprocess.run([system_python, str(REPO / "runners/sdkit_doctor.py"), "--json", "--root", str(fake_host.root),
+                           "--min-free-gb", "0"], capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "ACCELERATE_TORCH_DEVICE": "cpu"})
+    report = json.loads(proc.stdout)
+    assert set(report) >= {"host", "cpu_host", "summary", "checks", "packages"} and report["cpu_host"] is True
+    assert all(set(check) == {"name", "status", "detail", "fix"} for check in report["checks"])
+    assert report["summary"]["fail"] == 0 and proc.returncode == 0
+    assert report["packages"]["diffusers"] == {"version": PINS["diffusers"], "origin": f"editable {KIT}/src/diffusers"}
+
+
+def test_bad_root_is_one_clear_message(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        sdkit_doctor.main(["--root", str(tmp_path / "nowhere")])
+    assert info.value.code == 2 and "is not a folder" in capsys.readouterr().err
+

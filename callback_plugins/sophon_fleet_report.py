@@ -1,7 +1,7 @@
 """Fleet report: at the end of a run, one line per host that failed or could not be reached.
 
 Ansible's recap counts failures per host; on a fleet the reason is scrolled far away. This
-callback keeps each host's first failure (task and message) and its unreachable error, and prints
+callback keeps the failure (task and message) or unreachable error that stopped each host, and prints
 them together after the recap, so an operator sees which hosts to fix and why without searching.
 """
 
@@ -12,7 +12,7 @@ DOCUMENTATION = """
     type: aggregate
     short_description: Name each failed or unreachable host and why, at the end of the run
     description:
-      - Collects the first failure and the unreachable error of every host and prints them after the recap.
+      - Collects the failure or unreachable error that stopped each host and prints them after the recap.
       - Failures that a task ignores (ignore_errors, or rescued by a block) are not reported.
     requirements:
       - enable in ansible.cfg (callbacks_enabled)
@@ -28,11 +28,11 @@ def summarize(result: dict) -> str:
     message = result.get("msg") or result.get("stderr") or ""
     # A module that crashed says only that its output was not JSON; its stderr says why.
     module_error = next((line for line in str(result.get("module_stderr", "")).splitlines() if line.strip()), "")
-    if module_error:
-        message = f"{message}: {module_error}" if message else module_error
-    if not message and result.get("results"):
-        failed_items = [item for item in result["results"] if item.get("failed")]
-        message = summarize(failed_items[0]) if failed_items else ""
+    # A loop says only that an item failed; the first failed item says why.
+    failed_item = next((item for item in result.get("results", []) if isinstance(item, dict) and item.get("failed")), None)
+    detail = module_error or (summarize(failed_item) if failed_item else "")
+    if detail:
+        message = f"{message}: {detail}" if message else detail
     message = " ".join(str(message).split())
     return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 3] + "..."
 
@@ -48,9 +48,9 @@ class CallbackModule(CallbackBase):
         self.problems: dict[str, tuple[str, str, str]] = {}
 
     def _record(self, kind: str, result) -> None:
-        host = result._host.get_name()
-        # The first problem is the cause; what follows on that host is a consequence.
-        self.problems.setdefault(host, (kind, result._task.get_name(), summarize(result._result)))
+        # A failed host runs no further tasks, so its last failure is the one that stopped it; an
+        # earlier one was handled by a rescue block (and the host then counts as completed).
+        self.problems[result._host.get_name()] = (kind, result._task.get_name(), summarize(result._result))
 
     def v2_runner_on_failed(self, result, ignore_errors: bool = False) -> None:
         if not ignore_errors:

@@ -28,6 +28,11 @@ PLAYBOOK = """
         - name: Carry on
           ansible.builtin.debug:
             msg: rescued
+    - name: A loop where one item fails
+      ansible.builtin.fail:
+        msg: "item {{ item }} is broken"
+      loop: [1, 2]
+      when: inventory_hostname == 'node-loop' and item == 2
     - name: A second failure on a host that already failed is not its cause
       ansible.builtin.fail:
         msg: consequence
@@ -39,6 +44,7 @@ fleet:
   hosts:
     node-ok: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
     node-bad: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+    node-loop: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
     node-gone: {ansible_connection: ssh, ansible_host: 127.0.0.1, ansible_port: 1, ansible_timeout: 5}
 """
 
@@ -52,12 +58,16 @@ def report(tmp_path_factory) -> str:
     result = subprocess.run(["ansible-playbook", "-i", str(folder / "hosts.yml"), str(folder / "play.yml")],
                             capture_output=True, text=True, env=env, check=False, cwd=REPO)
     assert result.returncode != 0, "a failed and an unreachable host must fail the run"
-    return result.stdout.split("FLEET REPORT", 1)[-1]
+    return result.stdout.split("FLEET REPORT", 1)[-1].split("TASKS RECAP", 1)[0]
 
 
 def test_the_failed_host_is_named_with_its_first_failure(report):
     assert 'node-bad: FAILED at "Check the disk": only 3 GB free under /opt: free some space and rerun' in report
     assert "consequence" not in report
+
+
+def test_a_failed_loop_names_the_failed_item(report):
+    assert 'node-loop: FAILED at "A loop where one item fails": One or more items failed: item 2 is broken' in report
 
 
 def test_the_unreachable_host_is_named_with_the_connection_error(report):
@@ -66,5 +76,5 @@ def test_the_unreachable_host_is_named_with_the_connection_error(report):
 
 
 def test_completed_hosts_and_rescued_failures_are_not_reported(report):
-    assert "1 of 3 hosts completed." in report
+    assert "1 of 4 hosts completed." in report
     assert "node-ok:" not in report and "rescued" not in report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -73,3 +74,16 @@ def test_make_provision_takes_limit_and_tags(fleet):
     assert "Deploy the runners" in result.stdout
     # Only the runners role ran: no other role's tasks.
     assert "Build the venv with the pinned torch" not in result.stdout
+
+
+def test_doctor_gathers_the_whole_fleet_into_one_report(fleet, tmp_path):
+    result = fleet.playbook("doctor.yml", "-e", f"sophon_sd_doctor_report_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(entry["host"] for entry in report["hosts"]) == fleet.hosts
+    for entry in report["hosts"]:
+        assert entry["state"] == "reported", entry
+        failed = [check for check in entry["checks"] if check["status"] == "fail"]
+        assert not failed, f"{entry['host']}: {failed}"
+    table = (tmp_path / "report.md").read_text()
+    assert all(f"| {host} |" in table for host in fleet.hosts)

@@ -1,0 +1,246 @@
+"""sdkit_job.py: the commands it plans, and start/status/stop on a fake trainer run as a detached process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import sdkit_job
+from sdkit_job import JobError
+
+JOB_TOOL = Path(sdkit_job.__file__)
+
+# Behaves like train_lora.py where the job tool can see it: logs the step count, appends to
+# metrics.jsonl, checkpoints every 2 steps, resumes from the latest checkpoint, and on Ctrl-C
+# checkpoints and exits 130. FAKE_STEP_S sets the pace.
+FAKE_TRAINER = textwrap.dedent('''
+    import argparse, json, os, signal, sys, time
+    from pathlib import Path
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--max_train_steps", type=int, default=6)
+    parser.add_argument("--resume_from_checkpoint")
+    parser.add_argument("--fail_at", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    print(f"device {os.environ['ACCELERATE_TORCH_DEVICE']}, total optimization steps = {args.max_train_steps}",
+          file=sys.stderr, flush=True)
+    step = 0
+    if args.resume_from_checkpoint == "latest":
+        done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+        if done:
+            step = done[-1]
+            print(f"resuming from checkpoint checkpoint-{step}", flush=True)
+    while step < args.max_train_steps:
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0.05")))
+        step += 1
+        with open(out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "loss": 1.0 / step, "step_time_s": 0.05}) + "\\n")
+        if step % 2 == 0 or stop:
+            (out / f"checkpoint-{step}").mkdir(exist_ok=True)
+        if stop:
+            sys.exit(130)
+        if step == args.fail_at:
+            sys.exit(3)
+    (out / "run.json").write_text(json.dumps({"step": step, "finished": True}))
+''')
+
+
+@pytest.fixture
+def job_tool(tmp_path):
+    """Runs sdkit_job.py as a separate process, as Ansible does, against a run folder in tmp_path."""
+    trainer = tmp_path / "fake_trainer.py"
+    trainer.write_text(FAKE_TRAINER)
+    env_file = tmp_path / "env"
+    env_file.write_text("ACCELERATE_TORCH_DEVICE=cpu\nSOPHON_SD_DEVICES=\n")
+    runs = tmp_path / "runs"
+
+    def run(command, *args, step_s="0.05", check=True):
+        common = ["--run-id", "r1", "--runs-dir", str(runs), "--json"]
+        if command == "start":
+            common += ["--env-file", str(env_file), "--user", "", "--python", sys.executable,
+                       "--trainer", str(trainer)]
+        result = subprocess.run([sys.executable, str(JOB_TOOL), command, *common, *args], capture_output=True,
+                                text=True, timeout=60, env=dict(os.environ, FAKE_STEP_S=step_s))
+        if check:
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+        return result
+
+    run.job_dir = runs / "r1" / "cpu"
+    return run
+
+
+def wait_for(job_tool, condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job_tool("status")
+        if condition(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; last status {status}")
+
+
+def only_job(status):
+    [job] = status["jobs"]
+    return job
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_per_chip_is_one_job_per_chip(tmp_path):
+    jobs = sdkit_job.plan_jobs(tmp_path, "per_chip", ["tpu:0", "tpu:1"], "/venv/bin/python", "/r/train_lora.py",
+                               ["--seed=42"])
+    assert [j.name for j in jobs] == ["tpu0", "tpu1"]
+    assert jobs[1].argv == ["/venv/bin/python", "/r/train_lora.py", "--seed=42",
+                            "--output_dir", str(tmp_path / "tpu1" / "output")]
+    assert jobs[1].env == {"ACCELERATE_TORCH_DEVICE": "tpu:1"}
+
+
+def test_data_parallel_is_one_accelerate_launch_over_all_chips(tmp_path):
+    [job] = sdkit_job.plan_jobs(tmp_path, "data_parallel", ["tpu:0", "tpu:1", "tpu:2"], "/venv/bin/python",
+                                "/r/train_lora.py", ["--seed=42"])
+    assert job.name == "dp3"
+    assert job.argv[:6] == ["/venv/bin/python", "-m", "accelerate.commands.launch", "--num_processes", "3",
+                            "--num_machines"]
+    assert "--multi_gpu" in job.argv
+    assert job.argv[-4:] == ["/r/train_lora.py", "--seed=42", "--output_dir", str(tmp_path / "dp3" / "output")]
+    # No index: each process takes the chip of its LOCAL_RANK (sdkit_env.resolve_device).
+    assert job.env == {"ACCELERATE_TORCH_DEVICE": "tpu"}
+
+
+def test_data_parallel_refuses_chips_that_local_rank_cannot_reach(tmp_path):
+    with pytest.raises(JobError, match="tpu:0,tpu:1.*per_chip"):
+        sdkit_job.plan_jobs(tmp_path, "data_parallel", ["tpu:0", "tpu:2"], "py", "t.py", [])
+
+
+@pytest.mark.parametrize("mode", sdkit_job.MODES)
+def test_a_host_without_chips_gets_one_cpu_job(tmp_path, mode):
+    [job] = sdkit_job.plan_jobs(tmp_path, mode, [], "py", "t.py", [])
+    assert (job.name, job.env, job.argv[:2]) == ("cpu", {"ACCELERATE_TORCH_DEVICE": "cpu"}, ["py", "t.py"])
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_absent_run(job_tool):
+    status = job_tool("status")
+    assert status["state"] == "absent" and status["jobs"] == []
+
+
+def test_start_runs_detached_then_finishes_and_start_again_changes_nothing(job_tool):
+    started = job_tool("start", "--", "--max_train_steps=6", step_s="0.3")
+    [result] = started["jobs"]
+    assert result["action"] == "started" and result["status"]["state"] == "running"
+    pid = int((job_tool.job_dir / "pid").read_text())
+    # Not a child of this session: its own session, re-parented away from the start command.
+    assert os.getsid(pid) != os.getsid(0)
+    assert os.getppid() != pid and Path(f"/proc/{pid}").exists()
+    assert job_tool("start", "--", "--max_train_steps=6")["jobs"][0]["action"] == "already running"
+
+    running = wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
+    assert only_job(running)["total_steps"] == 6 and only_job(running)["state"] == "running"
+
+    done = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (done["state"], done["step"], done["total_steps"], done["exit_status"]) == ("finished", 6, 6, 0)
+    assert done["loss"] == pytest.approx(1 / 6)
+    assert done["elapsed_s"] > 1.0
+    record = json.loads((job_tool.job_dir / "job.json").read_text())
+    assert record["argv"][-3:] == ["--max_train_steps=6", "--output_dir", str(job_tool.job_dir / "output")]
+
+    again = job_tool("start", "--", "--max_train_steps=6")["jobs"][0]
+    assert again["action"] == "already finished"
+    assert len(json.loads((job_tool.job_dir / "job.json").read_text())["attempts"]) == 1
+
+
+def test_a_killed_job_resumes_from_its_latest_checkpoint(job_tool):
+    job_tool("start", "--", "--max_train_steps=8", step_s="0.3")
+    wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 3)
+    os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
+    died = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (died["state"], died["exit_status"]) == ("failed", -9)
+    checkpoint = died["checkpoint"]
+    assert checkpoint in ("checkpoint-2", "checkpoint-4")  # every 2 steps; the kill came at step 3 or 4
+    resumed_at = int(checkpoint.split("-")[1])
+
+    result = job_tool("start", "--", "--max_train_steps=8")["jobs"][0]
+    assert result["action"] == f"resumed from {checkpoint}"
+    done = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (done["state"], done["step"], done["attempts"]) == ("finished", 8, 2)
+    log = (job_tool.job_dir / "train.log").read_text()
+    assert "--resume_from_checkpoint latest" in log and f"resuming from checkpoint {checkpoint}" in log
+    # The second attempt carries on after the checkpoint rather than starting over at step 1.
+    steps = [json.loads(line)["step"] for line in (job_tool.job_dir / "output/metrics.jsonl").read_text().splitlines()]
+    assert steps[-(8 - resumed_at):] == list(range(resumed_at + 1, 9)) and steps.count(1) == 1
+
+
+def test_a_job_that_vanished_without_exit_status_counts_as_failed(job_tool):
+    job_tool("start", "--", "--max_train_steps=50", step_s="0.3")
+    record = json.loads((job_tool.job_dir / "job.json").read_text())["attempts"][-1]
+    os.kill(record["supervisor_pid"], signal.SIGKILL)  # as a reboot would: nobody records the end
+    os.kill(record["pid"], signal.SIGKILL)
+    job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (job["state"], job["exit_status"]) == ("failed", None)
+    assert "no exit status recorded" in job_tool("status")["lines"][0]
+
+
+def test_stop_checkpoints_and_start_resumes(job_tool):
+    job_tool("start", "--", "--max_train_steps=40", step_s="0.2")
+    wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
+    result = subprocess.run([sys.executable, str(JOB_TOOL), "stop", "--run-id", "r1", "--runs-dir",
+                             str(job_tool.job_dir.parents[1]), "--wait", "20"], capture_output=True, text=True)
+    assert "asked to stop" in result.stdout
+    stopped = only_job(job_tool("status"))
+    assert (stopped["state"], stopped["exit_status"]) == ("stopped", 130)
+    assert stopped["checkpoint"] == f"checkpoint-{stopped['step']}"
+    resumed = job_tool("start", "--", "--max_train_steps=40")["jobs"][0]
+    assert resumed["action"] == f"resumed from checkpoint-{stopped['step']}"
+    subprocess.run([sys.executable, str(JOB_TOOL), "stop", "--run-id", "r1", "--runs-dir",
+                    str(job_tool.job_dir.parents[1])], capture_output=True, check=True)
+
+
+def test_a_failed_job_reports_its_exit_status(job_tool):
+    job_tool("start", "--", "--max_train_steps=6", "--fail_at=1")
+    job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (job["state"], job["exit_status"], job["step"]) == ("failed", 3, 1)
+    assert "exit 3" in job_tool("status")["lines"][0]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_other_settings_for_an_existing_run_are_refused(job_tool):
+    job_tool("start", "--", "--max_train_steps=2")
+    wait_for(job_tool, lambda s: s["state"] != "running")
+    result = job_tool("start", "--", "--max_train_steps=3", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: job cpu of this run was started with another command")
+    assert "new run id" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_dir_is_the_tools_choice(job_tool):
+    result = job_tool("start", "--", "--output_dir=/tmp/x", check=False)
+    assert result.returncode == 2 and "--output_dir is chosen per job" in result.stderr
+
+
+def test_missing_env_file_says_how_to_fix(tmp_path):
+    code = sdkit_job.main(["start", "--run-id", "r", "--runs-dir", str(tmp_path), "--env-file",
+                           str(tmp_path / "nope"), "--user", ""])
+    assert code == 2
+
+
+def test_bad_run_id(tmp_path, capsys):
+    assert sdkit_job.main(["status", "--run-id", "../x", "--runs-dir", str(tmp_path)]) == 2
+    assert "not usable as a folder name" in capsys.readouterr().err

@@ -68,9 +68,11 @@ class CallbackModule(CallbackBase):
         failed_hosts = {host for host in stats.processed
                         if stats.summarize(host)["failures"] or stats.summarize(host)["unreachable"]}
         reported = {host: problem for host, problem in self.problems.items() if host in failed_hosts}
-        ok_count = len(stats.processed) - len(reported)
+        # The control node's own checks (plays on localhost) are not a fleet host unless they failed.
+        fleet = [host for host in stats.processed if host != "localhost" or host in reported]
+        ok_count = len(fleet) - len(reported)
         self._display.banner("FLEET REPORT")
-        self._display.display(f"{ok_count} of {len(stats.processed)} hosts completed.")
+        self._display.display(f"{ok_count} of {len(fleet)} hosts completed.")
         for host, (kind, task, message) in sorted(reported.items()):
             self._display.display(f"{host}: {kind} at \"{task}\": {message}", color="red")
         if reported:

@@ -9,6 +9,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 
 PLAYBOOK = """
+- name: The control node's own checks
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Check the bundle
+      ansible.builtin.debug:
+        msg: the control node is not counted as a fleet host
+
 - name: A fleet where one host fails and one cannot be reached
   hosts: all
   gather_facts: false

@@ -70,6 +70,8 @@ class CallbackModule(CallbackBase):
         reported = {host: problem for host, problem in self.problems.items() if host in failed_hosts}
         # The control node's own checks (plays on localhost) are not a fleet host unless they failed.
         fleet = [host for host in stats.processed if host != "localhost" or host in reported]
+        if not fleet:
+            return
         ok_count = len(fleet) - len(reported)
         self._display.banner("FLEET REPORT")
         self._display.display(f"{ok_count} of {len(fleet)} hosts completed.")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from fleet_support import REPO, ansible_env, recap
 
-BUNDLE_REPO = "file:/var/lib/sophon-sd/apt"
+BUNDLE_REPO = "file:/opt/sophon-sd/apt"
 KIT_PACKAGES = ["python3-venv", "python3-packaging", "git", "patch", "make"]
 
 # Reads the mirror from the host's own apt sources, so no mirror is named here.

@@ -1,0 +1,117 @@
+"""playbooks/train.yml end to end on provisioned hosts: the tiny model on each host's CPU (or chips).
+
+Runs against the fleet of conftest.py (SDKIT_FLEET_INVENTORY, or a Molecule scenario's inventory;
+skipped without one): every host of the group sophon_sd, provisioned with playbooks/site.yml. Two runs:
+
+* a run trains on every host, progress is printed while polling, results and report come back;
+* a run is left running (one poll round), its jobs are killed after their first checkpoint,
+  and the same command resumes them from that checkpoint instead of starting over.
+
+    SDKIT_FLEET_INVENTORY=/path/to/hosts.yml .venv/bin/pytest -p no:cacheprovider tests/fleet
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+from fleet_support import Fleet, recap
+
+RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
+
+
+def train(fleet: Fleet, run_id: str, fetch_dir: Path, **extra_vars):
+    extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_tiny": True, "sophon_sd_train_args": "",
+             "sophon_sd_train_fetch_dir": str(fetch_dir), "sophon_sd_train_poll_interval": 5, **extra_vars}
+    started = time.monotonic()
+    result = fleet.playbook("train.yml", "-e", json.dumps(extra), timeout=900)
+    result.seconds = time.monotonic() - started
+    print(f"train.yml for {run_id}: rc {result.returncode} in {result.seconds:.0f} s")
+    return result
+
+
+def on_each_host(fleet: Fleet, script: str) -> None:
+    for host in fleet.hosts:
+        result = fleet.command(host, ["sh", "-c", script])
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def run_ids(fleet):
+    """Unique per session so that reruns of the test never resume an older run; removed afterwards."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ids = {"train": f"fleet-test-{stamp}", "resume": f"fleet-test-resume-{stamp}"}
+    yield ids
+    on_each_host(fleet, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id};" for run_id in ids.values()))
+
+
+def job_dirs(run_dir: Path, host: str):
+    return sorted(p for p in (run_dir / host).iterdir() if p.is_dir())
+
+
+def metrics_steps(job: Path):
+    return [json.loads(line)["step"] for line in (job / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_collects_results_and_report(fleet, run_ids, tmp_path):
+    hosts = fleet.hosts
+    result = train(fleet, run_ids["train"], tmp_path)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    run_dir = tmp_path / run_ids["train"]
+    for host in hosts:
+        # The polls printed progress for the host: its jobs' step/total and loss.
+        assert re.search(rf"ok: \[{re.escape(host)}\] => .*\n.*\n\s+\"\w+: (running|finished), step \d+/6",
+                         result.stdout), result.stdout[-3000:]
+        for job in job_dirs(run_dir, host):
+            assert (job / "pytorch_lora_weights.safetensors").stat().st_size > 0
+            assert metrics_steps(job) == [1, 2, 3, 4, 5, 6]
+            assert json.loads((job / "run.json").read_text())["finished"] is True
+            assert list((job / "validation").glob("*.png"))
+            assert not list(job.glob("checkpoint-*"))  # checkpoints stay on the host
+        assert json.loads((run_dir / host / "status.json").read_text())["state"] == "finished"
+    page = (run_dir / "report.html").read_text()
+    assert page.count('<polyline class="loss"') == sum(len(job_dirs(run_dir, h)) for h in hosts)
+    assert all(f'src="{h}/' in page for h in hosts)
+    assert "final loss" in result.stdout  # the table, printed
+
+    # Again: nothing to start, nothing new to fetch, the same report.
+    again = train(fleet, run_ids["train"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "already finished" in again.stdout
+    assert {host: counts["changed"] for host, counts in recap(again.stdout).items()} == {h: 0 for h in hosts}
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(fleet, run_ids, tmp_path):
+    hosts = fleet.hosts
+    run_id = run_ids["resume"]
+    # Validation only at the start and the end: on a busy CPU each one costs more than all the steps.
+    args = {"sophon_sd_train_args": "--max_train_steps=40 --checkpointing_steps=4 --validation_epochs=1000"}
+    # One poll round: the playbook leaves the jobs running on the hosts and says to rerun it.
+    first = train(fleet, run_id, tmp_path, sophon_sd_train_poll_rounds=1, sophon_sd_train_poll_interval=1, **args)
+    assert first.returncode != 0 and "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
+    jobs = f"{RUNS_ON_HOST}/{run_id}/*"
+    on_each_host(fleet, f"for i in $(seq 600); do ls -d {jobs}/output/checkpoint-* >/dev/null 2>&1 && break; sleep 0.2; done; "
+             f"for pid in {jobs}/pid; do kill -9 $(cat $pid); done")
+
+    second = train(fleet, run_id, tmp_path, **args)
+    assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-2000:]
+    resumed = re.findall(r"(\w+): resumed from (checkpoint-(\d+))", second.stdout)
+    assert len(resumed) == sum(len(job_dirs(tmp_path / run_id, h)) for h in hosts), second.stdout[-3000:]
+    for host in hosts:
+        for job in job_dirs(tmp_path / run_id, host):
+            log = (job / "train.log").read_text()
+            assert "--resume_from_checkpoint latest" in log
+            checkpoint = re.search(r"resuming from checkpoint \S+/(checkpoint-(\d+))", log)
+            assert checkpoint, log[-3000:]
+            # The second attempt carried on after the checkpoint: step 1 was trained once only.
+            after = int(checkpoint.group(2))
+            steps = metrics_steps(job)
+            assert steps.count(1) == 1 and steps[-(40 - after):] == list(range(after + 1, 41))
+            status = json.loads((tmp_path / run_id / host / "status.json").read_text())
+            assert [j["attempts"] for j in status["jobs"]] == [2] * len(status["jobs"])
+    print(f"resumed: {shlex.join(m[0] + ':' + m[1] for m in resumed)}; "
+          f"first run {first.seconds:.0f} s, resume run {second.seconds:.0f} s")

@@ -1,9 +1,10 @@
 """playbooks/train.yml end to end on provisioned hosts: the tiny model on each host's CPU (or chips).
 
 Runs against the fleet of conftest.py (SDKIT_FLEET_INVENTORY, or a Molecule scenario's inventory;
-skipped without one): every host of the group sophon_sd, provisioned with playbooks/site.yml. Two runs:
+skipped without one), provisioned with playbooks/site.yml: two of its hosts train (SDKIT_FLEET_TRAIN_HOSTS,
+a comma-separated list, names them; default: the first two). Two runs:
 
-* a run trains on every host, progress is printed while polling, results and report come back;
+* a run trains on both hosts, progress is printed while polling, results and report come back;
 * a run is left running (one poll round), its jobs are killed after their first checkpoint,
   and the same command resumes them from that checkpoint instead of starting over.
 
@@ -13,6 +14,7 @@ skipped without one): every host of the group sophon_sd, provisioned with playbo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
@@ -22,31 +24,41 @@ import pytest
 from fleet_support import Fleet, recap
 
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
+# Long enough that a job is still running when killed after its first checkpoint (every 2 steps).
+STEPS = 40
 
 
-def train(fleet: Fleet, run_id: str, fetch_dir: Path, **extra_vars):
+@pytest.fixture(scope="module")
+def trainers(fleet: Fleet) -> list[str]:
+    named = [host for host in os.environ.get("SDKIT_FLEET_TRAIN_HOSTS", "").split(",") if host]
+    hosts = named or fleet.hosts[:2]
+    assert set(hosts) <= set(fleet.hosts), f"SDKIT_FLEET_TRAIN_HOSTS names hosts outside the fleet: {hosts}"
+    return hosts
+
+
+def train(fleet: Fleet, hosts: list[str], run_id: str, fetch_dir: Path, **extra_vars):
     extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_tiny": True, "sophon_sd_train_args": "",
              "sophon_sd_train_fetch_dir": str(fetch_dir), "sophon_sd_train_poll_interval": 5, **extra_vars}
     started = time.monotonic()
-    result = fleet.playbook("train.yml", "-e", json.dumps(extra), timeout=900)
+    result = fleet.playbook("train.yml", "--limit", ",".join(hosts), "-e", json.dumps(extra), timeout=900)
     result.seconds = time.monotonic() - started
     print(f"train.yml for {run_id}: rc {result.returncode} in {result.seconds:.0f} s")
     return result
 
 
-def on_each_host(fleet: Fleet, script: str) -> None:
-    for host in fleet.hosts:
+def on_each_host(fleet: Fleet, hosts: list[str], script: str) -> None:
+    for host in hosts:
         result = fleet.command(host, ["sh", "-c", script])
         assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
-def run_ids(fleet):
+def run_ids(fleet, trainers):
     """Unique per session so that reruns of the test never resume an older run; removed afterwards."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     ids = {"train": f"fleet-test-{stamp}", "resume": f"fleet-test-resume-{stamp}"}
     yield ids
-    on_each_host(fleet, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id};" for run_id in ids.values()))
+    on_each_host(fleet, trainers, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id};" for run_id in ids.values()))
 
 
 def job_dirs(run_dir: Path, host: str):
@@ -57,9 +69,9 @@ def metrics_steps(job: Path):
     return [json.loads(line)["step"] for line in (job / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_collects_results_and_report(fleet, run_ids, tmp_path):
-    hosts = fleet.hosts
-    result = train(fleet, run_ids["train"], tmp_path)
+def test_train_collects_results_and_report(fleet, trainers, run_ids, tmp_path):
+    hosts = trainers
+    result = train(fleet, hosts, run_ids["train"], tmp_path)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     run_dir = tmp_path / run_ids["train"]
     for host in hosts:
@@ -79,25 +91,25 @@ def test_train_collects_results_and_report(fleet, run_ids, tmp_path):
     assert "final loss" in result.stdout  # the table, printed
 
     # Again: nothing to start, nothing new to fetch, the same report.
-    again = train(fleet, run_ids["train"], tmp_path)
+    again = train(fleet, hosts, run_ids["train"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "already finished" in again.stdout
     assert {host: counts["changed"] for host, counts in recap(again.stdout).items()} == {h: 0 for h in hosts}
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(fleet, run_ids, tmp_path):
-    hosts = fleet.hosts
+def test_a_killed_run_resumes_from_its_checkpoint(fleet, trainers, run_ids, tmp_path):
+    hosts = trainers
     run_id = run_ids["resume"]
     # Validation only at the start and the end: on a busy CPU each one costs more than all the steps.
-    args = {"sophon_sd_train_args": "--max_train_steps=40 --checkpointing_steps=4 --validation_epochs=1000"}
+    args = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}
     # One poll round: the playbook leaves the jobs running on the hosts and says to rerun it.
-    first = train(fleet, run_id, tmp_path, sophon_sd_train_poll_rounds=1, sophon_sd_train_poll_interval=1, **args)
+    first = train(fleet, hosts, run_id, tmp_path, sophon_sd_train_poll_rounds=1, sophon_sd_train_poll_interval=1, **args)
     assert first.returncode != 0 and "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
     jobs = f"{RUNS_ON_HOST}/{run_id}/*"
-    on_each_host(fleet, f"for i in $(seq 600); do ls -d {jobs}/output/checkpoint-* >/dev/null 2>&1 && break; sleep 0.2; done; "
+    on_each_host(fleet, hosts, f"for i in $(seq 600); do ls -d {jobs}/output/checkpoint-* >/dev/null 2>&1 && break; sleep 0.2; done; "
              f"for pid in {jobs}/pid; do kill -9 $(cat $pid); done")
 
-    second = train(fleet, run_id, tmp_path, **args)
+    second = train(fleet, hosts, run_id, tmp_path, **args)
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-2000:]
     resumed = re.findall(r"(\w+): resumed from (checkpoint-(\d+))", second.stdout)
     assert len(resumed) == sum(len(job_dirs(tmp_path / run_id, h)) for h in hosts), second.stdout[-3000:]
@@ -110,7 +122,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(fleet, run_ids, tmp_path):
             # The second attempt carried on after the checkpoint: step 1 was trained once only.
             after = int(checkpoint.group(2))
             steps = metrics_steps(job)
-            assert steps.count(1) == 1 and steps[-(40 - after):] == list(range(after + 1, 41))
+            assert steps.count(1) == 1 and steps[-(STEPS - after):] == list(range(after + 1, STEPS + 1))
             status = json.loads((tmp_path / run_id / host / "status.json").read_text())
             assert [j["attempts"] for j in status["jobs"]] == [2] * len(status["jobs"])
     print(f"resumed: {shlex.join(m[0] + ':' + m[1] for m in resumed)}; "

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify assets-sums provision verify train doctor lint test unit bench molecule roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint test unit bench molecule roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -109,7 +109,7 @@ $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $
 	$(ML_VENV)/bin/pip install --quiet pytest==9.2.0
 	touch $@
 
-unit: $(ML_VENV)/.installed ## Unit tests of the patches and runners (no containers)
+unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers)
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
 
 bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json
@@ -122,7 +122,11 @@ UPSTREAM_GIT := build/upstream-git
 $(UPSTREAM_GIT)/libraries.yml: tests/hosts/make-upstream-repos.sh tests/unit/patches/fixtures/train_text_to_image_lora.v0.20.0.py $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	tests/hosts/make-upstream-repos.sh $(BUNDLE)/sources $(UPSTREAM_GIT)
 
-HOST_TEST_INPUTS := setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) $(UPSTREAM_GIT)/libraries.yml
+# The test profile's bundle: its apt repository feeds the fleet scenario's host with no network.
+test-bundle: setup
+	$(MAKE) bundle PROFILE=$(TEST_PROFILE)
+
+HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
 
 molecule: $(HOST_TEST_INPUTS) ## Molecule scenarios: converge, idempotence, testinfra verify on podman hosts
 	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test --all

@@ -24,7 +24,8 @@ def fleet_inventory() -> str | None:
 
 
 def ansible_env() -> dict[str, str]:
-    return {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    # Plain text to parse, even under Molecule, which forces colour for its own runs.
+    return {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint test unit bench molecule roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint test unit bench molecule host-tests roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -128,13 +128,22 @@ test-bundle: setup
 
 HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
 
-molecule: $(HOST_TEST_INPUTS) ## Molecule scenarios: converge, idempotence, testinfra verify on podman hosts
-	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test --all
+SCENARIOS := fleet runtime
+
+molecule: $(addprefix molecule-,$(SCENARIOS)) ## Molecule scenarios (fleet, runtime): converge, idempotence, testinfra verify on podman hosts
+molecule-%: $(HOST_TEST_INPUTS)
+	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test -s $*
 
 roles: $(HOST_TEST_INPUTS) ## Bad-input tests of the roles on throwaway podman hosts
 	pytest -q -p no:cacheprovider tests/roles
 
-test: lint unit molecule roles ## Every test: lint, unit tests, Molecule scenarios, bad-input tests
+# The host tests wait on podman and Ansible's round trips more than they use the CPU, so the two
+# scenarios and the bad-input tests run side by side; each one's output is printed when it ends.
+host-tests: $(HOST_TEST_INPUTS)
+	@echo "Running $(addprefix molecule-,$(SCENARIOS)) and roles side by side; each prints its output when it ends."
+	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(addprefix molecule-,$(SCENARIOS)) roles
+
+test: lint unit host-tests ## Every test: lint, unit tests, then the Molecule scenarios and bad-input tests side by side
 
 clean: ## Remove build outputs (keeps bundle/ and the venvs)
 	rm -rf build

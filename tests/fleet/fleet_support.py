@@ -44,7 +44,7 @@ class Fleet:
     def hosts(self) -> list[str]:
         return sorted(self.hostvars)
 
-    def playbook(self, playbook: str, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    def playbook(self, playbook: str, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
         """Run one of the kit's playbooks over this fleet, as make does."""
         return subprocess.run(["ansible-playbook", "-i", self.inventory, str(REPO / "playbooks" / playbook), *args],
                               capture_output=True, text=True, env=ansible_env(), timeout=timeout, check=False)

@@ -40,7 +40,7 @@ def train(fleet: Fleet, hosts: list[str], run_id: str, fetch_dir: Path, **extra_
     extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_tiny": True, "sophon_sd_train_args": "",
              "sophon_sd_train_fetch_dir": str(fetch_dir), "sophon_sd_train_poll_interval": 5, **extra_vars}
     started = time.monotonic()
-    result = fleet.playbook("train.yml", "--limit", ",".join(hosts), "-e", json.dumps(extra), timeout=900)
+    result = fleet.playbook("train.yml", "--limit", ",".join(hosts), "-e", json.dumps(extra), timeout=1800)
     result.seconds = time.monotonic() - started
     print(f"train.yml for {run_id}: rc {result.returncode} in {result.seconds:.0f} s")
     return result

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint test unit bench molecule host-tests roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint test unit bench bench-fleet molecule host-tests roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -114,6 +114,9 @@ unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools a
 
 bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json
 	$(ML_VENV)/bin/python tests/bench/bench_runners.py --out build/bench.json
+
+bench-fleet: setup test-image test-bundle ## Converge from the bundle, rerun and --check for 1, 2, 3 hosts with no network; writes build/bench-fleet.json
+	python tests/bench/bench_fleet.py --out build/bench-fleet.json
 
 test-image: ## Build the Debian 12 test-host image (debootstrap + podman import)
 	tests/hosts/build-image.sh $(TEST_IMAGE)

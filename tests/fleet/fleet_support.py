@@ -29,10 +29,10 @@ def ansible_env() -> dict[str, str]:
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
-    """The PLAY RECAP counters per host."""
+    """The PLAY RECAP counters per host (the timing lines after it have no counters)."""
     section = output.split("PLAY RECAP", 1)[-1]
     return {match[1]: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match[2])}
-            for match in re.finditer(r"^(\S+)\s+: (.*)$", section, re.MULTILINE)}
+            for match in re.finditer(r"^(\S+)\s+: (ok=.*)$", section, re.MULTILINE)}
 
 
 @dataclass

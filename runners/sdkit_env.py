@@ -5,7 +5,7 @@ answers to "which chip do we run on", "where do the weights come from" and "what
 happens when something is missing" are the same everywhere.
 
 The runners are plain scripts deployed next to this file (for example under
-``/opt/sophon-sd/runners/``); they import it as a flat module, no install needed.
+``<SOPHON_SD_ROOT>/runners/``); they import it as a flat module, no install needed.
 """
 
 from __future__ import annotations

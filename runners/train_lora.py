@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sdkit_env  # noqa: E402
 from sdkit_env import RunnerError  # noqa: E402
+from sdkit_files import read_json, write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("sdkit.train")
 
@@ -235,17 +236,12 @@ def fingerprint(args, model_dir: str) -> Dict[str, Any]:
 
 
 def read_run_json(folder: Path) -> Optional[Dict[str, Any]]:
-    path = folder / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(folder / "run.json")
 
 
 def write_run_json(folder: Path, run: Dict[str, Any], **extra: Any) -> None:
-    (folder / "run.json").write_text(json.dumps({**run, **extra}, indent=2, sort_keys=True) + "\n")
+    # Atomic: a kill mid-write must not cost a resumed run its fingerprint and seed.
+    write_json_atomic(folder / "run.json", {**run, **extra})
 
 
 def compare_fingerprints(ours: Dict[str, Any], theirs: Dict[str, Any], where: Path) -> None:

@@ -49,6 +49,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# The runners' stdlib-only helpers (sdkit_env, which needs torch, stays out of reach on purpose).
+sys.path.insert(0, str(REPO / "runners"))
+from sdkit_files import write_text_atomic  # noqa: E402
+
 ROLES = REPO / "roles"
 MANIFEST = "manifest.yml"
 KINDS = ("wheel", "source", "vendor", "asset", "deb", "apt-index")
@@ -184,8 +188,7 @@ def write_manifest(bundle: Path, header: dict, entries: Dict[str, Entry]) -> boo
     document = {"created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **header, "items": items}
     text = "# Every file of this bundle: written by `make bundle`, checked by `make bundle-verify`.\n"
     text += yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=4096)
-    (bundle / (MANIFEST + ".new")).write_text(text)
-    (bundle / (MANIFEST + ".new")).replace(bundle / MANIFEST)
+    write_text_atomic(bundle / MANIFEST, text)
     return True
 
 

@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+# The runners' stdlib-only helpers, shared with the job tool whose status.json this reads.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runners"))
+from sdkit_files import read_json  # noqa: E402
+
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -69,13 +73,6 @@ def read_metrics(path: Path) -> Tuple[Dict[int, float], float]:
             continue  # a line cut short by a kill
     losses = {step: float(r["loss"]) for step, r in sorted(by_step.items()) if r.get("loss") is not None}
     return losses, sum(float(r.get("step_time_s") or 0) for r in by_step.values())
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def collect(run_dir: Path) -> List[JobResult]:

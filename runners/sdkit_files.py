@@ -1,0 +1,124 @@
+"""The files the runners share with the roles and with each other: the env file and JSON state.
+
+The role sophon_host_env writes ``/etc/sophon-sd/env``; it is the one place a host says where
+the kit lives (SOPHON_SD_ROOT), where its state goes (SOPHON_SD_STATE_DIR), which venv and
+chips to use. Every runner reads it through ``EnvFile`` so that all of them understand the file
+the same way and fail the same way when the role has not run.
+
+Standard library only, and importable by Python 3.8+: sdkit_doctor.py runs with the host's
+system python3 and sdkit_job.py must not pay for importing torch on every status poll, so
+neither may import sdkit_env. The runners are deployed flat into ``<root>/runners/``, which is
+why this is imported as ``import sdkit_files``; the control-node tools add ``runners/`` to
+their path to use it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+DEFAULT_ENV_FILE = "/etc/sophon-sd/env"
+ROOT_KEY = "SOPHON_SD_ROOT"
+STATE_DIR_KEY = "SOPHON_SD_STATE_DIR"
+ENV_FILE_FIX = "rerun the kit's site.yml (role sophon_host_env)"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class EnvFileError(Exception):
+    """The env file is missing, unreadable or lacks a key: the role sophon_host_env has to (re)run."""
+
+
+def parse_env(text: str) -> Dict[str, str]:
+    """The KEY=VALUE lines of an env file, as systemd's EnvironmentFile= and make's include read
+    the unquoted lines the role writes.
+
+    - blank lines and lines whose first non-blank character is ``#`` are skipped;
+    - the key is what precedes the first ``=``, so a value may contain ``=`` (``A=b=c`` is ``b=c``);
+    - whitespace around key and value is dropped; the rest of the value is kept verbatim: quotes
+      and a `` # `` are part of it (make would keep them too, so the role never writes them);
+    - lines without ``=`` or with an empty key are skipped, not guessed at;
+    - a key given twice takes its last value, as in a shell or systemd.
+    """
+    values: Dict[str, str] = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, separator, value = stripped.partition("=")
+        key = key.strip()
+        if separator and key:
+            values[key] = value.strip()
+    return values
+
+
+class EnvFile:
+    """An env file read once; ``require`` names the file and the fix when a key is missing."""
+
+    def __init__(self, path: PathLike, values: Dict[str, str]):
+        self.path = Path(path)
+        self.values = values
+
+    @classmethod
+    def read(cls, path: PathLike) -> "EnvFile":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise EnvFileError(f"environment file '{path}' not found: {ENV_FILE_FIX}, or pass --env-file") from None
+        except OSError as exc:
+            raise EnvFileError(f"environment file '{path}' cannot be read ({exc.strerror}): run as root or "
+                               f"pass --env-file") from None
+        return cls(path, parse_env(text))
+
+    def get(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        return self.values.get(key, default)
+
+    def require(self, key: str) -> str:
+        """The value of ``key``; empty counts as missing, since every required key is a path."""
+        value = self.values.get(key, "")
+        if not value:
+            raise EnvFileError(f"{self.path} has no {key}: {ENV_FILE_FIX}")
+        return value
+
+
+def read_json(path: PathLike) -> Optional[Dict[str, Any]]:
+    """The JSON object in ``path``; None when it is missing, unreadable, cut short or not an object.
+
+    Callers poll files that other processes write or that a kill may have truncated: absent
+    and unusable mean the same to them ("nothing recorded yet").
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader sees the old or the new file, never part of one.
+
+    The temporary file is in the same folder (a rename across filesystems is not atomic), is named
+    after this process (concurrent writers do not clobber each other's) and is created with mode
+    0666 less the umask, as a plain write would; fsync before the rename so that a crash cannot
+    leave the new name pointing at empty content.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: PathLike, data: Any) -> None:
+    """``data`` as indented, key-sorted JSON (stable diffs, readable by people), written atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,114 @@
+"""sdkit_files: the env file as every runner reads it, and JSON state read and written safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdkit_files import (ROOT_KEY, EnvFile, EnvFileError, parse_env, read_json, write_json_atomic,
+                         write_text_atomic)
+
+# What the role sophon_host_env writes (roles/sophon_host_env/templates/env.j2), plus the edge cases.
+ENV_TEXT = """\
+# Ansible managed (role sophon_host_env): edits are overwritten.
+# SOPHON_SD_ROOT=/commented/out
+
+SOPHON_SD_ROOT=/srv/kit
+  SOPHON_SD_STATE_DIR = /srv/state
+SOPHON_SD_DEVICES=
+HF_ENDPOINT=http://mirror.invalid/?a=1&b=2
+SOPHON_SD_EXTRA="kept as written" # not a comment
+not a key value line
+=no key
+SOPHON_SD_DEVICES=tpu:0,tpu:1
+"""
+
+
+def test_parse_env_reads_the_roles_lines_and_skips_the_rest():
+    assert parse_env(ENV_TEXT) == {
+        "SOPHON_SD_ROOT": "/srv/kit",
+        "SOPHON_SD_STATE_DIR": "/srv/state",
+        "SOPHON_SD_DEVICES": "tpu:0,tpu:1",  # the last of a repeated key
+        "HF_ENDPOINT": "http://mirror.invalid/?a=1&b=2",  # split at the first '=' only
+        "SOPHON_SD_EXTRA": '"kept as written" # not a comment',
+    }
+
+
+def test_parse_env_of_nothing():
+    assert parse_env("") == {} and parse_env("\n  \n# only comments\n") == {}
+
+
+def test_require_names_the_file_the_key_and_the_fix(tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/srv/state\nSOPHON_SD_ROOT=\n")
+    env = EnvFile.read(env_file)
+    assert env.require("SOPHON_SD_STATE_DIR") == "/srv/state"
+    with pytest.raises(EnvFileError) as info:
+        env.require(ROOT_KEY)  # empty is as good as missing: every required key is a path
+    assert str(info.value) == f"{env_file} has no SOPHON_SD_ROOT: rerun the kit's site.yml (role sophon_host_env)"
+
+
+def test_missing_env_file_is_one_error_with_the_fix(tmp_path):
+    with pytest.raises(EnvFileError) as info:
+        EnvFile.read(tmp_path / "nope")
+    message = str(info.value)
+    assert f"'{tmp_path / 'nope'}' not found" in message and "role sophon_host_env" in message
+    assert "--env-file" in message and "\n" not in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_env_file_says_why(tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_ROOT=/srv/kit\n")
+    env_file.chmod(0)
+    with pytest.raises(EnvFileError, match="cannot be read"):
+        EnvFile.read(env_file)
+
+
+@pytest.mark.parametrize("content", [None, "", '{"step": 3', "[1, 2]", "not json"])
+def test_read_json_is_none_for_anything_but_an_object(tmp_path, content):
+    path = tmp_path / "state.json"
+    if content is not None:
+        path.write_text(content)
+    assert read_json(path) is None
+
+
+def test_atomic_writes_replace_the_file_and_leave_nothing_behind(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text("old")
+    write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    assert read_json(path) == {"a": [1, 2], "b": 1}
+    assert path.read_text() == json.dumps({"a": [1, 2], "b": 1}, indent=2, sort_keys=True) + "\n"
+    write_text_atomic(str(path), "130\n")
+    assert path.read_text() == "130\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["job.json"]
+
+
+def test_atomic_write_keeps_the_umask_mode(tmp_path):
+    old_umask = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "exit_status", "0\n")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "exit_status").stat().st_mode & 0o777 == 0o640
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text('{"kept": true}')
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "half written \ud800")  # fails inside the write, after the temporary file exists
+    assert read_json(path) == {"kept": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["job.json"]
+
+
+def test_the_module_is_stdlib_only():
+    """sdkit_doctor.py runs with the host's system python3 and no venv: nothing outside the stdlib."""
+    source = Path(sys.modules["sdkit_files"].__file__).read_text()
+    imported = {line.split()[1].split(".")[0] for line in source.splitlines()
+                if line.startswith(("import ", "from ")) and "__future__" not in line}
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)

@@ -11,14 +11,19 @@ a CPU host: there the runtime checks read "not expected (CPU host)" instead of f
 
 Examples::
 
-    python3 /opt/sophon-sd/runners/sdkit_doctor.py            # or: make -C /opt/sophon-sd doctor
-    python3 /opt/sophon-sd/runners/sdkit_doctor.py --json     # what playbooks/doctor.yml collects
+    python3 <kit root>/runners/sdkit_doctor.py            # or: make -C <kit root> doctor
+    python3 <kit root>/runners/sdkit_doctor.py --json     # what playbooks/doctor.yml collects
 
-Exit code 0 when nothing fails (warnings allowed), 1 when a check fails, 2 on bad options.
+Where the kit lives (SOPHON_SD_ROOT) and keeps its outputs (SOPHON_SD_OUTPUTS, else
+SOPHON_SD_STATE_DIR/outputs) come from the env file the role sophon_host_env writes; without it
+the doctor cannot know where to look, and says so (exit code 2).
+
+Exit code 0 when nothing fails (warnings allowed), 1 when a check fails, 2 on bad options or an
+unusable env file.
 
 Stdlib only, and it runs with the system python3: the venv is examined from the outside, in a
 subprocess, so that a broken venv is reported rather than crashing the doctor. (It therefore
-does not import sdkit_env, which needs torch.)
+does not import sdkit_env, which needs torch; it shares the stdlib-only sdkit_files with the job tool.)
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from sdkit_files import DEFAULT_ENV_FILE, ROOT_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, read_json
+
 OK, WARN, FAIL = "ok", "warn", "fail"
 
-# Where the roles put things on a host (role defaults; each is a flag below).
-KIT_DIR = "/opt/sophon-sd"
-ENV_FILE = "/etc/sophon-sd/env"
+# Where the roles put things that the env file does not name (role defaults; each is a flag below).
 LIMITS_FILE = "/etc/security/limits.d/sophon-sd.conf"
-OUTPUTS_DIR = "/var/lib/sophon-sd/outputs"
+OUTPUTS_SUBDIR = "outputs"  # under SOPHON_SD_STATE_DIR, when the env file has no SOPHON_SD_OUTPUTS
 LIBSOPHON_CURRENT = "/opt/sophon/libsophon-current"
 
 # The tutorial's `ulimit -n 65535` (sdkit_env.WANTED_OPEN_FILES; the runners raise their soft limit
@@ -97,13 +102,14 @@ class Host:
 
     def __init__(self, args: argparse.Namespace):
         self.root = Path(args.root)
-        self.kit = args.kit_dir
         self.env_file = args.env_file
         self.limits_file = args.limits_file
-        self.env = read_env_file(self.local(self.env_file))
+        self.env = EnvFile.read(self.local(self.env_file))
+        self.kit = self.env.require(ROOT_KEY)
         self.sources = read_json(self.local(f"{self.kit}/src/sources.json"))
         self.venv = args.venv or self.env.get("SOPHON_SD_VENV") or f"{self.kit}/venv"
-        self.outputs = args.outputs or self.env.get("SOPHON_SD_OUTPUTS") or OUTPUTS_DIR
+        self.outputs = (args.outputs or self.env.get("SOPHON_SD_OUTPUTS")
+                        or f"{self.env.require(STATE_DIR_KEY)}/{OUTPUTS_SUBDIR}")
         self.device = self.env.get("ACCELERATE_TORCH_DEVICE", "")
         # The host_env role writes tpu:N when the host has usable chips and cpu otherwise, which is
         # also what hosts provisioned with sophon_sd_sophgo_runtime: false get.
@@ -111,27 +117,6 @@ class Host:
 
     def local(self, host_path: str) -> Path:
         return self.root / host_path.lstrip("/")
-
-
-def read_env_file(path: Path) -> Dict[str, str]:
-    """KEY=VALUE lines as the host_env role writes them (no quotes, # comments)."""
-    env: Dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return env
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and not line.lstrip().startswith("#"):
-            env[key.strip()] = value.strip()
-    return env
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------- Sophgo runtime
@@ -374,8 +359,6 @@ def check_limits_in_force() -> Check:
 
 
 def check_device(host: Host) -> Check:
-    if not host.env:
-        return Check("device", FAIL, f"{host.env_file} is missing or empty", reprovision("host_env"))
     if not host.device:
         return Check("device", FAIL, f"{host.env_file} sets no ACCELERATE_TORCH_DEVICE", reprovision("host_env"))
     in_shell = os.environ.get("ACCELERATE_TORCH_DEVICE")
@@ -455,14 +438,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="Free space the outputs folder needs; below it is a failure, below twice it a warning.")
     parser.add_argument("--root", default="/",
                         help="Prefix for every host path below (a copy of a host's files, for tests).")
-    parser.add_argument("--kit-dir", default=KIT_DIR,
-                        help="The kit's root: venv/, src/sources.json, constraints.txt, patches/, vendor/.")
-    parser.add_argument("--env-file", default=ENV_FILE, help="The runners' environment file (host_env role).")
+    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE,
+                        help=f"The runners' environment file (role sophon_host_env); its {ROOT_KEY} is the kit's root "
+                             "(venv/, src/sources.json, constraints.txt, patches/, vendor/).")
     parser.add_argument("--limits-file", default=LIMITS_FILE, help="The pam_limits file (host_env role).")
     parser.add_argument("--venv", default=None, help="The kit's venv (default: SOPHON_SD_VENV from the env file, "
-                                                     "else <kit-dir>/venv).")
+                                                     f"else {ROOT_KEY}/venv).")
     parser.add_argument("--outputs", default=None, help="The outputs folder (default: SOPHON_SD_OUTPUTS from the "
-                                                        f"env file, else {OUTPUTS_DIR}).")
+                                                        f"env file, else {STATE_DIR_KEY}/{OUTPUTS_SUBDIR}).")
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         parser.error(f"--root {args.root} is not a folder")
@@ -473,7 +456,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    host = Host(args)
+    try:
+        host = Host(args)
+    except EnvFileError as exc:
+        # Not a check like the others: without the env file there is no kit root to check.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     checks, packages = run_checks(host, args.min_free_gb)
     summary = summarize(checks)
     if args.json:

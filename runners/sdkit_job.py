@@ -15,12 +15,14 @@ records how it ended. Everything about a run lives on the host, under
 
 A run has one job per chip (``per_chip``: tpu0, tpu1, ...) or one ``accelerate launch`` job over
 all chips (``data_parallel``); the chips are SOPHON_SD_DEVICES from /etc/sophon-sd/env, and a
-host without chips gets one job on the CPU. Both commands are idempotent: ``start`` leaves a
+host without chips gets one job on the CPU. The runs live under SOPHON_SD_STATE_DIR/runs (from the
+same file) unless --runs-dir says otherwise. Both commands are idempotent: ``start`` leaves a
 running or finished job alone and restarts a dead or stopped one with
 ``--resume_from_checkpoint latest``, so rerunning the playbook resumes rather than starts over.
 
 This tool is standard-library only and does not import sdkit_env: that module loads torch,
-which would add seconds to every status poll of every host.
+which would add seconds to every status poll of every host. It shares sdkit_files (env file,
+JSON state) with the doctor.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-RUNS_DIR = "/var/lib/sophon-sd/runs"
-ENV_FILE = "/etc/sophon-sd/env"
+from sdkit_files import (DEFAULT_ENV_FILE, STATE_DIR_KEY, EnvFile, EnvFileError, read_json, write_json_atomic,
+                         write_text_atomic)
+
+RUNS_SUBDIR = "runs"  # under SOPHON_SD_STATE_DIR
 RUNNER_USER = "sophon-sd"
 RESUME_ARGS = ["--resume_from_checkpoint", "latest"]
 MODES = ("per_chip", "data_parallel")
@@ -71,20 +75,6 @@ class Job:
     @property
     def output_dir(self) -> Path:
         return self.dir / "output"
-
-
-def read_env_file(path: Path) -> Dict[str, str]:
-    """The KEY=VALUE lines of /etc/sophon-sd/env (no quoting, as the sophon_host_env role writes it)."""
-    if not path.is_file():
-        raise JobError(f"environment file '{path}' not found: provision this host with playbooks/site.yml "
-                       "(role sophon_host_env), or pass --env-file")
-    env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip()
-    return env
 
 
 def job_name(device: str) -> str:
@@ -126,20 +116,6 @@ def plan_jobs(run_dir: Path, mode: str, devices: List[str], python: str, trainer
 
 
 # --------------------------------------------------------------------------- state on disk
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically: a status poll must never read half a file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    partial.replace(path)
 
 
 def process_start_ticks(pid: int) -> Optional[int]:
@@ -343,9 +319,7 @@ def supervise(job: Job, argv: List[str], env: Dict[str, str], account: Optional[
         print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: exit status {code}", flush=True)
     finally:
         try:
-            partial = job.dir / ".exit_status.partial"
-            partial.write_text(f"{code}\n")
-            partial.replace(job.dir / "exit_status")
+            write_text_atomic(job.dir / "exit_status", f"{code}\n")
         finally:
             os._exit(0)
 
@@ -368,7 +342,8 @@ def start_job(job: Job, account: Optional[pwd.struct_passwd], base_env: Dict[str
     started = time.time()
     pids = spawn_detached(job, argv, {**base_env, **job.env, "PYTHONUNBUFFERED": "1"}, account)
     record["attempts"].append({"started": started, "argv": argv, **pids})
-    write_json(job.dir / "job.json", record)
+    # Atomic: a status poll must never read half a file.
+    write_json_atomic(job.dir / "job.json", record)
     action = f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if resuming else "started"
     return {"job": job.name, "action": action, "status": job_status(job.dir)}
 
@@ -376,14 +351,16 @@ def start_job(job: Job, account: Optional[pwd.struct_passwd], base_env: Dict[str
 # --------------------------------------------------------------------------- commands
 
 
-def run_dir_of(args) -> Path:
+def run_dir_of(args: argparse.Namespace) -> Path:
+    """<runs-dir>/<run-id>; the env file is read only when --runs-dir is not given (the playbook gives it)."""
     if not RUN_ID_PATTERN.match(args.run_id):
         raise JobError(f"run id '{args.run_id}' is not usable as a folder name: use letters, digits, '.', '_', '-'")
-    return Path(args.runs_dir) / args.run_id
+    runs_dir = args.runs_dir or f"{EnvFile.read(args.env_file).require(STATE_DIR_KEY)}/{RUNS_SUBDIR}"
+    return Path(runs_dir) / args.run_id
 
 
-def cmd_start(args) -> int:
-    env_file = read_env_file(Path(args.env_file))
+def cmd_start(args: argparse.Namespace) -> int:
+    env_file = EnvFile.read(args.env_file)
     devices = [d for d in (args.devices if args.devices is not None
                            else env_file.get("SOPHON_SD_DEVICES", "")).split(",") if d]
     venv = env_file.get("SOPHON_SD_VENV")
@@ -403,7 +380,7 @@ def cmd_start(args) -> int:
     if existing and existing != planned:
         raise JobError(f"run '{args.run_id}' has jobs {', '.join(sorted(existing))}, but these settings make "
                        f"{', '.join(sorted(planned))} (another mode or other chips); choose a new run id")
-    base_env = {**os.environ, **env_file}
+    base_env = {**os.environ, **env_file.values}
     results = [start_job(job, account, base_env) for job in jobs]
     lines = [f"{result['job']}: {result['action']}" for result in results]
     print(json.dumps({"run_id": args.run_id, "jobs": results, "lines": lines}, sort_keys=True) if args.json
@@ -411,7 +388,7 @@ def cmd_start(args) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
     deadline = time.monotonic() + args.wait
     status = run_status(run_dir)
@@ -424,7 +401,7 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_stop(args) -> int:
+def cmd_stop(args: argparse.Namespace) -> int:
     """Ctrl-C for a detached job: the trainer saves a checkpoint at the next step and exits 130.
 
     Only the trainer (or the ``accelerate launch`` parent) gets SIGINT: the launcher passes it
@@ -448,7 +425,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "State lives in <runs-dir>/<run-id>/<job>/: job.json, pid, train.log, exit_status, output/.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--run-id", required=True, help="Name of the run; the same id resumes or watches that run.")
-    common.add_argument("--runs-dir", default=RUNS_DIR, help=f"Where runs keep their state (default {RUNS_DIR}).")
+    common.add_argument("--runs-dir", default=None,
+                        help=f"Where runs keep their state (default: {STATE_DIR_KEY}/{RUNS_SUBDIR} from the env file).")
+    common.add_argument("--env-file", default=DEFAULT_ENV_FILE,
+                        help=f"The kit's environment file (role sophon_host_env), for {STATE_DIR_KEY} and, when "
+                             f"starting, SOPHON_SD_DEVICES, SOPHON_SD_VENV and the trainer's environment "
+                             f"(default {DEFAULT_ENV_FILE}).")
     common.add_argument("--json", action="store_true", help="Print JSON (for Ansible) instead of one line per job.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -461,9 +443,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     start.add_argument("--mode", default="per_chip", choices=MODES,
                        help="per_chip: one independent training per chip; data_parallel: one accelerate launch "
                             "over all chips. A host without chips has one CPU job either way.")
-    start.add_argument("--env-file", default=ENV_FILE,
-                       help=f"The kit's environment file, for SOPHON_SD_DEVICES, SOPHON_SD_VENV and the "
-                            f"trainer's environment (default {ENV_FILE}).")
     start.add_argument("--devices", default=None,
                        help="Comma-separated devices instead of SOPHON_SD_DEVICES (empty: the CPU).")
     start.add_argument("--user", default=RUNNER_USER,
@@ -494,7 +473,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         return args.func(args)
-    except JobError as exc:
+    except (JobError, EnvFileError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,9 @@ import yaml
 import sdkit_doctor
 
 REPO = Path(__file__).resolve().parents[3]
-KIT = "/opt/sophon-sd"
+# Not the roles' defaults: the doctor must find the kit and its state through the env file alone.
+KIT = "/srv/kit-under-test"
+STATE = "/srv/state-under-test"
 UPSTREAM_DEFAULTS = yaml.safe_load((REPO / "roles/sophon_upstream/defaults/main.yml").read_text())
 PINS = {lib["name"]: str(lib["version"]) for lib in UPSTREAM_DEFAULTS["sophon_upstream_libraries"]}
 ACCELERATE_PATCH = "accelerate/v0.16.0/accelerator.py.patch"
@@ -34,13 +36,14 @@ class FakeHost:
     def __init__(self, root: Path):
         self.root = root
         self.site = root / "fake-site-packages"
-        self.write("etc/sophon-sd/env", "\n".join([
-            "# written by the host_env role", "ACCELERATE_TORCH_DEVICE=cpu", "SOPHON_SD_DEVICES=",
-            "SOPHON_SD_DEVICE_COUNT=0", "LD_LIBRARY_PATH=/opt/sophon/libsophon-current/lib",
-            f"SOPHON_SD_VENV={KIT}/venv", "SOPHON_SD_OUTPUTS=/var/lib/sophon-sd/outputs", ""]))
+        self.env = {"ACCELERATE_TORCH_DEVICE": "cpu", "SOPHON_SD_DEVICES": "", "SOPHON_SD_DEVICE_COUNT": "0",
+                    "LD_LIBRARY_PATH": "/opt/sophon/libsophon-current/lib", "SOPHON_SD_ROOT": KIT,
+                    "SOPHON_SD_STATE_DIR": STATE, "SOPHON_SD_VENV": f"{KIT}/venv",
+                    "SOPHON_SD_OUTPUTS": f"{STATE}/outputs"}
+        self.edit_env()
         self.write("etc/security/limits.d/sophon-sd.conf",
                    "# Added by Ansible\nsophon-sd\tsoft\tnofile\t65535\nsophon-sd\thard\tnofile\t524288\n")
-        (root / "var/lib/sophon-sd/outputs").mkdir(parents=True)
+        (root / STATE.lstrip("/") / "outputs").mkdir(parents=True)
         self.write(f"{KIT}/constraints.txt", "# pins\nnumpy==1.26.4\ntorch==2.13.0\n")
         self.write(f"{KIT}/wheelhouse/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "")
         shutil.copytree(REPO / "patches", root / KIT.lstrip("/") / "patches")
@@ -71,6 +74,12 @@ class FakeHost:
         path.write_text(text)
         return path
 
+    def edit_env(self, **changes: str | None) -> None:
+        """Rewrite the env file as the host_env role does, with these keys changed (None: left out)."""
+        self.env.update(changes)
+        lines = [f"{key}={value}" for key, value in self.env.items() if value is not None]
+        self.write("etc/sophon-sd/env", "\n".join(["# written by the host_env role", *lines, ""]))
+
     def write_sources(self) -> None:
         self.write(f"{KIT}/src/sources.json", json.dumps(self.sources))
 
@@ -86,10 +95,7 @@ class FakeHost:
 
     def make_tpu_host(self) -> None:
         """Two chips, the driver and libsophon, Sophgo's torch_tpu from the pushed wheel."""
-        env = self.root / "etc/sophon-sd/env"
-        env.write_text(env.read_text().replace("ACCELERATE_TORCH_DEVICE=cpu", "ACCELERATE_TORCH_DEVICE=tpu:0")
-                       .replace("SOPHON_SD_DEVICES=", "SOPHON_SD_DEVICES=tpu:0,tpu:1")
-                       .replace("SOPHON_SD_DEVICE_COUNT=0", "SOPHON_SD_DEVICE_COUNT=2"))
+        self.edit_env(ACCELERATE_TORCH_DEVICE="tpu:0", SOPHON_SD_DEVICES="tpu:0,tpu:1", SOPHON_SD_DEVICE_COUNT="2")
         self.write("proc/bmsophon/driver_version", "0.4.9\n")
         self.write("dev/bm-sophon0", "")
         self.write("dev/bm-sophon1", "")
@@ -201,7 +207,7 @@ def test_low_disk_fails_and_warns(fake_host, capsys):
     free_gb = shutil.disk_usage(fake_host.root).free / 1e9
     code, checks = doctor(fake_host, capsys, "--min-free-gb", str(free_gb * 2))
     assert code == 1 and checks["disk"]["status"] == "fail"
-    assert "/var/lib/sophon-sd/outputs" in checks["disk"]["detail"] and "free space" in checks["disk"]["fix"]
+    assert f"{STATE}/outputs" in checks["disk"]["detail"] and "free space" in checks["disk"]["fix"]
     code, checks = doctor(fake_host, capsys, "--min-free-gb", str(free_gb * 0.75))
     assert code == 0 and checks["disk"]["status"] == "warn"
 
@@ -267,6 +273,29 @@ def test_json_parses_when_run_by_the_system_python(fake_host):
     assert all(set(check) == {"name", "status", "detail", "fix"} for check in report["checks"])
     assert report["summary"]["fail"] == 0 and proc.returncode == 0
     assert report["packages"]["diffusers"] == {"version": PINS["diffusers"], "origin": f"editable {KIT}/src/diffusers"}
+
+
+def test_outputs_default_to_the_state_dir(fake_host, capsys):
+    fake_host.edit_env(SOPHON_SD_OUTPUTS=None)
+    _, checks = doctor(fake_host, capsys)
+    assert checks["disk"]["detail"].endswith(f"free for {STATE}/outputs")
+
+
+@pytest.mark.parametrize("key", ["SOPHON_SD_ROOT", "SOPHON_SD_STATE_DIR"])
+def test_env_file_without_a_path_key_is_one_clear_message(fake_host, capsys, key):
+    fake_host.edit_env(SOPHON_SD_OUTPUTS=None, **{key: None})
+    code = sdkit_doctor.main(["--root", str(fake_host.root)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err == f"error: {fake_host.root}/etc/sophon-sd/env has no {key}: " \
+                  "rerun the kit's site.yml (role sophon_host_env)\n"
+
+
+def test_missing_env_file_is_one_clear_message(fake_host, capsys):
+    (fake_host.root / "etc/sophon-sd/env").unlink()
+    assert sdkit_doctor.main(["--json", "--root", str(fake_host.root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "env' not found: rerun the kit's site.yml (role sophon_host_env)" in captured.err
 
 
 def test_bad_root_is_one_clear_message(capsys, tmp_path):

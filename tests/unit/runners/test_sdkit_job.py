@@ -63,8 +63,10 @@ def job_tool(tmp_path):
     trainer = tmp_path / "fake_trainer.py"
     trainer.write_text(FAKE_TRAINER)
     env_file = tmp_path / "env"
-    env_file.write_text("ACCELERATE_TORCH_DEVICE=cpu\nSOPHON_SD_DEVICES=\n")
-    runs = tmp_path / "runs"
+    state = tmp_path / "state"
+    env_file.write_text(f"ACCELERATE_TORCH_DEVICE=cpu\nSOPHON_SD_DEVICES=\nSOPHON_SD_ROOT={tmp_path / 'kit'}\n"
+                        f"SOPHON_SD_STATE_DIR={state}\n")
+    runs = state / "runs"
 
     def run(command, *args, step_s="0.05", check=True):
         common = ["--run-id", "r1", "--runs-dir", str(runs), "--json"]
@@ -79,6 +81,7 @@ def job_tool(tmp_path):
         return result
 
     run.job_dir = runs / "r1" / "cpu"
+    run.env_file = env_file
     return run
 
 
@@ -235,10 +238,28 @@ def test_output_dir_is_the_tools_choice(job_tool):
     assert result.returncode == 2 and "--output_dir is chosen per job" in result.stderr
 
 
-def test_missing_env_file_says_how_to_fix(tmp_path):
+def test_runs_dir_comes_from_the_env_file(job_tool):
+    """Without --runs-dir (the playbook passes it; people on the host do not) runs are under SOPHON_SD_STATE_DIR."""
+    job_tool("start", "--", "--max_train_steps=2")
+    wait_for(job_tool, lambda s: s["state"] != "running")
+    result = subprocess.run([sys.executable, str(JOB_TOOL), "status", "--run-id", "r1", "--env-file",
+                             str(job_tool.env_file)], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("cpu: finished, step 2/2")
+
+
+def test_env_file_without_state_dir_says_how_to_fix(tmp_path, capsys):
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_ROOT=/srv/kit\n")
+    assert sdkit_job.main(["status", "--run-id", "r", "--env-file", str(env_file)]) == 2
+    assert capsys.readouterr().err == (f"error: {env_file} has no SOPHON_SD_STATE_DIR: "
+                                       "rerun the kit's site.yml (role sophon_host_env)\n")
+
+
+def test_missing_env_file_says_how_to_fix(tmp_path, capsys):
     code = sdkit_job.main(["start", "--run-id", "r", "--runs-dir", str(tmp_path), "--env-file",
                            str(tmp_path / "nope"), "--user", ""])
     assert code == 2
+    assert "not found: rerun the kit's site.yml (role sophon_host_env), or pass --env-file" in capsys.readouterr().err
 
 
 def test_bad_run_id(tmp_path, capsys):

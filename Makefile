@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint test unit bench bench-fleet molecule host-tests roles test-image clean
+.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/R
 lint: setup ## ansible-lint (production profile) and yamllint
 	ansible-lint --profile production
 	yamllint --strict .
+
+docs: setup ## Regenerate each role README's variable table from meta/argument_specs.yml and defaults/main.yml
+	$(BIN)/python tools/sdkit_role_docs.py
 
 $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	python3 -m venv $(ML_VENV)

@@ -161,6 +161,25 @@ def test_open_files_limits_configuration(host):
     assert int(soft) == 65535 and int(hard or soft) >= 65535
 
 
+
+def open_files(limits_text: str) -> tuple[int, int]:
+    """Soft and hard 'Max open files' from a /proc/PID/limits text."""
+    line = next(line for line in limits_text.splitlines() if line.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+def test_services_get_the_open_files_limit(host):
+    """A service started now, as the training jobs are, gets the drop-in's limits: the handler's
+    daemon-reload applied them. No service gets more than systemd itself has (/proc/1/limits; 20000
+    in the test containers, which cannot raise it), so that ceiling caps what is expected."""
+    dropin = host.file("/etc/systemd/system.conf.d/sophon-sd-limits.conf").content_string
+    soft, _, hard = [line for line in dropin.splitlines() if line.startswith("DefaultLimitNOFILE=")][0] \
+        .split("=", 1)[1].partition(":")
+    _, ceiling = open_files(host.file("/proc/1/limits").content_string)
+    shown = host.check_output(f"systemd-run --quiet --wait --pipe --uid={USER} cat /proc/self/limits")
+    assert open_files(shown) == (min(int(soft), ceiling), min(int(hard or soft), ceiling))
+
 def test_env_file_lists_one_device_per_chip(env_file, device_fact):
     devices = [f"tpu:{i}" for i in range(device_fact["chip_count"])]
     assert env_file["SOPHON_SD_DEVICES"] == ",".join(devices)

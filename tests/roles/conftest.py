@@ -1,12 +1,15 @@
-"""Fixtures for role tests that drive ansible-playbook against throwaway podman hosts.
+"""Fixtures for role tests that drive ansible-playbook against throwaway test hosts.
 
-Each test module gets one long-lived container; tests in it run plays with different variables
-and assert on the play's message and on the host's state afterwards.
+The hosts are servers as the fleet has them (tests/hosts/testhosts.py): systemd as PID 1, reached
+over SSH with the run's key and their host keys checked. Each test module gets one long-lived host;
+tests in it run plays with different variables and assert on the play's message and on the host's
+state afterwards.
 """
 
 import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +18,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "localhost/sophon-sd-test-debian12:latest"
+sys.path.insert(0, str(REPO / "tests" / "hosts"))
+from testhosts import HostRun  # noqa: E402
+
 TEST_PROFILE = {
     "sophon_venv_python_version": "3.11",
     "sophon_venv_torch_version": "2.13.0",
@@ -34,12 +39,12 @@ class PlayResult:
 
 
 @dataclass
-class PodmanHost:
+class SshHost:
     name: str
+    hosts: HostRun
 
     def run(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["podman", "exec", self.name, "sh", "-c", command],
-                              capture_output=True, text=True, check=False)
+        return self.hosts.ssh(self.name, command)
 
     def check_output(self, command: str) -> str:
         result = self.run(command)
@@ -49,12 +54,19 @@ class PodmanHost:
     def exists(self, path: str) -> bool:
         return self.run(f"test -e {path}").returncode == 0
 
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file or folder onto the host, over the same checked SSH connection."""
+        subprocess.run(["scp", "-q", "-r", "-F", str(self.hosts.ssh_config), str(local), f"{self.name}:{remote}"],
+                       check=True, capture_output=True)
+
     def play(self, playbook: str, extra_vars: dict | None = None, tags: str | None = None) -> PlayResult:
         """Run a playbook of this repo against this host only, with the test profile's pins."""
+        inventory = self.hosts.run_dir / f"{self.name}.json"
+        inventory.write_text(json.dumps({"all": {"hosts": {self.name: self.hosts.inventory_vars(self.name)}}}))
         variables = {"ansible_become": False, **TEST_PROFILE, **(extra_vars or {})}
         command = [
             "ansible-playbook", str(REPO / "playbooks" / playbook),
-            "-i", f"{self.name},", "-c", "containers.podman.podman",
+            "-i", str(inventory),
             "-e", f"sophon_sd_hosts={self.name}",
             "-e", json.dumps(variables),
         ]
@@ -65,14 +77,22 @@ class PodmanHost:
         return PlayResult(result.returncode, result.stdout + result.stderr)
 
 
-@pytest.fixture(scope="module")
-def podman_host(request) -> Iterator[PodmanHost]:
-    """A fresh Debian 12 host; options come from the module's PODMAN_OPTIONS list."""
-    name = f"sdkit-bad-{request.module.__name__.rsplit('_', 1)[-1]}-{uuid.uuid4().hex[:6]}"
-    options = getattr(request.module, "PODMAN_OPTIONS", [])
-    subprocess.run(["podman", "run", "-d", "--name", name, *options, IMAGE, "sleep", "infinity"],
-                   check=True, capture_output=True)
+@pytest.fixture(scope="session")
+def host_run() -> Iterator[HostRun]:
+    """The run's keys and known_hosts; every host started through it is removed at the end."""
+    run = HostRun(REPO / "build" / "testhosts" / f"roles-{os.getpid()}")
     try:
-        yield PodmanHost(name)
+        yield run
     finally:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", name], check=False, capture_output=True)
+        run.remove_all()
+
+
+@pytest.fixture(scope="module")
+def throwaway_host(request, host_run: HostRun) -> Iterator[SshHost]:
+    """A fresh Debian 12 server; extra podman options come from the module's PODMAN_OPTIONS list."""
+    name = f"sdkit-bad-{request.module.__name__.rsplit('_', 1)[-1]}-{uuid.uuid4().hex[:6]}"
+    host_run.start(name, podman_args=getattr(request.module, "PODMAN_OPTIONS", []))
+    try:
+        yield SshHost(name, host_run)
+    finally:
+        host_run.remove(name)

@@ -28,29 +28,29 @@ def bundle(tmp_path):
     return tmp_path
 
 
-def test_missing_checksum_list_is_named(podman_host, bundle):
+def test_missing_checksum_list_is_named(throwaway_host, bundle):
     (bundle / "assets/SHA256SUMS").unlink()
-    result = podman_host.play("assets.yml", {"sophon_assets_src": str(bundle / "assets")})
+    result = throwaway_host.play("assets.yml", {"sophon_assets_src": str(bundle / "assets")})
     assert result.failed
     assert "SHA256SUMS is missing" in result.output and "make assets-sums" in result.output
-    assert not podman_host.exists("/opt/sophon-sd/assets")
+    assert not throwaway_host.exists("/opt/sophon-sd/assets")
 
 
-def test_corrupt_asset_stops_before_the_host_changes(podman_host, bundle):
+def test_corrupt_asset_stops_before_the_host_changes(throwaway_host, bundle):
     (bundle / "assets/dataset/data/train-00000-of-00001.parquet").write_bytes(b"truncated")
-    result = podman_host.play("assets.yml", {"sophon_assets_src": str(bundle / "assets")})
+    result = throwaway_host.play("assets.yml", {"sophon_assets_src": str(bundle / "assets")})
     assert result.failed
     assert "dataset/data/train-00000-of-00001.parquet: FAILED" in result.output
-    assert not podman_host.exists("/opt/sophon-sd/assets")
+    assert not throwaway_host.exists("/opt/sophon-sd/assets")
 
 
-def test_assets_are_staged_intact_and_a_rerun_changes_nothing(podman_host, bundle):
+def test_assets_are_staged_intact_and_a_rerun_changes_nothing(throwaway_host, bundle):
     variables = {"sophon_assets_src": str(bundle / "assets")}
-    first = podman_host.play("assets.yml", variables)
+    first = throwaway_host.play("assets.yml", variables)
     assert not first.failed, first.output[-2000:]
     for relative, content in FILES.items():
-        staged = podman_host.check_output(f"sha256sum /opt/sophon-sd/assets/{relative}").split()[0]
+        staged = throwaway_host.check_output(f"sha256sum /opt/sophon-sd/assets/{relative}").split()[0]
         assert staged == hashlib.sha256(content).hexdigest(), relative
-    assert sorted(podman_host.check_output("ls /opt/sophon-sd/assets").split()) == sorted(ITEMS + ["SHA256SUMS"])
-    second = podman_host.play("assets.yml", variables)
+    assert sorted(throwaway_host.check_output("ls /opt/sophon-sd/assets").split()) == sorted(ITEMS + ["SHA256SUMS"])
+    second = throwaway_host.play("assets.yml", variables)
     assert "changed=0" in second.output and "failed=0" in second.output

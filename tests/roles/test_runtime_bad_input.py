@@ -16,12 +16,11 @@ import hashlib
 import json
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import IMAGE, REPO, PodmanHost
+from conftest import REPO, SshHost
 
 VENV = "/opt/sophon-sd/venv"
 WHEEL_311 = "torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
@@ -50,13 +49,8 @@ def standin_vars(standins) -> dict:
 
 
 @pytest.fixture(scope="module")
-def rt_host():
-    name = f"sdkit-rt-bad-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["podman", "run", "-d", "--name", name, IMAGE, "sleep", "infinity"], check=True, capture_output=True)
-    try:
-        yield PodmanHost(name)
-    finally:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", name], check=False, capture_output=True)
+def rt_host(throwaway_host):
+    return throwaway_host
 
 
 @pytest.fixture
@@ -96,13 +90,13 @@ def message(output: str, fragment: str) -> str:
     return hits[0]
 
 
-def nothing_installed(host: PodmanHost) -> None:
+def nothing_installed(host: SshHost) -> None:
     assert host.run("dpkg -s sophon-libsophon").returncode != 0, "sophon-libsophon was installed"
     for path in ("/opt/sophon", "/opt/sophon-sd/vendor", "/etc/ansible/facts.d/sophon.fact", "/etc/sophon-sd"):
         assert not host.exists(path), f"{path} exists: something was installed"
 
 
-def torch_tpu_author(host: PodmanHost):
+def torch_tpu_author(host: SshHost):
     """Author of the torch-tpu in the venv, or None when there is none."""
     result = host.run(f"{VENV}/bin/python -c \"import importlib.metadata as m; print(m.metadata('torch-tpu')['Author'])\"")
     return result.stdout.strip() if result.returncode == 0 else None
@@ -199,8 +193,7 @@ def venv(rt_host, standins, standin_vars):
 
 
 def test_pypi_torch_tpu_in_the_venv_is_refused_then_replaced(clean_host, venv, vendor, standins, standin_vars):
-    subprocess.run(["podman", "cp", str(standins / "google" / GOOGLE_WHEEL), f"{clean_host.name}:/tmp/{GOOGLE_WHEEL}"],
-                   check=True)
+    clean_host.put(standins / "google" / GOOGLE_WHEEL, f"/tmp/{GOOGLE_WHEEL}")
     clean_host.check_output(f"{venv}/bin/pip install -q --no-deps --no-index /tmp/{GOOGLE_WHEEL}")
     variables = runtime_vars(vendor, standin_vars)
     result = clean_host.play("runtime.yml", variables, tags="torch_tpu")

@@ -41,49 +41,49 @@ def single_line(output: str, fragment: str) -> str:
     return hits[0]
 
 
-def test_python_the_pins_cannot_run_stops_before_any_change(podman_host):
-    result = podman_host.play("stack.yml", {"sophon_venv_python_version": "3.10"})
+def test_python_the_pins_cannot_run_stops_before_any_change(throwaway_host):
+    result = throwaway_host.play("stack.yml", {"sophon_venv_python_version": "3.10"})
     assert result.failed
     single_line(result.output, "but the pins")
     assert "is 3.11" in result.output and "Python 3.10" in result.output and "sophon_venv_python" in result.output
-    assert not podman_host.exists("/opt/sophon-sd")
+    assert not throwaway_host.exists("/opt/sophon-sd")
 
 
-def test_too_little_disk_is_caught_before_installing(podman_host):
-    result = podman_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny"}, tags="venv")
+def test_too_little_disk_is_caught_before_installing(throwaway_host):
+    result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny"}, tags="venv")
     assert result.failed
     single_line(result.output, "MB free under /opt/tiny")
     assert "need about 4000 MB" in result.output and "rerun" in result.output
-    assert "wheelhouse.tar" not in podman_host.check_output("ls -A /opt/tiny")
-    assert not podman_host.exists("/opt/tiny/venv")
+    assert "wheelhouse.tar" not in throwaway_host.check_output("ls -A /opt/tiny")
+    assert not throwaway_host.exists("/opt/tiny/venv")
 
 
-def test_disk_filling_up_during_the_build_leaves_no_venv(podman_host):
+def test_disk_filling_up_during_the_build_leaves_no_venv(throwaway_host):
     # With the free-space check disabled, pip itself runs out of space half-way through torch.
-    result = podman_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_venv_min_free_mb": 0,
+    result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_venv_min_free_mb": 0,
                                             "sophon_venv_wheelhouse_dir": "/var/tmp/wheelhouse"}, tags="venv")
     assert result.failed
     single_line(result.output, "Disk full while installing into the venv /opt/tiny/venv")
     assert "rerun" in result.output
-    assert not podman_host.exists("/opt/tiny/venv")
+    assert not throwaway_host.exists("/opt/tiny/venv")
 
 
-def test_unreachable_source_names_the_url(podman_host, git_vars):
-    result = podman_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/nowhere"})
+def test_unreachable_source_names_the_url(throwaway_host, git_vars):
+    result = throwaway_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/nowhere"})
     assert result.failed
     single_line(result.output, "Cannot reach file:///srv/nowhere/transformers.git")
     assert "sophon_upstream_git_base_url" in result.output
-    assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
+    assert throwaway_host.check_output(f"ls -A {SRC}").strip() == ""
 
 
-def test_unknown_tag_is_reported_and_nothing_is_left_half_fetched(podman_host, git_vars):
-    result = podman_host.play("stack.yml", with_library(git_vars, "transformers", tag="v9.9.9"))
+def test_unknown_tag_is_reported_and_nothing_is_left_half_fetched(throwaway_host, git_vars):
+    result = throwaway_host.play("stack.yml", with_library(git_vars, "transformers", tag="v9.9.9"))
     assert result.failed
     single_line(result.output, "has no tag v9.9.9")
-    assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
+    assert throwaway_host.check_output(f"ls -A {SRC}").strip() == ""
 
 
-def test_moved_tag_is_an_error(podman_host, git_vars, tmp_path_factory):
+def test_moved_tag_is_an_error(throwaway_host, git_vars, tmp_path_factory):
     # A mirror whose v4.29.1 tag was moved onto a different commit.
     mirror = tmp_path_factory.mktemp("moved")
     work = mirror / "work"
@@ -92,50 +92,50 @@ def test_moved_tag_is_an_error(podman_host, git_vars, tmp_path_factory):
                     "--allow-empty", "-m", "not upstream"], check=True)
     subprocess.run(["git", "-C", str(work), "tag", "-f", "v4.29.1"], check=True, capture_output=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(mirror / "transformers.git")], check=True)
-    subprocess.run(["podman", "cp", str(mirror / "transformers.git"), f"{podman_host.name}:/srv/moved.git"], check=True)
-    podman_host.check_output("mkdir -p /srv/moved && mv /srv/moved.git /srv/moved/transformers.git")
+    throwaway_host.check_output("mkdir -p /srv/moved")
+    throwaway_host.put(mirror / "transformers.git", "/srv/moved/transformers.git")
 
-    result = podman_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/moved"})
+    result = throwaway_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/moved"})
     assert result.failed
     single_line(result.output, "not the pinned commit")
     pinned = git_vars["sophon_upstream_libraries"][0]["commit"]
     assert pinned in result.output and "tag was moved" in result.output
-    assert podman_host.check_output(f"ls -A {SRC}").strip() == ""
+    assert throwaway_host.check_output(f"ls -A {SRC}").strip() == ""
 
 
-def test_package_missing_from_the_wheelhouse_is_named(podman_host, git_vars, tmp_path):
+def test_package_missing_from_the_wheelhouse_is_named(throwaway_host, git_vars, tmp_path):
     partial = tmp_path / "wheelhouse.tar"
     with tarfile.open(REPO / "bundle/wheelhouse.tar") as full, tarfile.open(partial, "w") as out:
         for member in full.getmembers():
             if not member.name.split("/")[-1].startswith("tokenizers-"):
                 out.addfile(member, full.extractfile(member) if member.isfile() else None)
-    result = podman_host.play("stack.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
+    result = throwaway_host.play("stack.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
                                            "sophon_venv_wheelhouse_dir": "/opt/sophon-sd/wheelhouse-partial"})
     assert result.failed
     message = single_line(result.output, "is missing from the wheelhouse")
     assert "tokenizers" in message and "make wheelhouse" in result.output
 
 
-def test_patch_drift_names_file_and_patch_and_changes_nothing(podman_host, git_vars):
+def test_patch_drift_names_file_and_patch_and_changes_nothing(throwaway_host, git_vars):
     # Undo the kit's patch and change a line the patch replaces, as a local edit would.
-    podman_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
-    podman_host.check_output(f"sed -i 's/\"ACCELERATE_USE_MPS_DEVICE\"):/\"ACCELERATE_USE_MPS\"):/' {ACCELERATOR_PY}")
-    assert "ACCELERATE_USE_MPS\"):" in podman_host.check_output(f"cat {ACCELERATOR_PY}")
-    before = podman_host.check_output(f"sha256sum {ACCELERATOR_PY}")
-    result = podman_host.play("stack.yml", git_vars)
+    throwaway_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
+    throwaway_host.check_output(f"sed -i 's/\"ACCELERATE_USE_MPS_DEVICE\"):/\"ACCELERATE_USE_MPS\"):/' {ACCELERATOR_PY}")
+    assert "ACCELERATE_USE_MPS\"):" in throwaway_host.check_output(f"cat {ACCELERATOR_PY}")
+    before = throwaway_host.check_output(f"sha256sum {ACCELERATOR_PY}")
+    result = throwaway_host.play("stack.yml", git_vars)
     assert result.failed
     single_line(result.output, "does not match patches/accelerate/v0.16.0/accelerator.py.patch")
     assert ACCELERATOR_PY in result.output and "left unchanged" in result.output
-    assert podman_host.check_output(f"sha256sum {ACCELERATOR_PY}") == before
-    assert podman_host.run(f"ls {ACCELERATOR_PY}.rej {ACCELERATOR_PY}.orig").returncode != 0
+    assert throwaway_host.check_output(f"sha256sum {ACCELERATOR_PY}") == before
+    assert throwaway_host.run(f"ls {ACCELERATOR_PY}.rej {ACCELERATOR_PY}.orig").returncode != 0
 
 
-def test_rerun_after_the_fixes_completes(podman_host, git_vars):
-    podman_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
-    result = podman_host.play("stack.yml", git_vars)
+def test_rerun_after_the_fixes_completes(throwaway_host, git_vars):
+    throwaway_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
+    result = throwaway_host.play("stack.yml", git_vars)
     assert not result.failed, result.output[-3000:]
     assert "failed=0" in result.output
-    versions = podman_host.check_output(
+    versions = throwaway_host.check_output(
         "/opt/sophon-sd/venv/bin/python -c 'import diffusers, transformers, accelerate as a;"
         " print(diffusers.__version__, transformers.__version__, a.__version__)'")
     assert versions.split() == ["0.20.0", "4.29.1", "0.16.0"]

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ provision: setup ## Provision INVENTORY (default: the example fleet); LIMIT=host
 
 verify: setup ## Run the testinfra checks of the installed state against INVENTORY
 	pytest -p no:cacheprovider tests/testinfra --ansible-inventory=$(INVENTORY) --hosts='$(LIMIT)' --connection=ansible $(PYTEST_ARGS)
+
+known-hosts: setup ## Record INVENTORY's host keys in its folder's known_hosts (ssh-keyscan; prints fingerprints to compare, never replaces a changed key)
+	python tools/sdkit_known_hosts.py -i $(INVENTORY) --limit '$(LIMIT)'
 
 doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml

@@ -56,19 +56,22 @@ bundle-verify: setup ## Check bundle/ against its manifest: names each missing, 
 	$(BIN)/python tools/sdkit_bundle.py verify --bundle-dir $(BUNDLE)
 
 DEMO_HOST := sophon-sd-demo
+DEMO_HOSTS := build/testhosts/demo
+# The port inventory/demo/hosts.yml names; the host's key and the client key are in $(DEMO_HOSTS).
+DEMO_PORT := 42222
 demo: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## No hardware needed: provision a local container host, run make smoke there, collect results in demo-out/
-	@echo "== 1/4 local container host $(DEMO_HOST)"
-	podman container exists $(DEMO_HOST) || podman run -d --name $(DEMO_HOST) $(TEST_IMAGE) sleep infinity
-	podman start $(DEMO_HOST) >/dev/null
+	@echo "== 1/4 local container host $(DEMO_HOST): systemd and sshd, reached on 127.0.0.1:$(DEMO_PORT) with its key checked"
+	python3 tests/hosts/testhosts.py up --keep --run-dir $(DEMO_HOSTS) --platforms '[{"name": "$(DEMO_HOST)", "port": $(DEMO_PORT)}]' >/dev/null
 	@echo "== 2/4 provision it with the kit (playbooks/site.yml, CPU profile)"
 	ansible-playbook -i inventory/demo/hosts.yml playbooks/site.yml
 	@echo "== 3/4 make smoke on the host (tiny random model, CPU) and 4/4 collect the outputs"
 	ansible-playbook -i inventory/demo/hosts.yml playbooks/smoke.yml -e sophon_sd_smoke_fetch_dir=$(CURDIR)/demo-out
 	@echo "Demo results (LoRA weights, validation and generated images, metrics):"
 	@find $(CURDIR)/demo-out -type f | sort | sed 's/^/  /'
-	@echo "The host stays up: podman exec -it $(DEMO_HOST) make -C /opt/sophon-sd help; remove it with make demo-clean"
+	@echo "The host stays up: ssh -F $(DEMO_HOSTS)/ssh_config $(DEMO_HOST) make -C /opt/sophon-sd help; remove it with make demo-clean"
 
 demo-clean: ## Remove the demo container and demo-out/
+	python3 tests/hosts/testhosts.py down --run-dir $(DEMO_HOSTS)
 	podman rm -f -t 0 $(DEMO_HOST) >/dev/null 2>&1 || true
 	rm -rf demo-out
 

@@ -121,8 +121,16 @@ class HostRun:
                 "identity_file": str(self.client_key)}
 
     def start(self, name: str, *, podman_args: list[str] | tuple[str, ...] = (), volumes: list[str] | None = None,
-              internal_network: str = "") -> TestHost:
-        """Start (or restart) host NAME with its own host key and wait until SSH reaches it."""
+              internal_network: str = "", port: int = 0, keep: bool = False) -> TestHost:
+        """Start (or restart) host NAME with its own host key and wait until SSH reaches it.
+
+        PORT: the 127.0.0.1 port to publish its sshd on, for an inventory that names it (the demo's);
+        by default any free one. KEEP: a host this run started before is started again as it is
+        (the demo's host keeps what it was provisioned with), not replaced."""
+        if keep and name in self.hosts and podman("container", "exists", name, check=False).returncode == 0:
+            podman("start", name)
+            self.wait_for_ssh(name)
+            return self.hosts[name]
         host_key = self.run_dir / "hostkeys" / name
         new_key(host_key, name)
         podman("rm", "-f", "-t", "0", name, check=False)
@@ -135,7 +143,7 @@ class HostRun:
                 podman("network", "create", "--internal", internal_network)
             network_args = ["--network", internal_network]
         else:
-            port = free_port()
+            port = port or free_port()
             network_args = ["-p", f"127.0.0.1:{port}:22"]
         podman("run", "-d", "--name", name, "--hostname", name, "--systemd=always",
                *network_args, *[arg for mount in mounts for arg in ("-v", mount)], *podman_args,
@@ -196,11 +204,12 @@ class HostRun:
             podman("network", "rm", "-f", network, check=False)
 
 
-def up(run: HostRun, platforms: list[dict]) -> list[dict]:
-    """Start Molecule platforms: name, volumes, and `internal_network` for a host with no route out."""
+def up(run: HostRun, platforms: list[dict], keep: bool = False) -> list[dict]:
+    """Start Molecule platforms: name, volumes, `internal_network` for a host with no route out, port."""
     for platform in platforms:
         run.start(platform["name"], volumes=platform.get("volumes"),
-                  internal_network=platform.get("internal_network", ""))
+                  internal_network=platform.get("internal_network", ""), port=int(platform.get("port", 0)),
+                  keep=keep)
     return [run.instance_config(platform["name"]) for platform in platforms]
 
 
@@ -208,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down"], help="start the platforms, or remove every host of the run")
     parser.add_argument("--run-dir", required=True, type=Path, help="the run folder (keys, known_hosts, ssh_config)")
-    parser.add_argument("--platforms", default="[]", help="JSON list of {name, volumes, internal_network}")
+    parser.add_argument("--platforms", default="[]", help="JSON list of {name, volumes, internal_network, port}")
+    parser.add_argument("--keep", action="store_true", help="start hosts of this run that exist again, as they are")
     parser.add_argument("--image", default=IMAGE, help="test-host image (default: %(default)s)")
     args = parser.parse_args(argv)
     run = HostRun(args.run_dir, args.image)
     if args.action == "up":
-        print(json.dumps(up(run, json.loads(args.platforms))))
+        print(json.dumps(up(run, json.loads(args.platforms), keep=args.keep)))
     else:
         run.remove_all()
     return 0

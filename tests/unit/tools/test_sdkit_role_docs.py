@@ -88,9 +88,11 @@ def test_generates_the_table_between_markers_and_keeps_the_prose(fake_roles, cap
     assert text.startswith(PROSE_BEFORE + role_docs.BEGIN) and text.endswith(role_docs.END + "\n" + PROSE_AFTER)
     assert "`old`" not in text
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| `")}
-    assert rows["`fake_mode`"] == "| `fake_mode` | str | `mirror` | Where packages come from. One of `mirror`, `bundle`. |"
+    assert rows["`fake_mode`"] == ("| `fake_mode` | str | `mirror` "
+                                   "| Where packages come from. One of `mirror`, `bundle`. |")
     # A computed default is shown as the spec words it; placeholders become code, not HTML tags.
-    assert rows["`fake_dir`"] == "| `fake_dir` | path | `<root>/apt` | Hosts get `<dir>.tar`, unpacked under fake_root. |"
+    assert rows["`fake_dir`"] == ("| `fake_dir` | path | `<root>/apt` "
+                                  "| Hosts get `<dir>.tar`, unpacked under fake_root. |")
     assert rows["`fake_packages`"] == "| `fake_packages` | list of str | `[git, patch]` | OS packages. |"
     assert rows["`fake_version`"].startswith('| `fake_version` | str | `"3.10"` |')  # a string, not the float 3.1
     # Without words in the spec, the Jinja itself; pipes escaped so the table keeps its columns.

@@ -118,6 +118,7 @@ def prose(text: str) -> str:
     them for HTML tags and drop them. Text that already has code spans is left as written."""
     if "`" in text:
         return text
+
     def as_code(match: re.Match) -> str:
         word = match.group(0).rstrip(".")  # a sentence's full stop is not part of the path
         return code(word) + match.group(0)[len(word):]
@@ -179,7 +180,7 @@ def render(role: Role) -> str:
         own = {name: option for name, option in role.options(entry_point).items() if name not in role.options()}
         summary = (spec or {}).get("short_description", "").rstrip(".")
         lines += ["", f"Entry point `{entry_point}` (`tasks_from: {entry_point}`): {summary}."
-                  + ("" if own else " It takes the variables above.")]
+                  + ("" if own else " Its variables are among those above.")]
         if own:
             lines += ["", *table(role, own)]
     return "\n".join([*lines, END])

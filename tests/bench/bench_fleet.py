@@ -50,8 +50,21 @@ def recap(output: str) -> dict[str, dict[str, int]]:
             for match in re.finditer(r"^(\S+)\s+: (ok=.*)$", section, re.MULTILINE)}
 
 
-def timed_run(inventory: Path, *args: str) -> dict:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+def strategy_env(strategy: str) -> dict[str, str] | None:
+    """Environment for a strategy: Ansible's own, or Mitogen's when its package is installed."""
+    if not strategy.startswith("mitogen"):
+        return {"ANSIBLE_STRATEGY": strategy}
+    try:
+        import ansible_mitogen
+    except ImportError:
+        return None
+    return {"ANSIBLE_STRATEGY": strategy,
+            "ANSIBLE_STRATEGY_PLUGINS": str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")}
+
+
+def timed_run(inventory: Path, *args: str, extra_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+           **(extra_env or {})}
     started = time.monotonic()
     result = subprocess.run(["ansible-playbook", "-i", str(inventory), str(REPO / "playbooks/site.yml"), *args],
                             capture_output=True, text=True, env=env, check=False)
@@ -73,6 +86,9 @@ def show(label: str, row: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=8, help="hosts for the scaling rerun (default: %(default)s)")
+    parser.add_argument("--strategies", nargs="*", default=["free", "mitogen_linear"],
+                        help="strategies to compare with linear on the copies' rerun (mitogen_*: only if the "
+                             "mitogen package is installed in this venv)")
     parser.add_argument("--out", type=Path, default=REPO / "build/bench-fleet.json", help="where the JSON goes")
     args = parser.parse_args()
     run = HostRun(REPO / "build" / "testhosts" / "bench-fleet")
@@ -98,6 +114,14 @@ def main() -> int:
             copy_run.start(host)
         results[f"rerun_{args.copies}"] = timed_run(write_inventory(copy_run, copies))
         show(f"rerun, {args.copies} hosts", results[f"rerun_{args.copies}"])
+        copies_inventory = write_inventory(copy_run, copies)
+        for strategy in args.strategies:
+            env = strategy_env(strategy)
+            if env is None:
+                print(f"rerun with {strategy}: mitogen is not installed in this venv (pip install mitogen), skipped")
+                continue
+            results[f"rerun_{args.copies}_{strategy}"] = timed_run(copies_inventory, extra_env=env)
+            show(f"rerun, {args.copies} hosts, {strategy}", results[f"rerun_{args.copies}_{strategy}"])
         run = copy_run
     finally:
         run.remove_all()

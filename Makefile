@@ -124,7 +124,7 @@ unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools a
 bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json
 	$(ML_VENV)/bin/python tests/bench/bench_runners.py --out build/bench.json
 
-bench-fleet: setup test-image test-bundle ## Converge from the bundle, rerun and --check for 1, 2, 3 hosts with no network; writes build/bench-fleet.json
+bench-fleet: setup test-image test-bundle ## Fleet control plane over SSH: converge 2 hosts from the bundle, rerun and --check on 1, rerun on 8 copies (linear, free, Mitogen if installed); writes build/bench-fleet.json
 	python tests/bench/bench_fleet.py --out build/bench-fleet.json
 
 test-image: ## Build the Debian 12 test-host image (debootstrap + podman import)

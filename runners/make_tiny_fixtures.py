@@ -22,14 +22,18 @@ import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Dict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+import sdkit_env  # noqa: E402
 
 # Lower-case letters and a few words; enough for captions such as "a drawing of a green pokemon".
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -182,14 +186,7 @@ def build_tiny_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4,
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
     procs = {}
-    for name in unet.attn_processors:
-        cross = None if name.endswith("attn1.processor") else unet.config.cross_attention_dim
-        if name.startswith("mid_block"):
-            hidden = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+    for name, (hidden, cross) in sdkit_env.attention_dims(unet).items():
         proc = LoRAAttnProcessor(hidden_size=hidden, cross_attention_dim=cross, rank=rank)
         for p in proc.parameters():  # LoRA "up" starts at zero; make it visible in the output
             torch.nn.init.normal_(p, std=0.5)

@@ -16,10 +16,12 @@ import random
 import resource
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from sdkit_files import HUB_TOKEN_FILE_KEY, EnvFileError, read_hub_token
 
 logger = logging.getLogger("sdkit")
 
@@ -200,6 +202,27 @@ def make_generator(device: torch.device, seed: Optional[int]) -> torch.Generator
     return generator
 
 
+def attention_dims(unet) -> Dict[str, Tuple[int, Optional[int]]]:
+    """(hidden size, cross-attention size or None) of each attention processor of an SD UNet.
+
+    The sizes a LoRAAttnProcessor for that slot must have: self-attention (attn1) has no
+    cross-attention input; the hidden size follows the block's channel count, mirrored for the up
+    blocks. The trainer creates its LoRA layers from this, the fixtures too.
+    """
+    channels = list(unet.config.block_out_channels)
+    dims: Dict[str, Tuple[int, Optional[int]]] = {}
+    for name in unet.attn_processors.keys():
+        cross_attention_dim = None if name.endswith("attn1.processor") else unet.config.cross_attention_dim
+        if name.startswith("mid_block"):
+            hidden_size = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden_size = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden_size = channels[int(name[len("down_blocks.")])]
+        dims[name] = (hidden_size, cross_attention_dim)
+    return dims
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -315,6 +338,27 @@ def resolve_model_dir(name_or_path: str, assets: Optional[Path]) -> str:
             "folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
         )
     return source
+
+
+def apply_hub_token(cli_token: Optional[str] = None) -> bool:
+    """Hand a Hugging Face token to the libraries through the environment; True when there is one.
+
+    The file named by SOPHON_SD_HUB_TOKEN_FILE wins over ``--hub_token``: a flag's value is seen
+    by every local user in the process list and copied into logs, the file is readable by the
+    runner group only. huggingface_hub reads HF_TOKEN (HUGGING_FACE_HUB_TOKEN before 0.20)
+    whenever a download passes no token, which is how diffusers 0.20 and transformers 4.29 call it.
+    """
+    try:
+        token = read_hub_token(os.environ)
+    except EnvFileError as exc:
+        raise RunnerError(str(exc)) from None
+    if token and cli_token and token != cli_token:
+        logger.warning("--hub_token ignored: the token in %s is used", HUB_TOKEN_FILE_KEY)
+    token = token or cli_token
+    if token:
+        os.environ["HF_TOKEN"] = token
+        os.environ["HUGGING_FACE_HUB_TOKEN"] = token
+    return bool(token)
 
 
 def hub_error(what: str, name: str, exc: BaseException) -> RunnerError:

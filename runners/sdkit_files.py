@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 DEFAULT_ENV_FILE = "/etc/sophon-sd/env"
 ROOT_KEY = "SOPHON_SD_ROOT"
 STATE_DIR_KEY = "SOPHON_SD_STATE_DIR"
+# Names the file holding a Hugging Face token (0640 root:sophon-sd). The token itself never goes
+# into the env file: that one is world-readable and sourced by every login shell.
+HUB_TOKEN_FILE_KEY = "SOPHON_SD_HUB_TOKEN_FILE"
 ENV_FILE_FIX = "rerun the kit's site.yml (role sophon_host_env)"
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -97,13 +100,54 @@ def read_json(path: PathLike) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
+def read_hub_token(environ: Mapping[str, str]) -> Optional[str]:
+    """The token in the file named by SOPHON_SD_HUB_TOKEN_FILE; None when the key is absent or empty.
+
+    An empty file also means no token (a role may create it before anyone has one). A file that
+    is named but unreadable is an error, not "no token": the run would otherwise fail later, at
+    the hub, with a message that says nothing about the file.
+    """
+    name = environ.get(HUB_TOKEN_FILE_KEY, "").strip()
+    if not name:
+        return None
+    try:
+        token = Path(name).read_text().strip()
+    except OSError as exc:
+        raise EnvFileError(f"hub token file '{name}' ({HUB_TOKEN_FILE_KEY}) cannot be read ({exc.strerror}): it "
+                           f"should be 0640 root:sophon-sd; {ENV_FILE_FIX}") from None
+    return token or None
+
+
+def fsync_tree(path: PathLike) -> None:
+    """fsync every file and folder under ``path`` (and ``path`` itself), so a rename after it
+    publishes content that is on disk, not only in the page cache."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Make a rename or a new entry in ``path`` durable (the folder's own metadata)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Replace ``path`` with ``text`` so that a reader sees the old or the new file, never part of one.
 
     The temporary file is in the same folder (a rename across filesystems is not atomic), is named
     after this process (concurrent writers do not clobber each other's) and is created with mode
     0666 less the umask, as a plain write would; fsync before the rename so that a crash cannot
-    leave the new name pointing at empty content.
+    leave the new name pointing at empty content, and fsync the folder after it so that the rename
+    survives a crash too.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -117,6 +161,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself, or a crash could bring back the old file
 
 
 def write_json_atomic(path: PathLike, data: Any) -> None:

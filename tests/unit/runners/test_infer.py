@@ -64,3 +64,62 @@ def test_tpu_without_torch_tpu_refuses(tiny, tmp_path, run_runner, capsys, monke
     assert run_runner("infer", ["--model", tiny["model"], "--device", "tpu:0", "--output_dir", tmp_path]) == 2
     assert "torch_tpu" in capsys.readouterr().err
     assert not (tmp_path / "pokemon.png").exists()
+
+
+def lora_copy(tiny, folder, edit=None, pickle=False):
+    """A copy of the tiny LoRA in ``folder``, its tensors changed by ``edit``, saved as .bin with ``pickle``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tiny["lora"] / "pytorch_lora_weights.safetensors"))
+    if edit:
+        tensors = edit(tensors)
+    folder.mkdir(parents=True)
+    if pickle:
+        torch.save(tensors, folder / "pytorch_lora_weights.bin")
+    else:
+        save_file(tensors, str(folder / "pytorch_lora_weights.safetensors"))
+    return folder
+
+
+def test_pickled_lora_needs_allow_pickle(tiny, tmp_path, run_runner, capsys):
+    """Issue 9 item 4 (untrusted pickles): no silent fall back to pytorch_lora_weights.bin."""
+    folder = lora_copy(tiny, tmp_path / "bin-lora", pickle=True)
+    common = ["--model", tiny["model"], "--steps", "2", "--seed", "1", "--output_dir", tmp_path / "out"]
+    for lora in (folder, folder / "pytorch_lora_weights.bin"):
+        assert run_runner("infer", common + ["--lora", lora]) == 2
+        err = capsys.readouterr().err
+        assert "pickle" in err and "--allow_pickle" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "out" / "pokemon_lora.png").exists()
+    assert run_runner("infer", common + ["--lora", folder, "--allow_pickle"]) == 0
+    # Same weights as the safetensors original.
+    assert run_runner("infer", common[:-1] + [tmp_path / "safe", "--lora", tiny["lora"]]) == 0
+    assert np.array_equal(pixels(tmp_path / "out" / "pokemon_lora.png"), pixels(tmp_path / "safe" / "pokemon_lora.png"))
+
+
+def test_lora_for_another_model_is_refused_before_generating(tiny, tmp_path, run_runner, capsys):
+    """Issue 9 (a LoRA for another model fails late): keys or shapes that do not fit the UNet, one line."""
+    import torch
+
+    def wider(tensors):
+        key = next(k for k in tensors if k.endswith("to_k_lora.down.weight"))
+        return {**tensors, key: torch.zeros(tensors[key].shape[0], tensors[key].shape[1] * 2)}
+
+    def elsewhere(tensors):
+        return {k.replace("down_blocks.0.", "down_blocks.7."): v for k, v in tensors.items()}
+
+    for name, edit, says in (("wider", wider, "has shape"), ("elsewhere", elsewhere, "does not have")):
+        lora = lora_copy(tiny, tmp_path / name, edit)
+        rc = run_runner("infer", ["--model", tiny["model"], "--lora", lora, "--steps", "2",
+                                  "--output_dir", tmp_path / "out"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "do not fit the model" in err and says in err, err
+        assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err  # before: the pipeline's bar
+    assert not (tmp_path / "out" / "pokemon_lora.png").exists()
+
+
+def test_image_size_not_a_multiple_of_8_is_one_line(tiny, tmp_path, run_runner, capsys):
+    """Issue 9 (early validation): diffusers would raise deep inside the pipeline."""
+    assert run_runner("infer", ["--model", tiny["model"], "--height", "20", "--output_dir", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert "--height 20 is not a positive multiple of 8" in err and len(err.strip().splitlines()) == 1

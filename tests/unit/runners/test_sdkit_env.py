@@ -173,3 +173,22 @@ def test_nested_pipeline_folder_accepted(tiny, tmp_path):
 def test_missing_assets_folder(tmp_path):
     with pytest.raises(RunnerError, match="assets folder"):
         sdkit_env.assets_root(str(tmp_path / "nope"))
+
+
+def test_hub_token_file_wins_over_the_flag(tmp_path, monkeypatch):
+    """Issue 9 item 6 (tokens): the runners take the token from SOPHON_SD_HUB_TOKEN_FILE, then --hub_token."""
+    import os
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SOPHON_SD_HUB_TOKEN_FILE"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch removes what apply_hub_token sets
+        monkeypatch.delenv(name)
+    assert sdkit_env.apply_hub_token() is False and "HF_TOKEN" not in os.environ
+    assert sdkit_env.apply_hub_token("from-flag") is True
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    monkeypatch.setenv("SOPHON_SD_HUB_TOKEN_FILE", str(token_file))
+    assert sdkit_env.apply_hub_token("from-flag") is True
+    assert os.environ["HF_TOKEN"] == os.environ["HUGGING_FACE_HUB_TOKEN"] == "from-file"
+    monkeypatch.setenv("SOPHON_SD_HUB_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(RunnerError, match="cannot be read"):
+        sdkit_env.apply_hub_token()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdkit_files import (ROOT_KEY, EnvFile, EnvFileError, parse_env, read_json, write_json_atomic,
-                         write_text_atomic)
+from sdkit_files import (HUB_TOKEN_FILE_KEY, ROOT_KEY, EnvFile, EnvFileError, fsync_tree, parse_env, read_hub_token,
+                         read_json, write_json_atomic, write_text_atomic)
 
 # What the role sophon_host_env writes (roles/sophon_host_env/templates/env.j2), plus the edge cases.
 ENV_TEXT = """\
@@ -104,6 +104,30 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
         write_text_atomic(path, "half written \ud800")  # fails inside the write, after the temporary file exists
     assert read_json(path) == {"kept": True}
     assert [p.name for p in tmp_path.iterdir()] == ["job.json"]
+
+
+def test_hub_token_comes_from_the_file_the_env_key_names(tmp_path):
+    """Issue 9 item 6 (tokens): the token lives in its own 0640 file, never in the world-readable env file."""
+    token_file = tmp_path / "hub_token"
+    token_file.write_text("hf_secret\n")
+    assert read_hub_token({HUB_TOKEN_FILE_KEY: str(token_file)}) == "hf_secret"
+    assert read_hub_token({}) is None and read_hub_token({HUB_TOKEN_FILE_KEY: ""}) is None
+    token_file.write_text("\n")
+    assert read_hub_token({HUB_TOKEN_FILE_KEY: str(token_file)}) is None  # created before anyone had a token
+    with pytest.raises(EnvFileError) as info:
+        read_hub_token({HUB_TOKEN_FILE_KEY: str(tmp_path / "nope")})
+    assert "SOPHON_SD_HUB_TOKEN_FILE" in str(info.value) and "0640 root:sophon-sd" in str(info.value)
+
+
+def test_fsync_tree_walks_files_and_folders(tmp_path, monkeypatch):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.bin").write_bytes(b"x")
+    (tmp_path / "a" / "b" / "y.bin").write_bytes(b"y")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    fsync_tree(tmp_path / "a")
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in synced) == ["a", "a/b", "a/b/y.bin", "a/x.bin"]
 
 
 def test_the_module_is_stdlib_only():

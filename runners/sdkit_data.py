@@ -231,8 +231,22 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return self.num_rows - self.skip
 
 
-def build_dataset(args, tokenizer, seed: int):
-    """Load, check and wrap the training data described by the trainer's arguments."""
+def check_captions(dataset, caption_column: str) -> None:
+    """Every caption a string or a non-empty list of strings, checked before training starts.
+
+    Otherwise the first batch that draws a bad row fails, which may be hours in (or, with
+    --dataloader_num_workers, inside a worker with a traceback).
+    """
+    for row, caption in enumerate(dataset[caption_column]):
+        if isinstance(caption, (list, tuple, np.ndarray)) and len(caption) and all(isinstance(c, str) for c in caption):
+            continue
+        if not isinstance(caption, str):
+            raise RunnerError(f"caption of row {row} in column '{caption_column}' is {type(caption).__name__} "
+                              f"({str(caption)[:40]!r}), expected a string or a list of strings")
+
+
+def load_rows(args, seed: int):
+    """The training rows described by the trainer's arguments, checked: columns, rows, captions, images."""
     assets = assets_root(getattr(args, "assets", None))
     dataset = load_train_split(args.dataset_name, args.train_data_dir, args.dataset_config_name, args.cache_dir, assets)
     check_columns(dataset, args.image_column, args.caption_column)
@@ -240,7 +254,15 @@ def build_dataset(args, tokenizer, seed: int):
     if args.max_train_samples is not None:
         dataset = dataset.shuffle(seed=seed).select(range(min(args.max_train_samples, len(dataset))))
     if len(dataset) == 0:
-        raise RunnerError("the dataset has no rows")
+        source = args.dataset_name or args.train_data_dir
+        raise RunnerError(f"the dataset '{source}' has no rows" + (f" (--max_train_samples {args.max_train_samples})"
+                                                                   if args.max_train_samples is not None else ""))
+    check_captions(dataset, args.caption_column)
     verify_images(dataset, args.image_column)
+    return dataset
+
+
+def build_dataset(args, rows, tokenizer, seed: int) -> CaptionedImages:
+    """Wrap the checked rows into model inputs with the trainer's preprocessing."""
     transform = TrainTransform(args.resolution, args.center_crop, args.random_flip)
-    return CaptionedImages(dataset, args.image_column, args.caption_column, tokenizer, transform, seed)
+    return CaptionedImages(rows, args.image_column, args.caption_column, tokenizer, transform, seed)

@@ -20,15 +20,21 @@ Differences from upstream, all deliberate:
   run resumed from a checkpoint ends with the same LoRA weights as an uninterrupted one;
 * VAE latents and text embeddings are computed once per distinct (image, crop, flip) and
   caption and then reused (``--no_cache`` restores upstream's encode-every-step loop);
-* Ctrl-C saves a checkpoint at the current step and exits 130; problems the operator can
-  fix (missing column, unreadable image, missing model, checkpoint of another run) stop the
-  run with one line instead of a traceback;
+* Ctrl-C and SIGTERM (a shutdown, ``systemctl stop``, ``scancel``) save a checkpoint at the
+  current step and exit 130; checkpoints are written atomically and fsynced; problems the
+  operator can fix (empty dataset, bad caption, missing column, unreadable image, missing model,
+  full disk, an --output_dir or checkpoint of another run) stop the run with one line instead of
+  a traceback;
+* an --output_dir that holds a run is resumed (``--resume_from_checkpoint``) or explicitly
+  started over (``--overwrite_output_dir``), never silently restarted at step 0, and checkpoints
+  are loaded only from the run's own --output_dir (they are pickles);
 * metrics are appended to ``<output_dir>/metrics.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -45,11 +51,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sdkit_env  # noqa: E402
 from sdkit_env import RunnerError  # noqa: E402
-from sdkit_files import read_json, write_json_atomic  # noqa: E402
+from sdkit_files import fsync_dir, fsync_tree, read_json, write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("sdkit.train")
 
-FINGERPRINT_FIELDS = ("model", "dataset", "resolution", "rank")
+# Flags whose value changes the trained weights: a resume, or a rerun into the same --output_dir,
+# must repeat them. run.json records them with the resolved model and dataset, the effective
+# precision and the number of processes (which multiplies the batch).
+IDENTITY_FLAGS = (
+    "revision", "dataset_config_name", "image_column", "caption_column", "max_train_samples",
+    "resolution", "center_crop", "random_flip", "seed", "train_batch_size", "num_train_epochs",
+    "max_train_steps", "gradient_accumulation_steps", "learning_rate", "scale_lr", "lr_scheduler",
+    "lr_warmup_steps", "snr_gamma", "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_weight_decay",
+    "adam_epsilon", "max_grad_norm", "prediction_type", "noise_offset", "rank",
+)
+# The other flags, each of which may differ between attempts of one run. A unit test checks that
+# every flag is in one of the two lists, so that a new flag is classified when it is added.
+NOT_IDENTITY_FLAGS = (
+    "pretrained_model_name_or_path", "dataset_name", "train_data_dir", "mixed_precision",  # recorded resolved
+    "assets", "cache_dir", "output_dir", "logging_dir", "report_to", "verbose", "local_rank", "device",
+    "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir",
+    "validation_prompt", "num_validation_images", "validation_epochs",
+    # Same weights, other speed or memory (no_cache and gradient checkpointing are tested to match).
+    "dataloader_num_workers", "no_cache", "gradient_checkpointing", "enable_xformers_memory_efficient_attention",
+    "allow_tf32", "push_to_hub", "hub_token", "hub_model_id",
+)
+# What a run writes into --output_dir, and so what --overwrite_output_dir removes (nothing else).
+RUN_OUTPUTS = ("run.json", "metrics.jsonl", "pytorch_lora_weights.safetensors", "validation")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -78,7 +106,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
     group = parser.add_argument_group("image preprocessing")
     group.add_argument("--resolution", type=int, default=512,
-                       help="Training images are resized (shorter side) and cropped to this square size.")
+                       help="Training images are resized (shorter side) and cropped to this square size; a multiple "
+                            "of 8, as the VAE turns each 8x8 block of pixels into one latent.")
     group.add_argument("--center_crop", action="store_true", help="Crop at the centre instead of at random.")
     group.add_argument("--random_flip", action="store_true", help="Flip half of the images horizontally.")
 
@@ -135,7 +164,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     group.add_argument("--checkpoints_total_limit", type=int, default=None,
                        help="Keep at most this many checkpoint folders (oldest removed first).")
     group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help='A checkpoint-N folder (path or name in --output_dir) or "latest".')
+                       help='A checkpoint-N folder of --output_dir (its name, or its path) or "latest". Checkpoints '
+                            "are pickles, which can run code when loaded: those outside --output_dir are refused.")
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Start over in an --output_dir that already holds a run (its run.json, checkpoints, "
+                            "metrics, weights and validation images are removed). Without it such a folder is "
+                            "only resumed, with the same settings.")
     group.add_argument("--validation_prompt", type=str, default=None,
                        help="Prompt for validation images; no validation without it.")
     group.add_argument("--num_validation_images", type=int, default=4, help="Validation images per validation run.")
@@ -145,7 +179,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help="Where metrics go besides metrics.jsonl.")
     group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, inside --output_dir.")
     group.add_argument("--push_to_hub", action="store_true", help="Not supported (hosts are offline); rejected.")
-    group.add_argument("--hub_token", type=str, default=None, help="Accepted for compatibility; unused.")
+    group.add_argument("--hub_token", type=str, default=None,
+                       help="Hugging Face token for private models and datasets. Prefer a file named by "
+                            "SOPHON_SD_HUB_TOKEN_FILE (it wins over this flag): a flag is visible in the process "
+                            "list.")
     group.add_argument("--hub_model_id", type=str, default=None, help="Accepted for compatibility; unused.")
     group.add_argument("--verbose", action="store_true", help="Debug logging.")
 
@@ -157,7 +194,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("need either --dataset_name or --train_data_dir")
     if args.push_to_hub:
         parser.error("--push_to_hub is not supported by this runner: the hosts have no hub access")
+    check_flag_values(args)
     return args
+
+
+def check_flag_values(args: argparse.Namespace) -> None:
+    """Flag values that would fail only after the models are loaded, or deep in a forward pass."""
+    if args.resolution <= 0 or args.resolution % 8:
+        lower = max(8, args.resolution // 8 * 8)
+        raise RunnerError(f"--resolution {args.resolution} is not a positive multiple of 8 (the VAE turns each 8x8 "
+                          f"block of pixels into one latent); use {lower} or {lower + 8}")
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise RunnerError("--overwrite_output_dir starts the run over and --resume_from_checkpoint continues it: "
+                          "give one of them")
 
 
 # --------------------------------------------------------------------------- models
@@ -182,25 +231,12 @@ def load_models(model_dir: str, revision: Optional[str]):
 
 
 def add_lora(unet, rank: int) -> None:
-    """Give every attention processor of the UNet a trainable LoRA twin (upstream's scheme).
-
-    Self-attention (attn1) has no cross-attention input; the hidden size follows the
-    block's channel count, mirrored for the up blocks.
-    """
+    """Give every attention processor of the UNet a trainable LoRA twin (upstream's scheme)."""
     from diffusers.models.attention_processor import LoRAAttnProcessor
 
-    channels = list(unet.config.block_out_channels)
-    processors = {}
-    for name in unet.attn_processors.keys():
-        cross_attention_dim = None if name.endswith("attn1.processor") else unet.config.cross_attention_dim
-        if name.startswith("mid_block"):
-            hidden_size = channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden_size = list(reversed(channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden_size = channels[int(name[len("down_blocks.")])]
-        processors[name] = LoRAAttnProcessor(hidden_size=hidden_size, cross_attention_dim=cross_attention_dim, rank=rank)
-    unet.set_attn_processor(processors)
+    unet.set_attn_processor({
+        name: LoRAAttnProcessor(hidden_size=hidden_size, cross_attention_dim=cross_attention_dim, rank=rank)
+        for name, (hidden_size, cross_attention_dim) in sdkit_env.attention_dims(unet).items()})
 
 
 def enable_gradient_checkpointing(unet) -> None:
@@ -225,13 +261,14 @@ def compute_snr(noise_scheduler, timesteps):
 # --------------------------------------------------------------------------- run identity and checkpoints
 
 
-def fingerprint(args, model_dir: str) -> Dict[str, Any]:
+def fingerprint(args, model_dir: str, mixed_precision: str, num_processes: int) -> Dict[str, Any]:
     """What makes checkpoints of one run interchangeable; resuming across runs would silently mix them."""
     return {
         "model": model_dir,
         "dataset": args.dataset_name or args.train_data_dir,
-        "resolution": args.resolution,
-        "rank": args.rank,
+        "mixed_precision": mixed_precision,
+        "num_processes": num_processes,
+        **{name: getattr(args, name) for name in IDENTITY_FLAGS},
     }
 
 
@@ -244,14 +281,52 @@ def write_run_json(folder: Path, run: Dict[str, Any], **extra: Any) -> None:
     write_json_atomic(folder / "run.json", {**run, **extra})
 
 
+def fingerprint_differences(ours: Dict[str, Any], theirs: Dict[str, Any]) -> List[str]:
+    """The settings that differ, as "name: theirs there, ours now".
+
+    Settings a run.json does not record (written by an older kit) are not compared; a seed not
+    given now is taken from run.json later, so only a given one is compared.
+    """
+    return [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in ours
+            if k in theirs and theirs[k] != ours[k] and not (k == "seed" and ours[k] is None)]
+
+
 def compare_fingerprints(ours: Dict[str, Any], theirs: Dict[str, Any], where: Path) -> None:
-    differing = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in FINGERPRINT_FIELDS
-                 if theirs.get(k) != ours.get(k)]
+    differing = fingerprint_differences(ours, theirs)
     if differing:
         raise RunnerError(
             f"'{where}' belongs to another training run ({'; '.join(differing)}); "
-            "use a different --output_dir or the same model, dataset, resolution and rank"
+            "resume it with the same settings, or use another --output_dir"
         )
+
+
+def claim_output_dir(output_dir: Path, run: Dict[str, Any], resuming: bool, overwrite: bool, remove: bool) -> None:
+    """Refuse to train into a folder holding another run, or this run's checkpoints without resuming.
+
+    Upstream restarts at step 0 and overwrites the checkpoints of whatever ran there before.
+    ``--overwrite_output_dir`` removes the previous run's files (only those a run writes), where
+    ``remove`` (the main process; the others only need the same verdict).
+    """
+    previous = read_run_json(output_dir)
+    checkpoints = list_checkpoints(output_dir)
+    if previous is None and not checkpoints:
+        return
+    if overwrite:
+        for path in [] if not remove else [*checkpoints, *output_dir.glob(".checkpoint-*.partial"), *(output_dir / n for n in RUN_OUTPUTS)]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        logger.warning("--overwrite_output_dir: removed the previous run's files from %s", output_dir)
+        return
+    differing = fingerprint_differences(run, previous or {})
+    if differing:
+        raise RunnerError(f"'{output_dir}' holds a training run with other settings ({'; '.join(differing)}): resume "
+                          "it with the same settings, or pass --overwrite_output_dir to start over")
+    if not resuming and (checkpoints or (previous or {}).get("finished")):
+        held = f"checkpoints up to {checkpoints[-1].name}" if checkpoints else "the finished LoRA weights"
+        raise RunnerError(f"'{output_dir}' already holds {held} of this run: resume it with --resume_from_checkpoint "
+                          "latest (same settings), or pass --overwrite_output_dir to start over")
 
 
 def list_checkpoints(output_dir: Path) -> List[Path]:
@@ -263,30 +338,71 @@ def find_resume_checkpoint(spec: str, output_dir: Path) -> Optional[Path]:
     """Resolve --resume_from_checkpoint; "latest" with no checkpoint starts afresh, as upstream."""
     if spec == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(spec)
-    if not path.is_dir():
-        path = output_dir / spec
-    if not path.is_dir():
-        raise RunnerError(f"checkpoint '{spec}' not found (looked at '{spec}' and '{output_dir / spec}')")
+        path = checkpoints[-1] if checkpoints else None
+    else:
+        path = output_dir / spec if os.sep not in spec else Path(spec)
+        if not path.is_dir():
+            raise RunnerError(f"checkpoint '{spec}' not found (looked at '{path}')")
+    if path is not None:
+        check_checkpoint_trusted(path, output_dir, spec)
     return path
+
+
+def check_checkpoint_trusted(path: Path, output_dir: Path, spec: str) -> None:
+    """Only load a checkpoint this account wrote into this run's own --output_dir.
+
+    accelerate 0.16's load_state reads optimizer.bin, scheduler.bin, pytorch_model.bin, scaler.pt
+    and random_states_*.pkl with a full torch.load, which under the fleet's torch 2.1 unpickles
+    whatever the file holds, code included. So a checkpoint is trusted only as far as its folder:
+    a checkpoint-N directly inside --output_dir, not a link, whose files are owned by this account
+    (or root) and not writable by others. Files the runner account wrote are thereby still trusted:
+    anyone able to replace them can already run code as that account. Model weights and datasets
+    are trusted as the bundle's verified assets; LoRA weights are checked by infer.py.
+    """
+    where = f"--resume_from_checkpoint '{spec}'"
+    if path.is_symlink() or path.resolve().parent != output_dir.resolve() or not path.name.startswith("checkpoint-"):
+        raise RunnerError(f"{where} is not a checkpoint-N folder of --output_dir '{output_dir}': checkpoints are "
+                          "pickles, which can run code when loaded, so only the run's own are loaded; copy a "
+                          "checkpoint you trust (with the run.json beside it) into a new --output_dir to resume it")
+    for entry in [path, *path.rglob("*")]:
+        info = entry.lstat()
+        if entry.is_symlink() or info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o002:
+            raise RunnerError(f"{where}: '{entry}' is a link, belongs to another user or is writable by anyone; "
+                              "checkpoints are pickles, so only files this account wrote are loaded")
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, limit: Optional[int], run: Dict[str, Any]) -> Path:
     """Write checkpoint-<step> atomically, then prune to --checkpoints_total_limit.
 
-    Saving into a temporary folder and renaming means an interrupted save never leaves a
-    half-written checkpoint that "latest" would pick; pruning after the save means the
-    previous checkpoint survives until the new one is complete.
+    Saving into a temporary folder, fsyncing it and renaming means an interrupted save (a kill,
+    a crash, a full disk) never leaves a half-written checkpoint that "latest" would pick;
+    pruning after the save means the previous checkpoint survives until the new one is complete.
     """
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    accelerator.save_state(str(partial))
-    write_run_json(partial, run, step=step)
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
+    try:
+        accelerator.save_state(str(partial))
+        write_run_json(partial, run, step=step)
+        fsync_tree(partial)
+    except (OSError, RuntimeError) as exc:
+        reason = write_failure(exc, output_dir)
+        if reason is None:
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        kept = list_checkpoints(output_dir)
+        raise RunnerError(f"cannot write checkpoint-{step} in '{output_dir}' ({reason}); the partial checkpoint was "
+                          f"removed and {kept[-1].name if kept else 'no earlier checkpoint'} is intact: free space, "
+                          "then resume with --resume_from_checkpoint latest") from None
+    if final.exists():  # a resumed run passing the same step again: swap, never a moment without it
+        stale = output_dir / f".checkpoint-{step}.old"
+        shutil.rmtree(stale, ignore_errors=True)
+        final.rename(stale)
+        partial.rename(final)
+        shutil.rmtree(stale)
+    else:
+        partial.rename(final)
+    fsync_dir(output_dir)
     if limit is not None:
         checkpoints = list_checkpoints(output_dir)
         for old in checkpoints[: max(0, len(checkpoints) - limit)]:
@@ -294,6 +410,39 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, limit: Optional[in
             shutil.rmtree(old)
     logger.info("saved state to %s", final)
     return final
+
+
+def write_failure(exc: BaseException, folder: Path) -> Optional[str]:
+    """Why a write failed, in words, when it is the disk's fault; None for anything else (a bug).
+
+    torch.save reports a full disk as a RuntimeError of its zip writer, not as an OSError.
+    """
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{exc.strerror}, {shutil.disk_usage(folder).free // 2**20} MiB free"
+        return exc.strerror or str(exc)
+    if "PytorchStreamWriter failed" in str(exc) or "file write failed" in str(exc):
+        return f"write failed, {shutil.disk_usage(folder).free // 2**20} MiB free"
+    return None
+
+
+def resume_point(args, run: Dict[str, Any], output_dir: Path, accelerator) -> Tuple[Optional[Path], Optional[Dict]]:
+    """The checkpoint to resume from (None: start at step 0) and the run.json saved with it."""
+    resume_path = None
+    if args.resume_from_checkpoint:
+        resume_path = find_resume_checkpoint(args.resume_from_checkpoint, output_dir)
+        if resume_path is None:
+            accelerator.print(f"no checkpoint in '{output_dir}' to resume from; starting a new training run")
+    claim_output_dir(output_dir, run, resume_path is not None, args.overwrite_output_dir, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    if resume_path is None:
+        return None, None
+    saved = read_run_json(resume_path)
+    if saved is None:
+        logger.warning("%s has no run.json: cannot check that it belongs to this run", resume_path)
+    else:
+        compare_fingerprints(run, saved, resume_path)
+    return resume_path, saved
 
 
 # --------------------------------------------------------------------------- randomness
@@ -316,28 +465,34 @@ def step_generator(seed: int, step: int, micro: int, process: int):
 
 
 class StopFlag:
-    """Turns the first Ctrl-C into a request to checkpoint at the next step boundary.
+    """Turns the first Ctrl-C or SIGTERM into a request to checkpoint at the next step boundary.
 
-    Stopping between steps (not in the middle of optimizer.step) keeps the saved state
-    consistent; a second Ctrl-C interrupts at once and the last checkpoint stays usable.
+    SIGTERM is what a shutdown, ``systemctl stop`` and Slurm's ``scancel`` send; without it a
+    stop would lose every step since the last --checkpointing_steps checkpoint. Stopping between
+    steps (not in the middle of optimizer.step) keeps the saved state consistent; a second signal
+    interrupts at once and the last checkpoint stays usable.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("interrupt received: saving a checkpoint after this step (Ctrl-C again to abort at once)")
+        logger.warning("%s received: saving a checkpoint after this step (send it again to abort at once)",
+                       signal.Signals(signum).name)
 
     def __enter__(self) -> "StopFlag":
-        self._previous = signal.signal(signal.SIGINT, self._handler)
+        self._previous = {signum: signal.signal(signum, self._handler) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def run_validation(args, accelerator, models: Dict[str, Any], model_dir: str, weight_dtype, seed: int,
@@ -413,6 +568,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = sdkit_env.resolve_device(args.device)
     os.environ["ACCELERATE_TORCH_DEVICE"] = str(device)
     sdkit_env.raise_open_files_limit()
+    sdkit_env.apply_hub_token(args.hub_token)
 
     assets = sdkit_env.assets_root(args.assets)
     model_dir = sdkit_env.resolve_model_dir(args.pretrained_model_name_or_path, assets)
@@ -459,22 +615,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 mixed_precision)
 
     # Identity of this run: refuse to mix checkpoints of different runs in one folder.
-    run = fingerprint(args, model_dir)
-    resume_path: Optional[Path] = None
-    saved: Optional[Dict[str, Any]] = None
-    if args.resume_from_checkpoint:
-        resume_path = find_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-        if resume_path is None:
-            accelerator.print(f"no checkpoint in '{output_dir}' to resume from; starting a new training run")
-    previous = read_run_json(output_dir)
-    if previous is not None and (resume_path is not None or list_checkpoints(output_dir)):
-        compare_fingerprints(run, previous, output_dir)
-    if resume_path is not None:
-        saved = read_run_json(resume_path)
-        if saved is None:
-            logger.warning("%s has no run.json: cannot check that it belongs to this run", resume_path)
-        else:
-            compare_fingerprints(run, saved, resume_path)
+    run = fingerprint(args, model_dir, mixed_precision, accelerator.num_processes)
+    resume_path, saved = resume_point(args, run, output_dir, accelerator)
     seed = args.seed
     if seed is None and saved is not None:
         seed = saved.get("seed")  # a resumed run must replay the original's data order and noise
@@ -485,6 +627,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("no --seed given: using %d (recorded in run.json)", seed)
     run["seed"] = seed
     set_seed(seed)
+    # The data is checked before the models load (minutes for SD v1.4) and before run.json claims the folder.
+    with accelerator.main_process_first():
+        rows = sdkit_data.load_rows(args, seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_run_json(output_dir, run)
@@ -525,8 +670,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     optimizer = optimizer_class(lora_layers.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                 weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
 
-    with accelerator.main_process_first():
-        train_dataset = sdkit_data.build_dataset(args, tokenizer, seed)
+    train_dataset = sdkit_data.build_dataset(args, rows, tokenizer, seed)
     sampler = sdkit_data.EpochShuffleSampler(len(train_dataset), seed)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, sampler=sampler, collate_fn=sdkit_data.collate, batch_size=args.train_batch_size,
@@ -551,7 +695,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
 
     if accelerator.is_main_process and args.report_to != "none":
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
         accelerator.init_trackers("text2image-fine-tune", config=config)
 
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -51,6 +52,13 @@ def base_argv(tiny, output_dir: Path, *extra):
     return ["--pretrained_model_name_or_path", tiny["model"], "--dataset_name", tiny["parquet"],
             "--resolution", "16", "--train_batch_size", "2", "--learning_rate", "1e-2", "--lr_warmup_steps", "0",
             "--seed", "7", "--report_to", "none", "--output_dir", output_dir, *extra]
+
+
+def one_error(err: str) -> str:
+    """The one error line among progress bars on stderr; fails on a traceback or a second error."""
+    errors = re.findall(r"error: [^\r\n]*", err)  # it may follow an unfinished progress bar
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
 
 
 def lora_tensors(folder: Path):
@@ -213,32 +221,52 @@ def test_checkpoints_total_limit(tiny, tmp_path, run_runner):
     assert not list(out.glob(".checkpoint-*"))
 
 
-def test_ctrl_c_saves_checkpoint_and_resume_matches(tiny, tmp_path, subprocess_env, run_runner):
-    out = tmp_path / "interrupted"
+def interrupt_run(tiny, out: Path, env, signum: int, max_steps: int = 12):
+    """Start a training run as a process, send ``signum`` after its second step; return (process, stderr)."""
     argv = [sys.executable, str(RUNNERS / "train_lora.py"),
-            *map(str, base_argv(tiny, out, "--max_train_steps", "400", "--checkpointing_steps", "1000"))]
-    proc = subprocess.Popen(argv, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            *map(str, base_argv(tiny, out, "--max_train_steps", str(max_steps), "--checkpointing_steps", "1000"))]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
             break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-2000:]
+    return proc, stderr
+
+
+def latest_step(out: Path) -> int:
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert checkpoints, stderr[-2000:]
-    step = int(checkpoints[-1].name.split("-")[1])
-    assert f"checkpoint-{step}" in stderr and "Traceback" not in stderr
+    assert checkpoints
+    return int(checkpoints[-1].name.split("-")[1])
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_matches(tiny, tmp_path, subprocess_env, run_runner):
+    out = tmp_path / "interrupted"
+    proc, stderr = interrupt_run(tiny, out, subprocess_env, signal.SIGINT)
+    assert proc.returncode == 130, stderr[-2000:]
+    step = latest_step(out)
+    assert step < 12 and f"checkpoint-{step}" in stderr and "Traceback" not in stderr
     assert not (out / "pytorch_lora_weights.safetensors").exists()
 
-    # Resume to step+2 and compare with an uninterrupted run of the same length.
-    target = ["--max_train_steps", str(step + 2), "--checkpointing_steps", "1000"]
+    # Resume with the same settings and compare with an uninterrupted run.
+    target = ["--max_train_steps", "12", "--checkpointing_steps", "1000"]
     assert run_runner("train_lora", base_argv(tiny, out, *target, "--resume_from_checkpoint", "latest")) == 0
     straight = tmp_path / "straight"
     assert run_runner("train_lora", base_argv(tiny, straight, *target)) == 0
     assert_same_lora(out, straight)
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tiny, tmp_path, subprocess_env):
+    """Issue 9 (SIGTERM loses up to 500 steps): a shutdown, systemctl stop or scancel sends SIGTERM."""
+    out = tmp_path / "terminated"
+    proc, stderr = interrupt_run(tiny, out, subprocess_env, signal.SIGTERM)
+    assert proc.returncode == 130, stderr[-2000:]
+    step = latest_step(out)
+    assert "SIGTERM received" in stderr and f"interrupted at step {step}" in stderr and "Traceback" not in stderr
+    assert json.loads((out / f"checkpoint-{step}" / "run.json").read_text())["step"] == step
 
 
 def test_missing_column_lists_columns(tiny, tmp_path, run_runner, capsys):
@@ -287,13 +315,171 @@ def test_resume_from_another_runs_checkpoint_is_refused(seed_fp32_run, tiny, tmp
                                               "--rank", "8")) == 0
     capsys.readouterr()
     # Same output folder, different rank: the folder and its checkpoints belong to another run.
-    rc = run_runner("train_lora", base_argv(tiny, out, "--resume_from_checkpoint", "latest", "--max_train_steps", "2"))
+    rc = run_runner("train_lora", base_argv(tiny, out, "--resume_from_checkpoint", "latest", "--max_train_steps", "1"))
     err = capsys.readouterr().err
-    assert rc == 2 and "another training run" in err and "rank" in err
-    # An explicit checkpoint path of another run, into a fresh folder.
-    rc = run_runner("train_lora", base_argv(tiny, tmp_path / "fresh", "--resume_from_checkpoint",
-                                            out / "checkpoint-1", "--max_train_steps", "2"))
-    assert rc == 2 and "another training run" in capsys.readouterr().err
+    assert rc == 2 and "other settings" in err and "rank: 8 there, 4 now" in err
+
+
+def test_checkpoint_outside_the_output_dir_is_refused(tiny, tmp_path, run_runner, capsys):
+    """Issue 9 item 4 (checkpoint paths accepted from anywhere): load_state unpickles, so only the run's own."""
+    out = tmp_path / "own"
+    assert run_runner("train_lora", base_argv(tiny, out, "--max_train_steps", "1", "--checkpointing_steps", "1")) == 0
+    capsys.readouterr()
+    fresh = tmp_path / "fresh"
+    rc = run_runner("train_lora", base_argv(tiny, fresh, "--resume_from_checkpoint", out / "checkpoint-1",
+                                            "--max_train_steps", "1", "--checkpointing_steps", "1"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "is not a checkpoint-N folder of --output_dir" in err and "pickles" in err
+    assert len(err.strip().splitlines()) == 1 and not fresh.exists()
+    # A link inside the folder to a checkpoint elsewhere is refused too ("latest" would pick it).
+    fresh.mkdir()
+    shutil.copy(out / "run.json", fresh / "run.json")
+    (fresh / "checkpoint-1").symlink_to(out / "checkpoint-1")
+    rc = run_runner("train_lora", base_argv(tiny, fresh, "--resume_from_checkpoint", "latest",
+                                            "--max_train_steps", "1", "--checkpointing_steps", "1"))
+    assert rc == 2 and "is not a checkpoint-N folder" in capsys.readouterr().err
+    # So is a file anyone may have replaced.
+    (out / "checkpoint-1" / "optimizer.bin").chmod(0o666)
+    rc = run_runner("train_lora", base_argv(tiny, out, "--resume_from_checkpoint", "checkpoint-1",
+                                            "--max_train_steps", "1", "--checkpointing_steps", "1"))
+    assert rc == 2 and "writable by anyone" in capsys.readouterr().err
+
+
+def test_every_flag_is_classified_for_the_run_identity():
+    """Issue 9 (identity check misses learning rate, batch size, seed): a new flag must be placed in one list."""
+    import train_lora
+
+    flags = set(vars(train_lora.parse_args(["--pretrained_model_name_or_path", "m", "--dataset_name", "d"])))
+    identity, other = set(train_lora.IDENTITY_FLAGS), set(train_lora.NOT_IDENTITY_FLAGS)
+    assert not identity & other
+    assert flags == identity | other
+    assert {"learning_rate", "train_batch_size", "seed", "resolution", "rank", "max_train_steps",
+            "num_train_epochs", "random_flip", "center_crop", "snr_gamma", "noise_offset"} <= identity
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tiny, tmp_path_factory, reset_accelerate):
+    """A 1-step run with a checkpoint: the folder later runs are checked against."""
+    import sdkit_env
+    import train_lora
+
+    out = tmp_path_factory.mktemp("identity") / "out"
+    reset_accelerate()
+    try:
+        rc = sdkit_env.run_main(train_lora.main, [str(a) for a in base_argv(
+            tiny, out, "--max_train_steps", "1", "--checkpointing_steps", "1")])
+    finally:
+        reset_accelerate()
+    assert rc == 0
+    return out
+
+
+@pytest.mark.parametrize("flag, value, shown", [
+    ("--learning_rate", "0.5", "learning_rate: 0.01 there, 0.5 now"),
+    ("--train_batch_size", "4", "train_batch_size: 2 there, 4 now"),
+    ("--seed", "8", "seed: 7 there, 8 now"),
+    ("--max_train_steps", "3", "max_train_steps: 1 there, 3 now"),
+    ("--random_flip", None, "random_flip: False there, True now"),
+    ("--snr_gamma", "5", "snr_gamma: None there, 5.0 now"),
+])
+def test_resume_with_other_settings_is_refused(one_step_run, tiny, run_runner, capsys, flag, value, shown):
+    """Issue 9 (a changed learning rate, batch size or seed passes the run-identity check)."""
+    extra = [flag] + ([value] if value else [])
+    argv = base_argv(tiny, one_step_run, "--max_train_steps", "1", "--checkpointing_steps", "1",
+                     "--resume_from_checkpoint", "latest")
+    rc = run_runner("train_lora", argv + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and shown in err and "resume it with the same settings, or pass --overwrite_output_dir" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_rerun_into_an_existing_output_is_refused_unless_overwritten(tiny, tmp_path, run_runner, capsys):
+    """Issue 9 (rerunning make train-fp16 into an existing OUTPUT restarts at step 0, overwriting checkpoints)."""
+    out = tmp_path / "out"
+    common = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    assert run_runner("train_lora", base_argv(tiny, out, *common)) == 0
+    before = (out / "checkpoint-2" / "optimizer.bin").read_bytes()
+    capsys.readouterr()
+    assert run_runner("train_lora", base_argv(tiny, out, *common)) == 2
+    err = capsys.readouterr().err
+    assert "already holds checkpoints up to checkpoint-2 of this run" in err
+    assert "--resume_from_checkpoint latest" in err and "--overwrite_output_dir" in err
+    assert run_runner("train_lora", base_argv(tiny, out, "--learning_rate", "0.5", *common)) == 2
+    assert "other settings (learning_rate" in capsys.readouterr().err
+    assert (out / "checkpoint-2" / "optimizer.bin").read_bytes() == before
+    # Starting over is explicit: the old checkpoints and metrics go, the new run's replace them.
+    assert run_runner("train_lora", base_argv(tiny, out, "--learning_rate", "0.5", "--max_train_steps", "1",
+                                              "--checkpointing_steps", "1", "--overwrite_output_dir")) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert json.loads((out / "run.json").read_text())["learning_rate"] == 0.5
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(tiny, tmp_path, run_runner, capsys,
+                                                                           monkeypatch):
+    """Issue 9 (a full disk during a checkpoint gives a traceback and leaves .checkpoint-N.partial)."""
+    import errno
+
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    def save_until_full(self, output_dir):
+        if "checkpoint-2" not in output_dir:
+            return save_state(self, output_dir)
+        Path(output_dir).mkdir()
+        (Path(output_dir) / "optimizer.bin").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Accelerator, "save_state", save_until_full)
+    out = tmp_path / "out"
+    assert run_runner("train_lora", base_argv(tiny, out, "--max_train_steps", "3", "--checkpointing_steps", "1")) == 2
+    err = one_error(capsys.readouterr().err)
+    assert "cannot write checkpoint-2" in err and "No space left on device" in err and "checkpoint-1 is intact" in err
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]
+    assert json.loads((out / "checkpoint-1" / "run.json").read_text())["step"] == 1
+
+
+def test_resolution_not_a_multiple_of_8_is_refused(tiny, tmp_path, run_runner, capsys):
+    """Issue 9 (early validation of flags)."""
+    argv = base_argv(tiny, tmp_path / "o")
+    argv[argv.index("--resolution") + 1] = "20"
+    assert run_runner("train_lora", argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --resolution 20 is not a positive multiple of 8 (the VAE turns each 8x8 block of " \
+                  "pixels into one latent); use 16 or 24\n"
+
+
+def write_parquet(tiny, path: Path, edit) -> Path:
+    import datasets
+
+    rows = datasets.Dataset.from_parquet(str(tiny["parquet"]))
+    features = rows.features
+    data = edit(rows.to_dict())
+    if "text" in data and any(not isinstance(t, str) for t in data["text"]):
+        features = None  # let datasets infer the column type
+    datasets.Dataset.from_dict(data, features=features).to_parquet(str(path))
+    return path
+
+
+@pytest.mark.parametrize("case, edit, says", [
+    ("empty", lambda rows: {k: [] for k in rows}, "has no rows"),
+    ("caption", lambda rows: {**rows, "text": [*rows["text"][:3], None, *rows["text"][4:]]},
+     "caption of row 3 in column 'text' is NoneType"),
+])
+def test_bad_dataset_fails_before_the_models_load(tiny, tmp_path, run_runner, capsys, monkeypatch, case, edit, says):
+    """Issue 9 (an empty dataset or a non-string caption fails late): one line, before minutes of model loading."""
+    import train_lora
+
+    def no_models(*args):
+        raise AssertionError("the models were loaded before the dataset was checked")
+
+    monkeypatch.setattr(train_lora, "load_models", no_models)
+    path = write_parquet(tiny, tmp_path / f"{case}.parquet", edit)
+    out = tmp_path / "o"
+    rc = run_runner("train_lora", base_argv(tiny, out, "--dataset_name", path))
+    assert rc == 2 and says in one_error(capsys.readouterr().err)
+    assert not (out / "run.json").exists()  # a corrected rerun is not taken for another run
 
 
 def test_bundle_layout_with_tutorial_hub_ids(tiny_bundle, tmp_path, run_runner, monkeypatch):

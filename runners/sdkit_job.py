@@ -23,6 +23,11 @@ running or finished job alone and restarts a dead or stopped one with
 This tool is standard-library only and does not import sdkit_env: that module loads torch,
 which would add seconds to every status poll of every host. It shares sdkit_files (env file,
 JSON state) with the doctor.
+
+Values reach the trainer as argv, never through a shell. A ``--hub_token`` among the trainer's
+flags is taken out of its command line (which every local user can read in the process list)
+and out of everything this tool writes or prints; the trainer gets it as HF_TOKEN in its
+environment, unless the env file names a token file (SOPHON_SD_HUB_TOKEN_FILE), which wins.
 """
 
 from __future__ import annotations
@@ -39,17 +44,26 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from sdkit_files import (DEFAULT_ENV_FILE, STATE_DIR_KEY, EnvFile, EnvFileError, read_json, write_json_atomic,
-                         write_text_atomic)
+from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, read_json,
+                         write_json_atomic, write_text_atomic)
 
 RUNS_SUBDIR = "runs"  # under SOPHON_SD_STATE_DIR
 RUNNER_USER = "sophon-sd"
 RESUME_ARGS = ["--resume_from_checkpoint", "latest"]
+# A resumed attempt continues the job's own output: starting over again would throw away its steps.
+FIRST_ATTEMPT_ONLY = ("--overwrite_output_dir",)
 MODES = ("per_chip", "data_parallel")
 INTERRUPTED = 130  # the trainer's exit code after Ctrl-C: it saved a checkpoint first
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Run ids and job names become folder names and reach playbooks and logs: no '/', no '..', no
+# spaces, quotes or newlines, and short. Matched with fullmatch (a '$' would let "id\n" through).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
+HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
+HUB_TOKEN_TEXT = re.compile(r"(--hub_t(?:o(?:k(?:en?)?)?)?(?:=|\s+))('[^']*'|\"[^\"]*\"|\S+)")
+REDACTED = "<redacted>"
 # The trainer logs this once at start-up; it is the only place the step count is known when
 # it follows from --num_train_epochs and the dataset size.
 TOTAL_STEPS_PATTERN = re.compile(rb"total optimization steps = (\d+)")
@@ -79,7 +93,43 @@ class Job:
 
 def job_name(device: str) -> str:
     """'tpu:1' -> 'tpu1': a folder name that says which chip the job had."""
-    return device.replace(":", "")
+    name = device.replace(":", "")
+    if not NAME_PATTERN.fullmatch(name):
+        raise JobError(f"device '{device}' (SOPHON_SD_DEVICES or --devices) does not give a usable job name: use "
+                       "devices such as tpu:0,tpu:1 or cpu")
+    return name
+
+
+def check_run_id(run_id: str) -> None:
+    if not NAME_PATTERN.fullmatch(run_id):
+        raise JobError(f"run id {run_id!r} is not usable as a folder name: use {NAME_RULE}")
+
+
+def split_hub_token(train_args: List[str]) -> Tuple[List[str], Optional[str]]:
+    """The trainer's flags without any --hub_token (``--hub_token X`` or ``--hub_token=X``), and the token."""
+    kept: List[str] = []
+    token: Optional[str] = None
+    args = iter(train_args)
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        if flag in HUB_TOKEN_FLAGS:
+            token = value if equals else next(args, "")
+        else:
+            kept.append(arg)
+    return kept, token
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every --hub_token flag in it replaced, for whatever is written or printed."""
+    return HUB_TOKEN_TEXT.sub(lambda found: found.group(1) + REDACTED, text)
+
+
+def attempt_argv(argv: List[str], resuming: bool) -> List[str]:
+    """The command of one attempt: a later attempt resumes from the latest checkpoint."""
+    if not resuming:
+        return argv
+    argv = [a for a in argv if a not in FIRST_ATTEMPT_ONLY]
+    return argv if any(a.split("=")[0] == RESUME_ARGS[0] for a in argv) else argv + RESUME_ARGS
 
 
 def plan_jobs(run_dir: Path, mode: str, devices: List[str], python: str, trainer: str,
@@ -304,7 +354,7 @@ def supervise(job: Job, argv: List[str], env: Dict[str, str], account: Optional[
             os.dup2(fd, target)
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1024)
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: {shlex.join(argv)}", flush=True)
+        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: {redact(shlex.join(argv))}", flush=True)
         try:
             trainer = subprocess.Popen(argv, env=env)
         except OSError as exc:
@@ -335,7 +385,7 @@ def start_job(job: Job, account: Optional[pwd.struct_passwd], base_env: Dict[str
     if current["state"] in ("running", "finished"):
         return {"job": job.name, "action": f"already {current['state']}", "status": current}
     resuming = bool(record["attempts"])
-    argv = job.argv + RESUME_ARGS if resuming and RESUME_ARGS[0] not in job.argv else job.argv
+    argv = attempt_argv(job.argv, resuming)
     job.dir.mkdir(parents=True, exist_ok=True)
     own(job.dir, account)
     (job.dir / "exit_status").unlink(missing_ok=True)  # the previous attempt's
@@ -353,8 +403,7 @@ def start_job(job: Job, account: Optional[pwd.struct_passwd], base_env: Dict[str
 
 def run_dir_of(args: argparse.Namespace) -> Path:
     """<runs-dir>/<run-id>; the env file is read only when --runs-dir is not given (the playbook gives it)."""
-    if not RUN_ID_PATTERN.match(args.run_id):
-        raise JobError(f"run id '{args.run_id}' is not usable as a folder name: use letters, digits, '.', '_', '-'")
+    check_run_id(args.run_id)
     runs_dir = args.runs_dir or f"{EnvFile.read(args.env_file).require(STATE_DIR_KEY)}/{RUNS_SUBDIR}"
     return Path(runs_dir) / args.run_id
 
@@ -366,7 +415,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     venv = env_file.get("SOPHON_SD_VENV")
     python = args.python or (f"{venv}/bin/python" if venv else sys.executable)
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    train_args = train_args + shlex.split(args.extra_args)
+    try:
+        train_args = train_args + shlex.split(args.extra_args)
+    except ValueError as exc:
+        raise JobError(f"--extra-args is not valid shell quoting ({exc})") from None
+    train_args, cli_token = split_hub_token(train_args)
     if "--output_dir" in train_args or any(a.startswith("--output_dir=") for a in train_args):
         raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
     run_dir = run_dir_of(args)
@@ -381,8 +434,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise JobError(f"run '{args.run_id}' has jobs {', '.join(sorted(existing))}, but these settings make "
                        f"{', '.join(sorted(planned))} (another mode or other chips); choose a new run id")
     base_env = {**os.environ, **env_file.values}
+    notes = []
+    if cli_token and env_file.get(HUB_TOKEN_FILE_KEY):
+        notes.append(f"--hub_token ignored: the token file named by {HUB_TOKEN_FILE_KEY} is used")
+    elif cli_token:
+        base_env["HF_TOKEN"] = cli_token  # the environment is readable by the runner account and root only
     results = [start_job(job, account, base_env) for job in jobs]
-    lines = [f"{result['job']}: {result['action']}" for result in results]
+    lines = notes + [f"{result['job']}: {result['action']}" for result in results]
     print(json.dumps({"run_id": args.run_id, "jobs": results, "lines": lines}, sort_keys=True) if args.json
           else "\n".join(lines))
     return 0
@@ -424,7 +482,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description="Start, watch and stop detached LoRA training jobs on this host (used by playbooks/train.yml). "
                     "State lives in <runs-dir>/<run-id>/<job>/: job.json, pid, train.log, exit_status, output/.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--run-id", required=True, help="Name of the run; the same id resumes or watches that run.")
+    common.add_argument("--run-id", required=True,
+                        help=f"Name of the run ({NAME_RULE}); the same id resumes or watches that run.")
     common.add_argument("--runs-dir", default=None,
                         help=f"Where runs keep their state (default: {STATE_DIR_KEY}/{RUNS_SUBDIR} from the env file).")
     common.add_argument("--env-file", default=DEFAULT_ENV_FILE,
@@ -439,7 +498,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="Start the run's jobs; leave running or finished ones alone; resume dead or stopped ones "
              "with --resume_from_checkpoint latest.",
         description="Everything after -- goes to the trainer (train_lora.py flags), except --output_dir, "
-                    "which is <runs-dir>/<run-id>/<job>/output.")
+                    "which is <runs-dir>/<run-id>/<job>/output, and --hub_token, which reaches the trainer as "
+                    f"HF_TOKEN in its environment and is written nowhere (a token file named by {HUB_TOKEN_FILE_KEY} "
+                    "in the env file wins over it).")
     start.add_argument("--mode", default="per_chip", choices=MODES,
                        help="per_chip: one independent training per chip; data_parallel: one accelerate launch "
                             "over all chips. A host without chips has one CPU job either way.")
@@ -474,7 +535,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (JobError, EnvFileError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
 
 

@@ -36,6 +36,8 @@ FAKE_TRAINER = textwrap.dedent('''
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     print(f"device {os.environ['ACCELERATE_TORCH_DEVICE']}, total optimization steps = {args.max_train_steps}",
           file=sys.stderr, flush=True)
+    print(f"HF_TOKEN {'set' if os.environ.get('HF_TOKEN') else 'absent'}, token file "
+          f"{os.environ.get('SOPHON_SD_HUB_TOKEN_FILE', 'absent')}", flush=True)
     step = 0
     if args.resume_from_checkpoint == "latest":
         done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
@@ -262,6 +264,74 @@ def test_missing_env_file_says_how_to_fix(tmp_path, capsys):
     assert "not found: rerun the kit's site.yml (role sophon_host_env), or pass --env-file" in capsys.readouterr().err
 
 
-def test_bad_run_id(tmp_path, capsys):
-    assert sdkit_job.main(["status", "--run-id", "../x", "--runs-dir", str(tmp_path)]) == 2
-    assert "not usable as a folder name" in capsys.readouterr().err
+@pytest.mark.parametrize("run_id", ["../x", "r1\n", "a" * 65, "-x", "a b", "x;id", "x'y", ".hidden", ""])
+def test_bad_run_id(tmp_path, capsys, run_id):
+    """Issue 9 item 7 (quoting): a run id becomes a folder and reaches playbooks; "r1\\n" used to pass ('$')."""
+    assert sdkit_job.main(["status", f"--run-id={run_id}", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not usable as a folder name: use 1 to 64 letters, digits" in err and len(err.splitlines()) == 1
+
+
+def test_good_run_ids(tmp_path, capsys):
+    for run_id in ("pokemon-fp16", "r1", "2024.06.01_a", "a" * 64):
+        assert sdkit_job.main(["status", "--run-id", run_id, "--runs-dir", str(tmp_path)]) == 0
+
+
+def test_devices_that_make_no_job_name_are_refused(tmp_path):
+    """Issue 9 item 7: job names come from SOPHON_SD_DEVICES and become folders too."""
+    with pytest.raises(JobError, match="device '../../etc' .* does not give a usable job name"):
+        sdkit_job.plan_jobs(tmp_path, "per_chip", ["tpu:0", "../../etc"], "python", "train.py", [])
+
+
+def test_bad_extra_args_quoting_is_one_line(job_tool):
+    result = job_tool("start", "--extra-args=--seed '1", check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: --extra-args is not valid shell quoting")
+
+
+@pytest.mark.parametrize("text", [
+    "--hub_token hf_SECRET", "--hub_token=hf_SECRET", "--hub_tok=hf_SECRET", "--hub_t  hf_SECRET",
+    "--hub_token 'hf_SECRET'", 'x --hub_token="hf_SECRET" --seed 1',
+])
+def test_redact_hides_every_form_of_the_token(text):
+    """Issue 9 item 6 (tokens): whatever this tool prints or writes goes through redact()."""
+    redacted = sdkit_job.redact(text)
+    assert "SECRET" not in redacted and "<redacted>" in redacted and "--hub_t" in redacted
+
+
+def test_split_hub_token_takes_it_out_of_the_trainers_command():
+    assert sdkit_job.split_hub_token(["--seed", "1", "--hub_token", "A", "--hub_tok=B", "--rank", "4"]) == (
+        ["--seed", "1", "--rank", "4"], "B")
+    assert sdkit_job.split_hub_token(["--hub_model_id", "x"]) == (["--hub_model_id", "x"], None)
+
+
+def test_hub_token_never_reaches_job_json_the_log_or_the_output(job_tool):
+    """Issue 9 item 6: --hub_token in TRAIN_ARGS used to land in job.json, train.log and the task output."""
+    started = job_tool("start", "--extra-args=--hub_tok=SECRET-B", "--", "--max_train_steps=2", "--hub_token",
+                       "SECRET-A", check=False)
+    assert started.returncode == 0, started.stderr
+    wait_for(job_tool, lambda s: s["state"] != "running")
+    status = job_tool("status", check=False)
+    written = [p.read_text() for p in job_tool.job_dir.rglob("*") if p.is_file()]
+    for text in [started.stdout, started.stderr, status.stdout, status.stderr, *written]:
+        assert "SECRET" not in text
+    assert "HF_TOKEN set, token file absent" in (job_tool.job_dir / "train.log").read_text()
+
+
+def test_the_token_file_wins_over_hub_token(job_tool, tmp_path):
+    token_file = tmp_path / "hub_token"
+    token_file.write_text("from-file\n")
+    job_tool.env_file.write_text(job_tool.env_file.read_text() + f"SOPHON_SD_HUB_TOKEN_FILE={token_file}\n")
+    started = job_tool("start", "--", "--max_train_steps=2", "--hub_token=SECRET")
+    assert "--hub_token ignored: the token file named by SOPHON_SD_HUB_TOKEN_FILE is used" in started["lines"]
+    wait_for(job_tool, lambda s: s["state"] != "running")
+    assert f"HF_TOKEN absent, token file {token_file}" in (job_tool.job_dir / "train.log").read_text()
+
+
+def test_a_resumed_attempt_does_not_start_over():
+    """--overwrite_output_dir belongs to the first attempt; later ones resume from its checkpoints."""
+    argv = ["python", "train.py", "--overwrite_output_dir", "--seed", "1"]
+    assert sdkit_job.attempt_argv(argv, resuming=False) == argv
+    assert sdkit_job.attempt_argv(argv, resuming=True) == ["python", "train.py", "--seed", "1",
+                                                           "--resume_from_checkpoint", "latest"]
+    given = ["python", "train.py", "--resume_from_checkpoint=checkpoint-4"]
+    assert sdkit_job.attempt_argv(given, resuming=True) == given

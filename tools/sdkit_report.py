@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,15 @@ class JobResult:
     @property
     def steps_per_s(self) -> Optional[float]:
         return self.steps / self.train_s if self.train_s > 0 else None
+
+    @property
+    def finite_losses(self) -> Dict[int, float]:
+        """The losses that can be drawn: one NaN or inf would make every point of the plot NaN."""
+        return {step: loss for step, loss in self.losses.items() if math.isfinite(loss)}
+
+    @property
+    def non_finite_steps(self) -> List[int]:
+        return [step for step, loss in self.losses.items() if not math.isfinite(loss)]
 
 
 def read_metrics(path: Path) -> Tuple[Dict[int, float], float]:
@@ -128,15 +138,26 @@ def text_table(rows: List[List[str]]) -> str:
 # --------------------------------------------------------------------------- html
 
 
+def skipped_losses(results: List[JobResult]) -> Optional[str]:
+    """Which non-finite losses the plot leaves out, in words; None when there are none."""
+    skipped = [(r, r.non_finite_steps) for r in results if r.non_finite_steps]
+    if not skipped:
+        return None
+    total = sum(len(steps) for _, steps in skipped)
+    where = "; ".join(f"{r.host}/{r.job} at step{'s' if len(steps) > 1 else ''} "
+                      f"{', '.join(map(str, steps[:5]))}{', ...' if len(steps) > 5 else ''}" for r, steps in skipped)
+    return f"{total} non-finite loss value{'s' if total > 1 else ''} (NaN or inf) left out of the plot: {where}"
+
+
 def loss_plot(results: List[JobResult], width: int = 640, height: int = 320) -> str:
     """Loss against step, one polyline per host/job, with the axes' ranges written on them."""
-    series = [r for r in results if r.losses]
+    series = [r for r in results if r.finite_losses]
     if not series:
         return "<p>No metrics to plot.</p>"
     left, right, top, bottom = 60, 180, 10, 40
     max_step = max(r.steps for r in series)
-    low = min(min(r.losses.values()) for r in series)
-    high = max(max(r.losses.values()) for r in series)
+    low = min(min(r.finite_losses.values()) for r in series)
+    high = max(max(r.finite_losses.values()) for r in series)
     span = (high - low) or 1.0
 
     def x(step: int) -> float:
@@ -158,7 +179,7 @@ def loss_plot(results: List[JobResult], width: int = 640, height: int = 320) -> 
              'text-anchor="middle">loss</text>']
     for i, r in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
-        points = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in r.losses.items())
+        points = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in r.finite_losses.items())
         label = html.escape(f"{r.host}/{r.job}")
         parts.append(f'<polyline class="loss" fill="none" stroke="{colour}" stroke-width="1.5" points="{points}">'
                      f'<title>{label}</title></polyline>')
@@ -187,6 +208,7 @@ def render(run_dir: Path, results: List[JobResult]) -> str:
                         f"<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in r.images]
             gallery.append("</div>")
     title = html.escape(f"LoRA training run {run_dir.name}")
+    skipped = skipped_losses(results)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{title}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -196,6 +218,7 @@ def render(run_dir: Path, results: List[JobResult]) -> str:
         "<p>Steps and loss from each job's metrics.jsonl (a step trained again after a resume counts once); "
         "train time sums the step times (validation excluded); wall time is the last attempt's.</p>",
         *table, "<h2>Training loss</h2>", loss_plot(results),
+        *([f"<p>{html.escape(skipped)}.</p>"] if skipped else []),
         "<h2>Validation images</h2>", *(gallery or ["<p>No validation images.</p>"]),
         "</body></html>", ""])
 
@@ -211,6 +234,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     results = collect(args.run_dir)
     print(text_table(table_rows(results)))
+    skipped = skipped_losses(results)
+    if skipped:
+        print(skipped)
     report = args.run_dir / "report.html"
     page = render(args.run_dir, results)
     # Rewritten only when it changes, so that a rerun over the same results reports no change.

@@ -91,3 +91,18 @@ def test_rerun_leaves_the_page_alone(run_dir):
 def test_missing_run_folder(tmp_path):
     result = subprocess.run([sys.executable, str(REPORT), str(tmp_path / "nope")], capture_output=True, text=True)
     assert result.returncode == 2 and "playbooks/train.yml" in result.stderr
+
+
+def test_a_nan_loss_leaves_the_other_points_and_curves_drawn(run_dir):
+    """Issue 9 (one NaN loss blanks every curve in report.html): non-finite points skipped, and counted."""
+    job = run_dir / "host-b" / "tpu0"
+    records = [{"step": s, "loss": 0.5, "step_time_s": 0.25} for s in range(1, 9)]
+    records[2]["loss"], records[5]["loss"] = float("nan"), float("inf")
+    write_metrics(job, records)  # json.dumps writes NaN and Infinity, as the trainer's json.dumps does
+    out = run_report(run_dir).stdout
+    assert "2 non-finite loss values (NaN or inf) left out of the plot: host-b/tpu0 at steps 3, 6" in out
+    page = (run_dir / "report.html").read_text()
+    lines = re.findall(r'<polyline class="loss"[^>]*points="([^"]+)"', page)
+    assert [len(points.split()) for points in lines] == [6, 6]
+    assert "nan" not in " ".join(lines).lower()
+    assert "2 non-finite loss values" in page

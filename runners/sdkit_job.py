@@ -64,8 +64,9 @@ NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or
 HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
 HUB_TOKEN_TEXT = re.compile(r"(--hub_t(?:o(?:k(?:en?)?)?)?(?:=|\s+))('[^']*'|\"[^\"]*\"|\S+)")
 REDACTED = "<redacted>"
-# The trainer logs this once at start-up; it is the only place the step count is known when
-# it follows from --num_train_epochs and the dataset size.
+# The trainer records the step count in run.json once it is known (it follows from
+# --num_train_epochs and the dataset size); before that, and for trainers that do not, its log
+# line at start-up is read.
 TOTAL_STEPS_PATTERN = re.compile(rb"total optimization steps = (\d+)")
 
 
@@ -249,7 +250,8 @@ def job_status(job_dir: Path) -> dict:
     metrics = last_metrics(job_dir / "output" / "metrics.jsonl")
     if metrics:
         status.update(step=metrics.get("step"), loss=metrics.get("loss"))
-    status["total_steps"] = total_steps(job_dir / "train.log")
+    run = read_json(job_dir / "output" / "run.json") or {}
+    status["total_steps"] = run.get("total_steps") or total_steps(job_dir / "train.log")
     status["checkpoint"] = latest_checkpoint(job_dir / "output")
     status["elapsed_s"] = round((ended_at or time.time()) - attempt["started"], 1)
     return status
@@ -360,6 +362,10 @@ def supervise(job: Job, argv: List[str], env: Dict[str, str], account: Optional[
         except OSError as exc:
             os.write(report_fd, f"cannot run {argv[0]}: {exc}".encode())
             raise
+        # A shutdown sends SIGTERM to every process at once: the trainer checkpoints and exits 130,
+        # and this process must live to record that, not die first and leave a "failed" job.
+        # Not passed on: the trainer has its own, and a second SIGTERM would make it abort.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         ticks = process_start_ticks(trainer.pid)
         (job.dir / "pid").write_text(f"{trainer.pid}\n")
         os.write(report_fd, json.dumps({"pid": trainer.pid, "pid_ticks": ticks, "supervisor_pid": os.getpid(),

@@ -693,6 +693,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if overrode_max_train_steps:
         args.max_train_steps = args.num_train_epochs * steps_per_epoch
     args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    run["total_steps"] = args.max_train_steps  # known only now; sdkit_job reports step/total from it
+    if accelerator.is_main_process:
+        write_run_json(output_dir, run)
 
     if accelerator.is_main_process and args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}

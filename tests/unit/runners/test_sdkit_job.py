@@ -34,6 +34,7 @@ FAKE_TRAINER = textwrap.dedent('''
     out.mkdir(parents=True, exist_ok=True)
     stop = []
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     print(f"device {os.environ['ACCELERATE_TORCH_DEVICE']}, total optimization steps = {args.max_train_steps}",
           file=sys.stderr, flush=True)
     print(f"HF_TOKEN {'set' if os.environ.get('HF_TOKEN') else 'absent'}, token file "
@@ -216,6 +217,21 @@ def test_stop_checkpoints_and_start_resumes(job_tool):
                     str(job_tool.job_dir.parents[1])], capture_output=True, check=True)
 
 
+def test_a_shutdown_leaves_a_stopped_job_that_start_resumes(job_tool):
+    """Issue 9 (SIGTERM): a shutdown signals the supervisor and the trainer together; the trainer
+    checkpoints (train_lora's StopFlag) and the supervisor lives to record exit status 130."""
+    job_tool("start", "--", "--max_train_steps=40", step_s="0.2")
+    wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
+    attempt = json.loads((job_tool.job_dir / "job.json").read_text())["attempts"][-1]
+    os.kill(attempt["supervisor_pid"], signal.SIGTERM)
+    os.kill(attempt["pid"], signal.SIGTERM)
+    stopped = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (stopped["state"], stopped["exit_status"]) == ("stopped", 130)
+    assert job_tool("start", "--", "--max_train_steps=40")["jobs"][0]["action"].startswith("resumed from checkpoint-")
+    subprocess.run([sys.executable, str(JOB_TOOL), "stop", "--run-id", "r1", "--runs-dir",
+                    str(job_tool.job_dir.parents[1])], capture_output=True, check=True)
+
+
 def test_a_failed_job_reports_its_exit_status(job_tool):
     job_tool("start", "--", "--max_train_steps=6", "--fail_at=1")
     job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
@@ -335,3 +351,15 @@ def test_a_resumed_attempt_does_not_start_over():
                                                            "--resume_from_checkpoint", "latest"]
     given = ["python", "train.py", "--resume_from_checkpoint=checkpoint-4"]
     assert sdkit_job.attempt_argv(given, resuming=True) == given
+
+
+def test_total_steps_come_from_run_json(tmp_path):
+    """Issue 9 (polling): the step count is read from what the trainer records, not from its log text."""
+    job_dir = tmp_path / "r1" / "tpu0"
+    (job_dir / "output").mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"attempts": [{"started": time.time(), "pid": 0}]}))
+    (job_dir / "output" / "run.json").write_text(json.dumps({"total_steps": 8330, "seed": 42}))
+    (job_dir / "train.log").write_text("total optimization steps = 12\n")
+    assert sdkit_job.job_status(job_dir)["total_steps"] == 8330
+    (job_dir / "output" / "run.json").unlink()
+    assert sdkit_job.job_status(job_dir)["total_steps"] == 12

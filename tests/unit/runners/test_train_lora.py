@@ -115,6 +115,13 @@ def test_seed_fp32_command_trains_and_writes_outputs(seed_fp32_run):
     assert run["resolution"] == 16 and run["rank"] == 4 and run["finished"] is True
 
 
+def test_run_json_records_the_settings_and_the_total_steps(seed_fp32_run):
+    """sdkit_job reports step/total from run.json; the settings there are what a resume is checked against."""
+    run = json.loads((seed_fp32_run / "run.json").read_text())
+    assert run["total_steps"] == 2 and run["finished"] is True
+    assert (run["learning_rate"], run["train_batch_size"], run["seed"], run["resolution"]) == (1e-4, 1, 42, 16)
+
+
 def test_trained_lora_loads_both_ways_and_generates(seed_fp32_run, tiny):
     from diffusers import StableDiffusionPipeline
 

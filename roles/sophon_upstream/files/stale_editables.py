@@ -1,7 +1,9 @@
-"""Print, as JSON, which of NAME=VERSION=PATH arguments are not installed editable from PATH at VERSION.
+"""stale_editables.py NAME=VERSION=PATH ... [--require NAME ...]: what the venv still lacks, as JSON.
 
-Run with the venv's interpreter. pip reinstalls an editable path on every call, so the role asks
-this first and installs only what is missing or stale.
+"stale": the NAME=VERSION=PATH libraries not installed editable from PATH at VERSION; "missing": the
+--require distributions not installed at all. Run with the venv's interpreter. pip reinstalls an
+editable path on every call, and each pip call costs a round trip, so the role asks this first and
+installs only what is missing or stale.
 """
 
 import json
@@ -22,5 +24,17 @@ def is_current(name: str, version: str, path: str) -> bool:
     )
 
 
-stale = [spec.split("=", 1)[0] for spec in sys.argv[1:] if not is_current(*spec.split("=", 2))]
-print(json.dumps(stale))
+def is_installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+specs = sys.argv[1:sys.argv.index("--require")] if "--require" in sys.argv else sys.argv[1:]
+required = [arg for arg in sys.argv[len(specs) + 1:] if arg != "--require"]
+print(json.dumps({
+    "stale": [spec.split("=", 1)[0] for spec in specs if not is_current(*spec.split("=", 2))],
+    "missing": [name for name in required if not is_installed(name)],
+}))

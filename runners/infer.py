@@ -136,7 +136,8 @@ def read_lora_weights(path: Path, allow_pickle: bool) -> Dict[str, "torch.Tensor
     except RunnerError:
         raise
     except Exception as exc:  # a truncated file, not tensors, a pickle that weights_only rejects
-        raise RunnerError(f"cannot read LoRA weights '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunnerError(f"cannot read LoRA weights '{path}': {reason}") from None
 
 
 def lora_mismatch(unet, state_dict: Dict[str, "torch.Tensor"]) -> Optional[str]:

@@ -8,7 +8,7 @@ records how it ended. Everything about a run lives on the host, under
 ``<runs-dir>/<run-id>/<job>/``:
 
     job.json      the command, its environment overrides and every attempt (pid, start time)
-    pid           the trainer's pid (``kill -INT $(cat pid)`` = Ctrl-C: checkpoint, then exit)
+    pid           the trainer's pid (``kill -INT $(cat pid)`` = Ctrl-C, or -TERM: checkpoint, then exit)
     train.log     the trainer's output, every attempt appended
     exit_status   the trainer's exit code, written when it ends (negative: killed by that signal)
     output/       the trainer's --output_dir (run.json, metrics.jsonl, checkpoint-N, LoRA weights)

@@ -304,20 +304,16 @@ def claim_output_dir(output_dir: Path, run: Dict[str, Any], resuming: bool, over
     """Refuse to train into a folder holding another run, or this run's checkpoints without resuming.
 
     Upstream restarts at step 0 and overwrites the checkpoints of whatever ran there before.
-    ``--overwrite_output_dir`` removes the previous run's files (only those a run writes), where
-    ``remove`` (the main process; the others only need the same verdict).
+    With ``--overwrite_output_dir`` the run starts over: the main process (``remove``) deletes the
+    previous run's files, the other processes only need the same verdict.
     """
     previous = read_run_json(output_dir)
     checkpoints = list_checkpoints(output_dir)
     if previous is None and not checkpoints:
         return
     if overwrite:
-        for path in [] if not remove else [*checkpoints, *output_dir.glob(".checkpoint-*.partial"), *(output_dir / n for n in RUN_OUTPUTS)]:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-        logger.warning("--overwrite_output_dir: removed the previous run's files from %s", output_dir)
+        if remove:
+            remove_run_outputs(output_dir)
         return
     differing = fingerprint_differences(run, previous or {})
     if differing:
@@ -327,6 +323,18 @@ def claim_output_dir(output_dir: Path, run: Dict[str, Any], resuming: bool, over
         held = f"checkpoints up to {checkpoints[-1].name}" if checkpoints else "the finished LoRA weights"
         raise RunnerError(f"'{output_dir}' already holds {held} of this run: resume it with --resume_from_checkpoint "
                           "latest (same settings), or pass --overwrite_output_dir to start over")
+
+
+def remove_run_outputs(output_dir: Path) -> None:
+    """Delete what a run wrote into ``output_dir`` (and nothing else: it may be a shared folder)."""
+    leftovers = [*list_checkpoints(output_dir), *output_dir.glob(".checkpoint-*.partial"),
+                 *(output_dir / name for name in RUN_OUTPUTS)]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    logger.warning("--overwrite_output_dir: removed the previous run's files from %s", output_dir)
 
 
 def list_checkpoints(output_dir: Path) -> List[Path]:

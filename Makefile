@@ -98,11 +98,10 @@ known-hosts: setup ## Record INVENTORY's host keys in its folder's known_hosts (
 doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml
 
-# TRAIN_ARGS reaches the playbook through the environment (make exports command-line variables), which keeps its quotes.
+# RUN_ID, PRECISION, MODE, TINY and TRAIN_ARGS reach the playbook through the environment (make exports
+# command-line variables): never spliced into this command line, where a quote could add a variable.
 train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
-	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml -e sophon_sd_train_run_id='$(RUN_ID)' \
-	  $(if $(PRECISION),-e sophon_sd_train_precision=$(PRECISION)) $(if $(MODE),-e sophon_sd_train_mode=$(MODE)) \
-	  $(if $(TINY),-e sophon_sd_train_tiny=true) $(ANSIBLE_ARGS)
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
 
 lint: setup ## ansible-lint (production profile) and yamllint
 	ansible-lint --profile production

@@ -1,0 +1,34 @@
+"""Bad input to `make train`: values reach playbooks/train.yml as data, and a bad one stops the run
+with one message before any host is contacted (the checks run on the control node)."""
+
+import os
+import subprocess
+
+from conftest import REPO
+
+
+def make_train(tmp_path, **variables: str) -> subprocess.CompletedProcess:
+    # A host that does not exist: reaching any host at all would fail differently.
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("sophon_sd:\n  hosts:\n    bm-node-unreachable:\n")
+    arguments = [f"{name}={value}" for name, value in variables.items()]
+    return subprocess.run(["make", "-C", str(REPO), "train", f"INVENTORY={inventory}", *arguments],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
+
+
+def test_a_quote_in_run_id_cannot_add_a_variable(tmp_path):
+    """Issue 9, item 7: RUN_ID='x sophon_sd_train_user=root' used to set sophon_sd_train_user."""
+    result = make_train(tmp_path, RUN_ID="x sophon_sd_train_user=root")
+    assert result.returncode != 0
+    assert "sophon_sd_train_run_id (make train RUN_ID=...) is 'x sophon_sd_train_user=root'" in result.stdout, \
+        result.stdout[-3000:]
+    assert "unreachable=1" not in result.stdout, "a host was contacted"
+
+
+def test_precision_comes_through_as_one_value(tmp_path):
+    """The other make variables reach the playbook the same way, whole."""
+    result = make_train(tmp_path, RUN_ID="r1", PRECISION="fp16 -e sophon_sd_train_user=root")
+    assert result.returncode != 0
+    assert "sophon_sd_train_precision (PRECISION) is 'fp16 -e sophon_sd_train_user=root'" in result.stdout, \
+        result.stdout[-3000:]

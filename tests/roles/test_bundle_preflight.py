@@ -6,10 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_corrupt_bundle_file_is_named_before_any_host_changes(tmp_path):
+@pytest.mark.parametrize("tags", ["all", "apt,venv"])
+def test_corrupt_bundle_file_is_named_before_any_host_changes(tmp_path, tags):
+    """Whatever part of site.yml runs (issue 9, item 3: TAGS=apt used to skip the check)."""
     bundle = tmp_path / "bundle"
     # The pinned libraries' source archives are the smallest complete bundle (no wheels, no apt).
     shutil.copytree(REPO / "bundle/sources", bundle / "sources")
@@ -24,7 +28,8 @@ def test_corrupt_bundle_file_is_named_before_any_host_changes(tmp_path):
 
     # A host that does not exist: reaching any host at all would fail differently.
     result = subprocess.run(["ansible-playbook", str(REPO / "playbooks/site.yml"), "-i", "bm-node-unreachable,",
-                             "-e", "sophon_sd_hosts=bm-node-unreachable", "-e", f"sophon_sd_bundle_dir={bundle}"],
+                             "-e", "sophon_sd_hosts=bm-node-unreachable", "-e", f"sophon_sd_bundle_dir={bundle}",
+                             "--tags", tags],
                             capture_output=True, text=True, check=False,
                             env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"})
     assert result.returncode != 0

@@ -120,8 +120,11 @@ $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $
 unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers)
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
 
-bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json
-	$(ML_VENV)/bin/python tests/bench/bench_runners.py --out build/bench.json
+# SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
+SIZE ?= tiny
+RES ?= 256
+bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json. SIZE=sd14 [RES=256]: SD v1.4's shapes, FLOPs, peak, memory; writes build/bench-sd14.json
+	$(ML_VENV)/bin/python tests/bench/bench_runners.py $(if $(filter sd14,$(SIZE)),--size sd14 --resolution $(RES) --out build/bench-sd14.json,--out build/bench.json)
 
 bench-fleet: setup test-image test-bundle ## Fleet control plane over SSH: converge 2 hosts from the bundle, rerun and --check on 1, rerun on 8 copies (linear, free, Mitogen if installed); writes build/bench-fleet.json
 	python tests/bench/bench_fleet.py --out build/bench-fleet.json

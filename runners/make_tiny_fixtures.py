@@ -12,7 +12,10 @@ without any download:
 * optionally the download-share layout (``CompVis_SD14_pretrained_weights/``,
   ``dataset/`` ...) under one root, for testing ``SOPHON_SD_ASSETS``.
 
-Usage: ``python runners/make_tiny_fixtures.py OUT_DIR [--bundle] [--num_images 8]``
+``--size sd14`` builds instead a pipeline with Stable Diffusion v1.4's real shapes and random
+weights (about 4 GB, for ``make bench SIZE=sd14``; never built in CI) and a parquet dataset.
+
+Usage: ``python runners/make_tiny_fixtures.py OUT_DIR [--bundle] [--num_images 8] [--size tiny|sd14]``
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -69,52 +73,115 @@ def write_tiny_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def build_tiny_pipeline(out_dir: os.PathLike, seed: int = 0) -> Path:
-    """Save a tiny random StableDiffusionPipeline (safety checker None) to ``out_dir``."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+@dataclass(frozen=True)
+class PipelineShapes:
+    """The sizes that tell one SD-1.x pipeline from another; everything else is shared."""
 
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
+    name: str
+    resolution: int  # the pixel size the UNet's sample_size is derived from (VAE downsamples by 2**(blocks-1))
+    unet_channels: Tuple[int, ...]
+    unet_down_blocks: Tuple[str, ...]
+    unet_up_blocks: Tuple[str, ...]
+    unet_layers_per_block: int
+    cross_attention_dim: int
+    attention_head_dim: int  # diffusers' legacy name: for SD-1.x it is the number of heads
+    vae_channels: Tuple[int, ...]
+    vae_layers_per_block: int
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_positions: int
+    text_act: str
+
+
+TINY = PipelineShapes(
+    name="tiny", resolution=TINY_RESOLUTION, unet_channels=(32, 64),
+    unet_down_blocks=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    unet_up_blocks=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), unet_layers_per_block=1,
+    cross_attention_dim=32, attention_head_dim=8, vae_channels=(32, 64), vae_layers_per_block=1,
+    text_hidden=32, text_intermediate=37, text_layers=2, text_heads=4, text_positions=TOKENIZER_MAX_LENGTH,
+    text_act="quick_gelu",
+)
+
+# CompVis/stable-diffusion-v1-4's configs (unet/, vae/, text_encoder/config.json), with random weights.
+SD14 = PipelineShapes(
+    name="sd14", resolution=512, unet_channels=(320, 640, 1280, 1280),
+    unet_down_blocks=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    unet_up_blocks=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    unet_layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
+    vae_channels=(128, 256, 512, 512), vae_layers_per_block=2,
+    text_hidden=768, text_intermediate=3072, text_layers=12, text_heads=12, text_positions=77,
+    text_act="quick_gelu",
+)
+
+SHAPES = {shapes.name: shapes for shapes in (TINY, SD14)}
+
+
+def build_models(shapes: PipelineShapes, vocab_size: int, special_ids: Tuple[int, int, int] = (0, 1, 1)):
+    """The UNet, VAE and CLIP text encoder of ``shapes`` with random weights.
+
+    Inside ``with torch.device("meta"):`` nothing is allocated, which is how the tests check the
+    real-size shapes and how the benchmark counts FLOPs at 512 px. ``special_ids``: bos, eos, pad.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae_scale = 2 ** (len(shapes.vae_channels) - 1)
     unet = UNet2DConditionModel(
-        sample_size=TINY_RESOLUTION // 2,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
+        sample_size=shapes.resolution // vae_scale,
+        block_out_channels=shapes.unet_channels,
+        layers_per_block=shapes.unet_layers_per_block,
+        down_block_types=shapes.unet_down_blocks,
+        up_block_types=shapes.unet_up_blocks,
+        cross_attention_dim=shapes.cross_attention_dim,
+        attention_head_dim=shapes.attention_head_dim,
         in_channels=4,
         out_channels=4,
     )
     vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=shapes.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(shapes.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(shapes.vae_channels),
         latent_channels=4,
-        layers_per_block=1,
-        sample_size=TINY_RESOLUTION,
+        layers_per_block=shapes.vae_layers_per_block,
+        sample_size=shapes.resolution,
     )
-    tokenizer_dir = out_dir / "_tokenizer_src"
-    write_tiny_tokenizer_files(tokenizer_dir)
-    tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=TOKENIZER_MAX_LENGTH
-    )
+    bos, eos, pad = special_ids
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=TOKENIZER_MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=vocab_size,
+            hidden_size=shapes.text_hidden,
+            intermediate_size=shapes.text_intermediate,
+            num_hidden_layers=shapes.text_layers,
+            num_attention_heads=shapes.text_heads,
+            max_position_embeddings=shapes.text_positions,
+            hidden_act=shapes.text_act,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
         )
     )
+    return unet, vae, text_encoder
+
+
+def build_pipeline(out_dir: os.PathLike, shapes: PipelineShapes = TINY, seed: int = 0) -> Path:
+    """Save a random StableDiffusionPipeline of ``shapes`` (safety checker None) to ``out_dir``."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer_dir = out_dir / "_tokenizer_src"
+    write_tiny_tokenizer_files(tokenizer_dir)
+    # A small vocabulary is enough: the cost of the text encoder is its layers and positions, not its vocabulary.
+    tokenizer = CLIPTokenizer(
+        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=shapes.text_positions
+    )
+    unet, vae, text_encoder = build_models(
+        shapes, len(tokenizer), (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
     # The real v1.4 folder ships a PNDM scheduler; training converts it to DDPM. Use DDPM with the
-    # SD betas so the tiny pipeline behaves like the real one in both training and inference.
+    # SD betas so the random pipeline behaves like the real one in both training and inference.
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, clip_sample=False, steps_offset=1)
     pipe = StableDiffusionPipeline(
@@ -124,6 +191,11 @@ def build_tiny_pipeline(out_dir: os.PathLike, seed: int = 0) -> Path:
     pipe.save_pretrained(out_dir)
     shutil.rmtree(tokenizer_dir)
     return out_dir
+
+
+def build_tiny_pipeline(out_dir: os.PathLike, seed: int = 0) -> Path:
+    """Save a tiny random StableDiffusionPipeline (safety checker None) to ``out_dir``."""
+    return build_pipeline(out_dir, TINY, seed)
 
 
 def tiny_images(num_images: int, size: int = 24, seed: int = 0):
@@ -145,7 +217,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def build_tiny_parquet(path: os.PathLike, num_images: int = 8, seed: int = 0) -> Path:
+def build_tiny_parquet(path: os.PathLike, num_images: int = 8, seed: int = 0, image_size: int = 24) -> Path:
     """Write a parquet file shaped like pokemon-blip-captions: ``image`` {"bytes", "path"} and ``text``.
 
     Written through ``datasets`` so the file carries the same Image feature metadata as
@@ -155,7 +227,7 @@ def build_tiny_parquet(path: os.PathLike, num_images: int = 8, seed: int = 0) ->
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = list(tiny_images(num_images, seed=seed))
+    rows = list(tiny_images(num_images, size=image_size, seed=seed))
     features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
     dataset = datasets.Dataset.from_dict(
         {"image": [{"bytes": png_bytes(img), "path": None} for img, _ in rows], "text": [t for _, t in rows]},
@@ -217,14 +289,44 @@ def build_all(root: os.PathLike, num_images: int = 8, bundle: bool = False) -> D
     return {"model": model, "parquet": parquet, "imagefolder": imagefolder, "lora": lora, "bundle": root}
 
 
+def build_cached(cache_dir: os.PathLike, shapes: PipelineShapes, num_images: int = 8,
+                 image_size: Optional[int] = None) -> Dict[str, Path]:
+    """Build ``model`` and ``parquet`` for ``shapes`` into ``cache_dir`` once; reuse them while complete.
+
+    SD v1.4's shapes are about 4 GB of random weights and minutes of CPU, so a finished build leaves
+    ``complete.json`` (written last) and a later call with the same settings only returns the paths.
+    An interrupted build has no such file and is rebuilt from scratch.
+    """
+    cache_dir = Path(cache_dir)
+    image_size = image_size or shapes.resolution
+    wanted = {"shapes": asdict(shapes), "num_images": num_images, "image_size": image_size}
+    paths = {"model": cache_dir / "model", "parquet": cache_dir / "train.parquet"}
+    marker = cache_dir / "complete.json"
+    if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(wanted)):
+        return paths
+    if cache_dir.exists():
+        shutil.rmtree(cache_dir)
+    cache_dir.mkdir(parents=True)
+    build_pipeline(paths["model"], shapes)
+    build_tiny_parquet(paths["parquet"], num_images, image_size=image_size)
+    marker.write_text(json.dumps(wanted, indent=2) + "\n")
+    return paths
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="folder to create the fixtures in")
     parser.add_argument("--num_images", type=int, default=8, help="rows in the tiny dataset (default 8)")
     parser.add_argument("--bundle", action="store_true",
                         help="lay the fixtures out like Sophgo's download share (use the folder as SOPHON_SD_ASSETS)")
+    parser.add_argument("--size", choices=sorted(SHAPES), default="tiny",
+                        help="tiny (default: every fixture, seconds) or sd14 (SD v1.4's real shapes, random "
+                             "weights, about 4 GB: only the model and a parquet dataset, reused while complete)")
     args = parser.parse_args(argv)
-    paths = build_all(args.out_dir, num_images=args.num_images, bundle=args.bundle)
+    if args.size == "tiny":
+        paths = build_all(args.out_dir, num_images=args.num_images, bundle=args.bundle)
+    else:
+        paths = build_cached(args.out_dir, SHAPES[args.size], num_images=args.num_images)
     for key, value in paths.items():
         print(f"{key}: {value}")
     return 0

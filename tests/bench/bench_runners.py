@@ -6,6 +6,7 @@ Measures in one run, on one device:
 - inference time of runners/infer.py against a plain StableDiffusionPipeline call.
 Prints the ratios and writes them as JSON. Usage:
     python tests/bench/bench_runners.py [--device cpu] [--steps 40] [--out build/bench.json]
+    python tests/bench/bench_runners.py --size sd14 [--resolution 256]   # SD v1.4's shapes: bench_sd14.py
 """
 
 import argparse
@@ -15,12 +16,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 RUNNERS = Path(__file__).resolve().parents[2] / "runners"
 sys.path.insert(0, str(RUNNERS))
 
+import bench_sd14  # noqa: E402
 import infer  # noqa: E402
 import make_tiny_fixtures  # noqa: E402
 import train_lora  # noqa: E402
@@ -41,27 +44,39 @@ def training_steps_per_second(fixtures: dict, out: Path, device: str, steps: int
     return 1.0 / statistics.median(warm)
 
 
-def plain_pipeline_seconds(model: Path, device: str, steps: int) -> float:
+def plain_pipeline_seconds(model: Path, device: str, steps: int, size: Optional[int] = None) -> float:
     started = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None).to(device)
-    pipe("cute dragon creature", num_inference_steps=steps, generator=torch.Generator(device).manual_seed(42))
+    pipe("cute dragon creature", num_inference_steps=steps, height=size, width=size,
+         generator=torch.Generator(device).manual_seed(42))
     return time.perf_counter() - started
 
 
-def runner_seconds(model: Path, out: Path, device: str, steps: int) -> float:
+def runner_seconds(model: Path, out: Path, device: str, steps: int, size: Optional[int] = None) -> float:
     started = time.perf_counter()
-    assert infer.main(["--model", str(model), "--steps", str(steps), "--device", device,
-                       "--dtype", "fp32", "--output_dir", str(out)]) == 0
+    assert infer.main(["--model", str(model), "--steps", str(steps), "--device", device, "--dtype", "fp32",
+                       "--output_dir", str(out)] + (["--height", str(size), "--width", str(size)] if size else [])) == 0
     return time.perf_counter() - started
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="device for both sides of each comparison")
-    parser.add_argument("--steps", type=int, default=40, help="training steps per run")
-    parser.add_argument("--repeats", type=int, default=3, help="inference runs per side (median is reported)")
-    parser.add_argument("--out", type=Path, default=Path("build/bench.json"), help="where the JSON goes")
+    parser.add_argument("--size", choices=["tiny", "sd14"], default="tiny",
+                        help="tiny (default): the tiny random model; sd14: SD v1.4's real shapes (bench_sd14.py)")
+    parser.add_argument("--device", default="cpu", help="device for both sides of each comparison (tiny only)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per run (tiny only)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="inference runs per side, the median is reported (default 3; 1 with --size sd14)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the JSON goes (default build/bench.json, build/bench-sd14.json with --size sd14)")
+    bench_sd14.add_arguments(parser)
     args = parser.parse_args()
+    if args.size == "sd14":
+        args.repeats = args.repeats or 1
+        args.out = args.out or Path("build/bench-sd14.json")
+        return bench_sd14.main(args)
+    args.repeats = args.repeats or 3
+    args.out = args.out or Path("build/bench.json")
     torch.set_num_threads(1)  # small matrices: more threads only add noise on a shared machine
 
     with tempfile.TemporaryDirectory() as tmp:

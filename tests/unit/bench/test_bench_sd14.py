@@ -1,0 +1,77 @@
+"""The SD v1.4 benchmark's accounting: FLOPs counted by hand, per-part sums, the 10-epoch projection."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path[:0] = [str(REPO / "runners"), str(REPO / "tests" / "bench")]
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+import bench_sd14  # noqa: E402
+import make_tiny_fixtures  # noqa: E402
+
+
+def test_count_flops_matches_a_hand_count_and_skips_frozen_weight_gradients():
+    """x (3x8) -> frozen W1 (8->4) plus LoRA A (8->2), B (2->4) -> frozen W2 (4->5) -> sum.
+
+    2 FLOPs per multiply-add. Forward: W1 2*3*8*4 = 192, A 2*3*8*2 = 96, B 2*3*2*4 = 48,
+    W2 2*3*4*5 = 120: 456. Backward: input gradient of W2 120 (its weight is frozen: no weight
+    gradient), weight gradient of B 48 and its input gradient 48, weight gradient of A 96; nothing
+    for W1 or x, which need no gradient: 312.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    w1, w2 = torch.randn(4, 8), torch.randn(5, 4)
+    a = torch.randn(2, 8, requires_grad=True)
+    b = torch.randn(4, 2, requires_grad=True)
+
+    forward, total = bench_sd14.count_flops(lambda: ((x @ w1.T + (x @ a.T) @ b.T) @ w2.T).sum())
+
+    assert (forward, total - forward) == (456, 312)
+    assert a.grad is not None and b.grad is not None
+
+
+def test_count_flops_without_gradients_counts_the_forward_only():
+    x, w = torch.randn(3, 8), torch.randn(4, 8)
+    assert bench_sd14.count_flops(lambda: (x @ w.T).sum()) == (192, 192)
+
+
+def test_step_flops_of_both_loops_differ_by_the_encoders_exactly():
+    models = bench_sd14.lora_models(make_tiny_fixtures.TINY)
+    table = {name: bench_sd14.step_flops(models, make_tiny_fixtures.TINY, 16, cached=(name == "runner"))
+             for name in ("runner", "upstream_loop")}
+    runner, upstream = table["runner"], table["upstream_loop"]
+
+    assert set(runner) == {"unet_forward", "unet_backward", "step"}
+    assert runner["unet_forward"] == upstream["unet_forward"] > 0
+    assert runner["unet_backward"] == upstream["unet_backward"] > 0
+    assert upstream["vae_encode"] > 0 and upstream["text_encoder"] > 0
+    assert upstream["step"] == runner["step"] + upstream["vae_encode"] + upstream["text_encoder"]
+    # Only meta tensors were used: nothing was allocated or computed.
+    assert all(p.device.type == "meta" for p in models[0].parameters())
+
+
+def test_ceiling_is_peak_over_flops_per_step():
+    # 1.6 TFLOP per cached step at 16 TFLOPS fp16: 10 steps/s, the issue's figure.
+    assert bench_sd14.ceiling_steps_per_s(1.6e12, bench_sd14.CHIP_PEAKS["fp16"]) == pytest.approx(10.0)
+
+
+def test_summary_projects_a_seed_like_run_from_the_measured_epochs():
+    metrics = [{"epoch": e, "step": i, "loss": 1.0, "step_time_s": t}
+               for i, (e, t) in enumerate([(0, 3.0), (0, 3.0), (1, 2.0), (1, 1.0), (2, 1.0), (2, 1.0)])]
+    summary = bench_sd14.summarise({"wall_s": 20.0, "max_rss_kib": 2048, "metrics": metrics})
+
+    assert summary["epoch_s"] == [6.0, 3.0, 2.0]
+    assert summary["s_per_step_steady"] == 1.0  # epoch 2 on: the cache is warm despite --random_flip
+    assert summary["overhead_s"] == 9.0
+    # overhead + the three measured epochs + 7 more like the last one
+    assert summary["projected_10_epochs_s"] == 9.0 + 11.0 + 7 * 2.0
+    assert summary["peak_rss_mib"] == 2

@@ -3,9 +3,15 @@
 Ansible's recap counts failures per host; on a fleet the reason is scrolled far away. This
 callback keeps the failure (task and message) or unreachable error that stopped each host, and prints
 them together after the recap, so an operator sees which hosts to fix and why without searching.
+
+It also shows progress while a task polls with until/retries (playbooks/tasks/train_poll.yml): when
+a round's output is a JSON object with `lines`, those lines are printed for the host each round,
+where Ansible itself only says how many retries are left.
 """
 
 from __future__ import annotations
+
+import json
 
 DOCUMENTATION = """
     name: sophon_fleet_report
@@ -58,6 +64,16 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_unreachable(self, result) -> None:
         self._record("UNREACHABLE", result)
+
+    def v2_runner_retry(self, result) -> None:
+        try:
+            progress = json.loads(result._result.get("stdout") or "")
+        except ValueError:
+            return
+        if isinstance(progress, dict) and isinstance(progress.get("lines"), list):
+            host = result._host.get_name()
+            for line in progress["lines"]:
+                self._display.display(f"  [{host}] {line}")
 
     def v2_runner_item_on_failed(self, result) -> None:
         # Items are summed up by v2_runner_on_failed for the whole loop; nothing to do per item.

@@ -43,7 +43,10 @@ BOOT_TIMEOUT_S = 120
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF))}
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, env=env)
+    result = subprocess.run(["podman", *args], capture_output=True, text=True, check=False, env=env)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"podman {' '.join(args)} failed (rc {result.returncode}): {result.stderr.strip()}")
+    return result
 
 
 def free_port() -> int:

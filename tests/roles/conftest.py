@@ -59,13 +59,13 @@ class SshHost:
         subprocess.run(["scp", "-q", "-r", "-F", str(self.hosts.ssh_config), str(local), f"{self.name}:{remote}"],
                        check=True, capture_output=True)
 
-    def play(self, playbook: str, extra_vars: dict | None = None, tags: str | None = None) -> PlayResult:
-        """Run a playbook of this repo against this host only, with the test profile's pins."""
+    def play(self, playbook: str | Path, extra_vars: dict | None = None, tags: str | None = None) -> PlayResult:
+        """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins."""
         inventory = self.hosts.run_dir / f"{self.name}.json"
         inventory.write_text(json.dumps({"all": {"hosts": {self.name: self.hosts.inventory_vars(self.name)}}}))
         variables = {"ansible_become": False, **TEST_PROFILE, **(extra_vars or {})}
         command = [
-            "ansible-playbook", str(REPO / "playbooks" / playbook),
+            "ansible-playbook", str(REPO / "playbooks" / playbook),  # an absolute path stays as it is
             "-i", str(inventory),
             "-e", f"sophon_sd_hosts={self.name}",
             "-e", json.dumps(variables),

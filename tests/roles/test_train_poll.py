@@ -1,0 +1,58 @@
+"""playbooks/train.yml's polling survives a days-long run (issue 9, item 2).
+
+The poll used to be a task file that included itself once per round: ansible-core 2.19 raised
+"maximum recursion depth exceeded" at about round 246 (2 hours at 30 s a round), so a long run's
+results were never fetched. Here the real poll (playbooks/tasks/train_poll.yml) runs on a systemd
+test host against a stand-in job tool that reports `running` for 400 rounds, at a 0-second interval,
+and each round's progress must be printed.
+"""
+
+from pathlib import Path
+
+from conftest import REPO
+
+ROUNDS = 400
+# Prints the job tool's status JSON; counts its calls in a file next to itself.
+FAKE_JOB_TOOL = f"""
+import json, pathlib, sys
+counter = pathlib.Path(sys.argv[0]).with_suffix(".count")
+calls = int(counter.read_text()) + 1 if counter.exists() else 1
+counter.write_text(str(calls))
+state = "running" if calls < {ROUNDS} else "finished"
+print(json.dumps({{"state": state, "lines": [f"job0: {{state}}, round {{calls}}"], "jobs": []}}))
+"""
+PLAYBOOK = f"""
+- name: Poll a stand-in job for {ROUNDS} rounds
+  hosts: "{{{{ sophon_sd_hosts }}}}"
+  gather_facts: false
+  vars:
+    sophon_sd_train_python: /usr/bin/python3
+    sophon_sd_train_job_tool: /tmp/fake_job.py
+    sophon_sd_train_job_args: []
+    sophon_sd_train_poll_interval: 0
+    sophon_sd_train_poll_rounds: {ROUNDS + 100}
+  tasks:
+    - name: Poll
+      ansible.builtin.import_tasks: {REPO}/playbooks/tasks/train_poll.yml
+
+    - name: The last status is the job's end
+      ansible.builtin.assert:
+        that: sophon_sd_train_status.state == 'finished'
+"""
+
+
+def test_polling_lasts_400_rounds_and_prints_each(throwaway_host, tmp_path: Path):
+    tool = tmp_path / "fake_job.py"
+    tool.write_text(FAKE_JOB_TOOL)
+    throwaway_host.put(tool, "/tmp/fake_job.py")
+    playbook = tmp_path / "poll.yml"
+    playbook.write_text(PLAYBOOK)
+
+    result = throwaway_host.play(playbook)
+
+    assert not result.failed, result.output[-3000:]
+    assert "recursion" not in result.output
+    # The callback printed the progress of every round but the last (which the debug task shows).
+    rounds = [line for line in result.output.splitlines() if f"[{throwaway_host.name}] job0: running, round" in line]
+    assert len(rounds) == ROUNDS - 1, result.output[-3000:]
+    assert "job0: finished, round 400" in result.output

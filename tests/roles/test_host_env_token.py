@@ -1,0 +1,41 @@
+"""A Hugging Face token reaches the runners without reaching anyone else (issue 9, item 6).
+
+It used to be possible only through sophon_host_env_extra_env, which wrote it to the 0644 env file
+and to every login shell. Now sophon_host_env_hub_token goes to a 0640 root:sophon-sd file that the
+env file names, never into the play's output; a token name in extra_env is refused.
+"""
+
+TOKEN = "hf_sdkitTestToken0123456789"
+HOST_ENV_ONLY = {"sophon_sd_sophgo_runtime": False, "sophon_host_env_assets_source": "hub"}
+
+
+def test_token_goes_to_a_private_file_and_nowhere_else(throwaway_host):
+    result = throwaway_host.play("runtime.yml", {**HOST_ENV_ONLY, "sophon_host_env_hub_token": TOKEN}, tags="host_env")
+
+    assert not result.failed, result.output[-3000:]
+    assert TOKEN not in result.output
+    assert throwaway_host.check_output("stat -c '%U:%G %a' /etc/sophon-sd/hub-token").strip() == "root:sophon-sd 640"
+    assert throwaway_host.check_output("cat /etc/sophon-sd/hub-token").strip() == TOKEN
+    env_file = throwaway_host.check_output("cat /etc/sophon-sd/env")
+    assert "SOPHON_SD_HUB_TOKEN_FILE=/etc/sophon-sd/hub-token" in env_file and TOKEN not in env_file
+    assert TOKEN not in throwaway_host.check_output("bash -lc env")
+    # The runner user reads it through its group; other users cannot.
+    assert throwaway_host.check_output("runuser -u sophon-sd -- cat /etc/sophon-sd/hub-token").strip() == TOKEN
+    assert throwaway_host.run("runuser -u nobody -- cat /etc/sophon-sd/hub-token").returncode != 0
+
+
+def test_no_token_removes_the_file(throwaway_host):
+    result = throwaway_host.play("runtime.yml", HOST_ENV_ONLY, tags="host_env")
+
+    assert not result.failed, result.output[-3000:]
+    assert not throwaway_host.exists("/etc/sophon-sd/hub-token")
+    assert "SOPHON_SD_HUB_TOKEN_FILE" not in throwaway_host.check_output("cat /etc/sophon-sd/env")
+
+
+def test_a_token_in_extra_env_is_refused(throwaway_host):
+    result = throwaway_host.play("runtime.yml", {**HOST_ENV_ONLY, "sophon_host_env_extra_env": {"HF_TOKEN": TOKEN}},
+                                 tags="host_env")
+
+    assert result.failed
+    assert "sets HF_TOKEN, which would put a token in /etc/sophon-sd/env" in result.output
+    assert "set sophon_host_env_hub_token instead" in result.output

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "hosts"))
+sys.path.insert(0, str(REPO / "tests" / "fleet"))
+from fleet_support import recap  # noqa: E402
 from testhosts import HostRun, podman  # noqa: E402
 
 COPY_IMAGE = "localhost/sophon-sd-bench-provisioned:latest"
@@ -42,12 +43,6 @@ def write_inventory(run: HostRun, hosts: list[str]) -> Path:
     path = run.run_dir / f"hosts-{len(hosts)}.yml"
     path.write_text(yaml.safe_dump(inventory))
     return path
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    section = output.split("PLAY RECAP", 1)[-1]
-    return {match[1]: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match[2])}
-            for match in re.finditer(r"^(\S+)\s+: (ok=.*)$", section, re.MULTILINE)}
 
 
 def strategy_env(strategy: str) -> dict[str, str] | None:

@@ -6,8 +6,10 @@ kit's venv and the versions and origins of torch, torch_tpu, diffusers, transfor
 accelerate against the pins the roles left on the host, the tutorial's two patches, the
 open-files limit, ACCELERATE_TORCH_DEVICE, and free disk space for outputs.
 
-A host provisioned without the Sophgo runtime (its env file says ACCELERATE_TORCH_DEVICE=cpu) is
-a CPU host: there the runtime checks read "not expected (CPU host)" instead of failing.
+A host provisioned without the Sophgo runtime (its env file says SOPHON_SD_RUNTIME=none, as the
+operator asked) is a CPU host: there the runtime checks read "not expected (CPU host)" instead of
+failing. The doctor never guesses that from the device: a Sophgo host whose chips vanished and that
+somehow trains on its CPU is a failure, not a CPU host.
 
 Examples::
 
@@ -41,7 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sdkit_files import DEFAULT_ENV_FILE, ROOT_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, read_json
+from sdkit_files import (DEFAULT_ENV_FILE, ENV_FILE_FIX, ROOT_KEY, RUNTIME_KEY, RUNTIMES, STATE_DIR_KEY, EnvFile,
+                         EnvFileError, read_json)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -111,9 +114,11 @@ class Host:
         self.outputs = (args.outputs or self.env.get("SOPHON_SD_OUTPUTS")
                         or f"{self.env.require(STATE_DIR_KEY)}/{OUTPUTS_SUBDIR}")
         self.device = self.env.get("ACCELERATE_TORCH_DEVICE", "")
-        # The host_env role writes tpu:N when the host has usable chips and cpu otherwise, which is
-        # also what hosts provisioned with sophon_sd_sophgo_runtime: false get.
-        self.cpu_host = self.device == "cpu"
+        self.runtime = self.env.require(RUNTIME_KEY)
+        if self.runtime not in RUNTIMES:
+            raise EnvFileError(f"{self.env_file} says {RUNTIME_KEY}={self.runtime}, not one of {', '.join(RUNTIMES)}: "
+                               + ENV_FILE_FIX)
+        self.cpu_host = self.runtime == "none"
 
     def local(self, host_path: str) -> Path:
         return self.root / host_path.lstrip("/")
@@ -361,6 +366,10 @@ def check_limits_in_force() -> Check:
 def check_device(host: Host) -> Check:
     if not host.device:
         return Check("device", FAIL, f"{host.env_file} sets no ACCELERATE_TORCH_DEVICE", reprovision("host_env"))
+    if not host.cpu_host and not host.device.startswith("tpu"):
+        return Check("device", FAIL, f"{host.env_file} says ACCELERATE_TORCH_DEVICE={host.device} on a host "
+                                     f"provisioned for its chips ({RUNTIME_KEY}=sophgo)",
+                     "check the chips (the chips check above), then " + reprovision("libsophon,host_env"))
     in_shell = os.environ.get("ACCELERATE_TORCH_DEVICE")
     if in_shell is not None and in_shell != host.device:
         return Check("device", WARN, f"{host.env_file} says {host.device}, this shell says {in_shell}",

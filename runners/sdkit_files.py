@@ -22,6 +22,9 @@ from typing import Any, Dict, Mapping, Optional, Union
 DEFAULT_ENV_FILE = "/etc/sophon-sd/env"
 ROOT_KEY = "SOPHON_SD_ROOT"
 STATE_DIR_KEY = "SOPHON_SD_STATE_DIR"
+# What the operator provisioned the host to run on: "sophgo" (its BM1684X chips) or "none" (no chips).
+RUNTIME_KEY = "SOPHON_SD_RUNTIME"
+RUNTIMES = ("sophgo", "none")
 # Names the file holding a Hugging Face token (0640 root:sophon-sd). The token itself never goes
 # into the env file: that one is world-readable and sourced by every login shell.
 HUB_TOKEN_FILE_KEY = "SOPHON_SD_HUB_TOKEN_FILE"

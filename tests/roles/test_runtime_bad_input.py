@@ -154,18 +154,21 @@ def test_unsupported_platform_fails_in_preflight(clean_host, vendor, standin_var
     nothing_installed(clean_host)
 
 
-def test_expected_chips_not_found_names_what_was_found(clean_host, vendor, standin_vars):
-    variables = runtime_vars(vendor, standin_vars, sophon_libsophon_expected_chips=2)
+def test_sophgo_host_without_a_usable_chip_fails_naming_what_was_found(clean_host, vendor, standin_vars):
+    """The default expects one chip: a Sophgo server whose cards are not usable fails here instead
+    of being set up to train on its CPU."""
+    variables = runtime_vars(vendor, standin_vars)
     result = clean_host.play("runtime.yml", variables, tags="libsophon")
     assert result.failed
-    line = message(result.output, "should have 2 BM1684X chip(s)")
+    line = message(result.output, "should have 1 BM1684X chip(s)")
     assert "but 0 can be used" in line and "PCI devices 1f1c:1686: none" in line
     assert "no /dev/bm-sophon*" in line and "get devcount failed! no sophon device found" in line
-    # The fix: the cards show up (here: the bm-smi stand-in is told there are two); the rerun completes.
-    clean_host.check_output("mkdir -p /etc/sophon-standin && echo 2 > /etc/sophon-standin/chips")
+    assert "sophon_sd_sophgo_runtime: false" in line
+    # The fix: the card shows up (here: the bm-smi stand-in is told there is one); the rerun completes.
+    clean_host.check_output("mkdir -p /etc/sophon-standin && echo 1 > /etc/sophon-standin/chips")
     result = clean_host.play("runtime.yml", variables, tags="libsophon")
     assert not result.failed, result.output[-3000:]
-    assert '"chip_count": 2' in clean_host.check_output("/etc/ansible/facts.d/sophon.fact")
+    assert '"chip_count": 1' in clean_host.check_output("/etc/ansible/facts.d/sophon.fact")
 
 
 def test_driver_without_kernel_headers_says_so(clean_host, vendor, standin_vars):

@@ -53,8 +53,11 @@ def test_doctor_reports_the_pinned_versions(host, report, pinned_libraries, sour
 
 
 def test_doctor_reports_the_hosts_kind(host, report, checks):
-    device = [line.split("=", 1)[1] for line in host.file("/etc/sophon-sd/env").content_string.splitlines()
-              if line.startswith("ACCELERATE_TORCH_DEVICE=")][0]
+    """The kind the operator asked for (SOPHON_SD_RUNTIME), never a guess from the device."""
+    env = dict(line.split("=", 1) for line in host.file("/etc/sophon-sd/env").content_string.splitlines()
+               if "=" in line and not line.startswith("#"))
+    device = env["ACCELERATE_TORCH_DEVICE"]
+    assert report["cpu_host"] == (env["SOPHON_SD_RUNTIME"] == "none")
     assert report["cpu_host"] == (device == "cpu")
     assert checks["device"]["detail"].startswith(f"ACCELERATE_TORCH_DEVICE={device}")
 

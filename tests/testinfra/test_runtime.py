@@ -180,11 +180,14 @@ def test_services_get_the_open_files_limit(host):
     shown = host.check_output(f"systemd-run --quiet --wait --pipe --uid={USER} cat /proc/self/limits")
     assert open_files(shown) == (min(int(soft), ceiling), min(int(hard or soft), ceiling))
 
+
 def test_env_file_lists_one_device_per_chip(env_file, device_fact):
     devices = [f"tpu:{i}" for i in range(device_fact["chip_count"])]
     assert env_file["SOPHON_SD_DEVICES"] == ",".join(devices)
     assert env_file["SOPHON_SD_DEVICE_COUNT"] == str(len(devices))
-    assert env_file["ACCELERATE_TORCH_DEVICE"] == (devices[0] if devices else "cpu")
+    # A Sophgo host records what it was provisioned for and trains on its first chip, never the CPU.
+    assert env_file["SOPHON_SD_RUNTIME"] == "sophgo"
+    assert devices and env_file["ACCELERATE_TORCH_DEVICE"] == devices[0]
 
 
 def test_env_file_sets_library_path_and_hugging_face(env_file):

@@ -36,7 +36,7 @@ class FakeHost:
     def __init__(self, root: Path):
         self.root = root
         self.site = root / "fake-site-packages"
-        self.env = {"ACCELERATE_TORCH_DEVICE": "cpu", "SOPHON_SD_DEVICES": "", "SOPHON_SD_DEVICE_COUNT": "0",
+        self.env = {"SOPHON_SD_RUNTIME": "none", "ACCELERATE_TORCH_DEVICE": "cpu", "SOPHON_SD_DEVICES": "", "SOPHON_SD_DEVICE_COUNT": "0",
                     "LD_LIBRARY_PATH": "/opt/sophon/libsophon-current/lib", "SOPHON_SD_ROOT": KIT,
                     "SOPHON_SD_STATE_DIR": STATE, "SOPHON_SD_VENV": f"{KIT}/venv",
                     "SOPHON_SD_OUTPUTS": f"{STATE}/outputs"}
@@ -95,7 +95,8 @@ class FakeHost:
 
     def make_tpu_host(self) -> None:
         """Two chips, the driver and libsophon, Sophgo's torch_tpu from the pushed wheel."""
-        self.edit_env(ACCELERATE_TORCH_DEVICE="tpu:0", SOPHON_SD_DEVICES="tpu:0,tpu:1", SOPHON_SD_DEVICE_COUNT="2")
+        self.edit_env(SOPHON_SD_RUNTIME="sophgo", ACCELERATE_TORCH_DEVICE="tpu:0", SOPHON_SD_DEVICES="tpu:0,tpu:1",
+                      SOPHON_SD_DEVICE_COUNT="2")
         self.write("proc/bmsophon/driver_version", "0.4.9\n")
         self.write("dev/bm-sophon0", "")
         self.write("dev/bm-sophon1", "")
@@ -135,6 +136,27 @@ def test_cpu_host_healthy(fake_host, capsys):
     assert checks["diffusers"]["detail"] == f"{PINS['diffusers']} (editable {KIT}/src/diffusers)"
     assert checks["patch:accelerate"]["detail"].startswith(f"{ACCELERATE_PATCH} present")
     assert checks["patch:diffusers"]["detail"].startswith("not applicable (sdist)")
+
+
+def test_sophgo_host_on_the_cpu_is_a_failure_not_a_cpu_host(fake_host, capsys):
+    """The env file records what the operator asked for: a Sophgo host whose env file ended up with
+    the CPU (its chips were unusable when it was provisioned) fails, where a guess from the device
+    would have called it a healthy CPU host."""
+    fake_host.edit_env(SOPHON_SD_RUNTIME="sophgo")
+    code, checks = doctor(fake_host, capsys)
+    assert code == 1
+    assert checks["driver"]["status"] == "fail" and checks["chips"]["status"] == "fail"
+    assert checks["device"]["status"] == "fail"
+    assert "ACCELERATE_TORCH_DEVICE=cpu on a host provisioned for its chips" in checks["device"]["detail"]
+
+
+@pytest.mark.parametrize("runtime", [None, "tpu"])
+def test_env_file_without_a_known_runtime_is_one_clear_error(fake_host, capsys, runtime):
+    fake_host.edit_env(SOPHON_SD_RUNTIME=runtime)
+    code = sdkit_doctor.main(["--root", str(fake_host.root)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "SOPHON_SD_RUNTIME" in err and "sophon_host_env" in err
 
 
 def test_plain_output_names_problems_and_fixes(fake_host, capsys, monkeypatch):

@@ -1,8 +1,12 @@
-"""A Hugging Face token reaches the runners without reaching anyone else (issue 9, item 6).
+"""The runners' environment on one throwaway host: secrets and what the host is meant to run on.
 
-It used to be possible only through sophon_host_env_extra_env, which wrote it to the 0644 env file
-and to every login shell. Now sophon_host_env_hub_token goes to a 0640 root:sophon-sd file that the
-env file names, never into the play's output; a token name in extra_env is refused.
+A Hugging Face token used to be possible only through sophon_host_env_extra_env, which wrote it to
+the 0644 env file and to every login shell. Now sophon_host_env_hub_token goes to a 0640
+root:sophon-sd file that the env file names, never into the play's output; a token name in
+extra_env is refused.
+
+A Sophgo host whose chips were unusable used to get ACCELERATE_TORCH_DEVICE=cpu quietly; now the
+env file records the runtime the operator asked for (SOPHON_SD_RUNTIME) and such a host fails.
 """
 
 TOKEN = "hf_sdkitTestToken0123456789"
@@ -39,3 +43,15 @@ def test_a_token_in_extra_env_is_refused(throwaway_host):
     assert result.failed
     assert "sets HF_TOKEN, which would put a token in /etc/sophon-sd/env" in result.output
     assert "set sophon_host_env_hub_token instead" in result.output
+
+
+def test_a_sophgo_host_without_usable_chips_is_not_made_a_cpu_host(throwaway_host):
+    before = throwaway_host.check_output("cat /etc/sophon-sd/env")
+    assert "SOPHON_SD_RUNTIME=none" in before
+
+    result = throwaway_host.play("runtime.yml", {"sophon_host_env_assets_source": "hub"}, tags="host_env")
+
+    assert result.failed
+    assert "is to run on its BM1684X chips (SOPHON_SD_RUNTIME=sophgo) but none is usable" in result.output
+    assert "device nodes: no /dev/bm-sophon*" in result.output and "sophon_sd_sophgo_runtime: false" in result.output
+    assert throwaway_host.check_output("cat /etc/sophon-sd/env") == before

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ help: ## List the targets
 setup: $(VENV)/.installed ## Build the control node's .venv (ansible, molecule, testinfra, linters)
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-compile -r requirements.txt
 	touch $@
 
 wheelhouse: $(BUNDLE)/.wheelhouse-$(PROFILE) ## Download the fleet's wheels and the three source archives into bundle/ (PROFILE=...)
@@ -112,7 +112,7 @@ docs: setup ## Regenerate each role README's variable table from meta/argument_s
 
 $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	python3 -m venv $(ML_VENV)
-	$(ML_VENV)/bin/pip install --quiet --no-index --find-links $(BUNDLE)/wheelhouse \
+	$(ML_VENV)/bin/pip install --quiet --no-compile --no-index --find-links $(BUNDLE)/wheelhouse \
 	  -c $< -r $< $(addprefix $(BUNDLE)/sources/,$(subst ==,-,$(SOURCES:=.tar.gz)))
 	$(ML_VENV)/bin/pip install --quiet pytest==9.2.0
 	touch $@
@@ -137,7 +137,8 @@ $(UPSTREAM_GIT)/libraries.yml: tests/hosts/make-upstream-repos.sh tests/unit/pat
 	tests/hosts/make-upstream-repos.sh $(BUNDLE)/sources $(UPSTREAM_GIT)
 
 # The test profile's bundle: its apt repository feeds the fleet scenario's host with no network.
-test-bundle: setup
+# The wheelhouse is a prerequisite here too, so that a parallel make downloads it once.
+test-bundle: setup $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	$(MAKE) bundle PROFILE=$(TEST_PROFILE)
 
 HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
@@ -148,16 +149,24 @@ molecule: $(addprefix molecule-,$(SCENARIOS)) ## Molecule scenarios (fleet, runt
 molecule-%: $(HOST_TEST_INPUTS)
 	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test -s $*
 
+# One throwaway host per test module, three modules at a time (--dist loadfile keeps a module's
+# tests, and its host, in one worker); the slowest tests are listed at the end.
 roles: $(HOST_TEST_INPUTS) ## Bad-input tests of the roles on throwaway podman hosts
-	pytest -q -p no:cacheprovider tests/roles
+	pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=12 tests/roles
 
-# The host tests wait on podman and Ansible's round trips more than they use the CPU, so the two
-# scenarios and the bad-input tests run side by side; each one's output is printed when it ends.
+# The host tests wait on SSH, podman and apt more than they use the CPU, so everything runs side by
+# side once its inputs are built (those first, three at a time: venvs, wheelhouse, image, upstream
+# repositories); each part prints its output when it ends.
+HOST_TESTS := $(addprefix molecule-,$(SCENARIOS)) roles
 host-tests: $(HOST_TEST_INPUTS)
-	@echo "Running $(addprefix molecule-,$(SCENARIOS)) and roles side by side; each prints its output when it ends."
-	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(addprefix molecule-,$(SCENARIOS)) roles
+	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(HOST_TESTS)
 
-test: lint unit host-tests ## Every test: lint, unit tests, then the Molecule scenarios and bad-input tests side by side
+test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed
+
+test: ## Every test, side by side: lint, unit tests, the Molecule scenarios and the bad-input tests
+	$(MAKE) --no-print-directory -j3 test-inputs
+	@echo "Running lint, unit and $(HOST_TESTS) side by side; each prints its output when it ends."
+	$(MAKE) --no-print-directory -j5 --output-sync=target HOST_TEST_INPUTS= lint unit $(HOST_TESTS)
 
 clean: ## Remove build outputs (keeps bundle/ and the venvs)
 	rm -rf build

@@ -99,13 +99,11 @@ def test_device_fact_reports_chips_with_indexes(host, device_fact, libsophon_ver
     assert device_fact["chip_count"] == len(chips)
     assert [chip["index"] for chip in chips] == list(range(len(chips)))
     assert [chip["device"] for chip in chips] == [f"tpu:{i}" for i in range(len(chips))]
+    # Every host here has a chip: a Sophgo host with none fails to provision (tests/roles).
     if standin_chips is not None:
         assert device_fact["chip_count"] == standin_chips
-        if standin_chips:
-            assert device_fact["source"] == "bm-smi"
-            assert all(chip["status"] == "Active" and chip["bus_id"] for chip in chips)
-        else:
-            assert "no sophon device found" in device_fact["bm_smi"]["error"]
+        assert device_fact["source"] == "bm-smi"
+        assert all(chip["status"] == "Active" and chip["bus_id"] for chip in chips)
     else:
         assert device_fact["chip_count"] > 0, f"no BM1684X chip usable on this host: {device_fact}"
 

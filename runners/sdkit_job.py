@@ -50,6 +50,7 @@ env file names a token file (SOPHON_SD_HUB_TOKEN_FILE), which wins.
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import pwd
@@ -342,7 +343,7 @@ def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, s
                "--property=KillMode=mixed", "--property=KillSignal=SIGTERM",
                f"--property=TimeoutStopSec={stop_timeout}", f"--property=SuccessExitStatus={INTERRUPTED}"]
     if account:
-        command += [f"--uid={account.pw_uid}", f"--gid={account.pw_gid}"]
+        command += [f"--uid={account.pw_name}", f"--gid={grp.getgrgid(account.pw_gid).gr_name}"]
     command += ["--", sys.executable, str(Path(__file__).resolve()), "supervise", "--job-dir", str(job.dir)]
     result = systemd(*command)
     if result.returncode != 0:

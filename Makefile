@@ -98,9 +98,10 @@ known-hosts: setup ## Record INVENTORY's host keys in its folder's known_hosts (
 doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml
 
-# RUN_ID, PRECISION, MODE, TINY and TRAIN_ARGS reach the playbook through the environment (make exports
-# command-line variables): never spliced into this command line, where a quote could add a variable.
-train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
+# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY and TRAIN_ARGS reach the playbook through the environment
+# (make exports command-line variables): never spliced into this command line, where a quote could add
+# a variable. On the hosts they reach the trainer as argv (playbooks/train.yml).
+train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
 
 lint: setup ## ansible-lint (production profile) and yamllint

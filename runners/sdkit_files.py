@@ -154,7 +154,8 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    # O_NOFOLLOW: a link planted under the temporary name is refused rather than written through.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -1,17 +1,30 @@
 #!/usr/bin/env python3
-"""Start, watch and stop LoRA training jobs on this host, detached from whoever started them.
+"""Start, watch and stop LoRA training jobs on this host as systemd services of the runner user.
 
-``playbooks/train.yml`` drives this over SSH: a fine-tune runs for hours, and the SSH
-connection (or the control node) must be free to go away meanwhile. So ``start`` double-forks
-into a new session, and a small supervisor process runs the trainer as the runner user and
-records how it ended. Everything about a run lives on the host, under
+``playbooks/train.yml`` drives this over SSH: a fine-tune runs for hours, and the SSH connection
+(or the control node) must be free to go away meanwhile. So ``start`` hands each job to systemd
+(``systemd-run``): a transient service ``sdkit-train-<run-id>-<job>.service`` that runs as the
+runner user with the kit's env file (EnvironmentFile=), outside any login session, so that
+``systemctl status``, ``systemctl stop`` and ``journalctl -u`` work and the job outlives the
+operator's logout. The service runs this tool's ``supervise`` command, which runs the trainer
+and records how it ended. Everything about a run lives on the host, under
 ``<runs-dir>/<run-id>/<job>/``:
 
-    job.json      the command, its environment overrides and every attempt (pid, start time)
-    pid           the trainer's pid (``kill -INT $(cat pid)`` = Ctrl-C, or -TERM: checkpoint, then exit)
+    job.json      the command, its environment overrides and every attempt (unit, start time)
+    pid           the trainer's pid (the unit's main process is the supervisor)
     train.log     the trainer's output, every attempt appended
     exit_status   the trainer's exit code, written when it ends (negative: killed by that signal)
     output/       the trainer's --output_dir (run.json, metrics.jsonl, checkpoint-N, LoRA weights)
+
+``stop`` is ``systemctl stop``: systemd sends SIGTERM to the supervisor only (KillMode=mixed),
+which passes it on to the trainer once; the trainer saves a checkpoint at the next step and exits
+130 (a shutdown does the same). systemd waits --stop-timeout seconds (TimeoutStopSec) for that
+before it kills the job.
+
+The runner user loads untrusted model files, so root never works on its files: everything this
+tool reads or writes under the runs folder is done by a process that has become the runner user
+first (setgroups, setgid, setuid). Root only reads the env file and asks systemd to start, stop or
+describe units.
 
 A run has one job per chip (``per_chip``: tpu0, tpu1, ...) or one ``accelerate launch`` job over
 all chips (``data_parallel``); the chips are SOPHON_SD_DEVICES from /etc/sophon-sd/env, and a
@@ -19,20 +32,25 @@ host without chips gets one job on the CPU. The runs live under SOPHON_SD_STATE_
 same file) unless --runs-dir says otherwise. Both commands are idempotent: ``start`` leaves a
 running or finished job alone and restarts a dead or stopped one with
 ``--resume_from_checkpoint latest``, so rerunning the playbook resumes rather than starts over.
+A job is running while systemd says its unit is active; after it, exit_status tells how it ended.
 
 This tool is standard-library only and does not import sdkit_env: that module loads torch,
 which would add seconds to every status poll of every host. It shares sdkit_files (env file,
 JSON state) with the doctor.
 
-Values reach the trainer as argv, never through a shell. A ``--hub_token`` among the trainer's
-flags is taken out of its command line (which every local user can read in the process list)
-and out of everything this tool writes or prints; the trainer gets it as HF_TOKEN in its
-environment, unless the env file names a token file (SOPHON_SD_HUB_TOKEN_FILE), which wins.
+Values reach the trainer as argv, never through a shell: the trainer's command is stored in
+job.json and read back by the supervisor (not put into the unit's ExecStart, where systemd would
+expand $VARIABLES). --model and --dataset must be a hub id or an absolute path. A ``--hub_token``
+among the trainer's flags is taken out of its command line (which every local user can read in the
+process list) and out of everything this tool writes or prints; the supervisor reads it from a
+0600 file in the job's folder, deletes that file and gives it to the trainer as HF_TOKEN, unless the
+env file names a token file (SOPHON_SD_HUB_TOKEN_FILE), which wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import pwd
@@ -44,7 +62,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, read_json,
                          write_json_atomic, write_text_atomic)
@@ -55,11 +73,25 @@ RESUME_ARGS = ["--resume_from_checkpoint", "latest"]
 # A resumed attempt continues the job's own output: starting over again would throw away its steps.
 FIRST_ATTEMPT_ONLY = ("--overwrite_output_dir",)
 MODES = ("per_chip", "data_parallel")
-INTERRUPTED = 130  # the trainer's exit code after Ctrl-C: it saved a checkpoint first
+INTERRUPTED = 130  # the trainer's exit code after Ctrl-C or SIGTERM: it saved a checkpoint first
 # Run ids and job names become folder names and reach playbooks and logs: no '/', no '..', no
 # spaces, quotes or newlines, and short. Matched with fullmatch (a '$' would let "id\n" through).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Job names also end a unit name, sdkit-train-<run-id>-<job>: without '-' in them, no two
+# (run id, job) pairs give the same unit.
+JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,63}")
+UNIT_PREFIX = "sdkit-train"
+# systemd's ActiveState values while the job's process may still run.
+ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
+# Time for the step in progress and a checkpoint after SIGTERM, before systemd kills the job.
+STOP_TIMEOUT_S = 900
+# --model and --dataset: a hub id (owner/name, or a download-share folder name) or an absolute path.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+SOURCE_FLAGS = {"model": "--pretrained_model_name_or_path", "dataset": "--dataset_name"}
+# The --hub_token given on start's command line, for the supervisor only (never in job.json).
+HUB_TOKEN_HANDOVER = ".hub-token"
 # argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
 HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
 HUB_TOKEN_TEXT = re.compile(r"(--hub_t(?:o(?:k(?:en?)?)?)?(?:=|\s+))('[^']*'|\"[^\"]*\"|\S+)")
@@ -91,11 +123,20 @@ class Job:
     def output_dir(self) -> Path:
         return self.dir / "output"
 
+    @property
+    def unit(self) -> str:
+        return unit_name(self.dir)
+
+
+def unit_name(job_dir: Path) -> str:
+    """The systemd service of the job in ``<runs-dir>/<run-id>/<job>``: sdkit-train-<run-id>-<job>.service."""
+    return f"{UNIT_PREFIX}-{job_dir.parent.name}-{job_dir.name}.service"
+
 
 def job_name(device: str) -> str:
     """'tpu:1' -> 'tpu1': a folder name that says which chip the job had."""
     name = device.replace(":", "")
-    if not NAME_PATTERN.fullmatch(name):
+    if not JOB_NAME_PATTERN.fullmatch(name):
         raise JobError(f"device '{device}' (SOPHON_SD_DEVICES or --devices) does not give a usable job name: use "
                        "devices such as tpu:0,tpu:1 or cpu")
     return name
@@ -104,6 +145,40 @@ def job_name(device: str) -> str:
 def check_run_id(run_id: str) -> None:
     if not NAME_PATTERN.fullmatch(run_id):
         raise JobError(f"run id {run_id!r} is not usable as a folder name: use {NAME_RULE}")
+
+
+def check_source(what: str, value: str) -> None:
+    """A model or dataset must name a hub id or an absolute path on the host, nothing else."""
+    if CONTROL_CHARACTERS.search(value) or not (HUB_ID.fullmatch(value) or value.startswith("/")):
+        raise JobError(f"--{what} {value!r} (make train {what.upper()}=...) is not usable: give a hub id such as "
+                       f"owner/name, a download-share name, or an absolute path on the host, without control "
+                       f"characters")
+
+
+def with_sources(train_args: List[str], sources: Dict[str, Optional[str]]) -> List[str]:
+    """The trainer's flags with --pretrained_model_name_or_path / --dataset_name set to the given model
+    and dataset (replacing the tutorial's), checked first."""
+    for what, value in sources.items():
+        if value is None:
+            continue
+        check_source(what, value)
+        flag = SOURCE_FLAGS[what]
+        kept: List[str] = []
+        args = iter(train_args)
+        for arg in args:
+            if arg == flag:
+                next(args, None)
+            elif not arg.startswith(flag + "="):
+                kept.append(arg)
+        train_args = kept + [f"{flag}={value}"]
+    return train_args
+
+
+def check_train_args(train_args: List[str]) -> None:
+    for arg in train_args:
+        if CONTROL_CHARACTERS.search(arg):
+            raise JobError(f"trainer flag {redact(arg)!r} (TRAIN_ARGS) contains a control character: "
+                           "give each flag on one line, without tabs or escapes")
 
 
 def split_hub_token(train_args: List[str]) -> Tuple[List[str], Optional[str]]:
@@ -166,15 +241,121 @@ def plan_jobs(run_dir: Path, mode: str, devices: List[str], python: str, trainer
     return jobs
 
 
+# --------------------------------------------------------------------------- the runner user
+
+
+def runner_account(user: Optional[str]) -> Optional[pwd.struct_passwd]:
+    """The account to work as: None means "as I am" (already that user, or no user asked for)."""
+    if not user:
+        return None
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise JobError(f"user '{user}' does not exist: provision this host with playbooks/site.yml "
+                       "(role sophon_host_env creates it), or pass --user") from None
+    if os.geteuid() == account.pw_uid:
+        return None
+    if os.geteuid() != 0:
+        raise JobError(f"only root or '{user}' itself can manage jobs as '{user}'; run with sudo or pass --user")
+    return account
+
+
+def become(account: pwd.struct_passwd) -> None:
+    """Drop root for good: the runner's groups, group and user (in that order: setuid comes last)."""
+    os.initgroups(account.pw_name, account.pw_gid)
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    os.umask(0o022)
+
+
+def as_user(account: Optional[pwd.struct_passwd], work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)`` run by a child that has become ``account`` (in this process when None).
+
+    Root keeps its privileges for systemd and hands every file of the runs folder to the child, so a
+    link planted there is only ever followed with the runner user's rights. The result (JSON) and a
+    JobError's message come back through a pipe.
+    """
+    if account is None:
+        return work(*args)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            try:
+                become(account)
+                answer = {"result": work(*args)}
+            except JobError as exc:
+                answer = {"error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            os.write(write_end, json.dumps(answer).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    os.waitpid(child, 0)
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise JobError(f"the child working as '{account.pw_name}' died without an answer") from None
+    if "error" in answer:
+        raise JobError(answer["error"])
+    return answer["result"]
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def systemd(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise JobError(f"{args[0]} not found: jobs run as systemd services, so this host needs systemd "
+                       "running as its init") from None
+
+
+def unit_states(units: List[str]) -> Dict[str, Dict[str, str]]:
+    """ActiveState, Result, ExecMainCode and ExecMainStatus of each unit (unknown units are inactive)."""
+    if not units:
+        return {}
+    result = systemd("systemctl", "show", "--property=Id,ActiveState,Result,ExecMainCode,ExecMainStatus",
+                     "--", *units)
+    if result.returncode != 0:
+        raise JobError(f"systemctl show failed: {' '.join(result.stderr.split())}")
+    states = {}
+    for block in result.stdout.strip().split("\n\n"):
+        values = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+        states[values.get("Id", "")] = values
+    return {unit: states.get(unit, {"ActiveState": "inactive"}) for unit in units}
+
+
+def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int) -> None:
+    """Start the job's transient service: ``supervise`` of its folder, as the runner user."""
+    systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
+    command = ["systemd-run", "--quiet", f"--unit={job.unit}", f"--description=sophon-sd-kit training job {job.dir}",
+               "--property=Type=exec", f"--property=EnvironmentFile={env_file}",
+               # SIGTERM to the supervisor only, which passes it to the trainer once (a second one aborts).
+               "--property=KillMode=mixed", "--property=KillSignal=SIGTERM",
+               f"--property=TimeoutStopSec={stop_timeout}", f"--property=SuccessExitStatus={INTERRUPTED}"]
+    if account:
+        command += [f"--uid={account.pw_name}", f"--gid={grp.getgrgid(account.pw_gid).gr_name}"]
+    command += ["--", sys.executable, str(Path(__file__).resolve()), "supervise", "--job-dir", str(job.dir)]
+    result = systemd(*command)
+    if result.returncode != 0:
+        raise JobError(f"job {job.name} did not start: systemd-run: {' '.join(result.stderr.split())}; "
+                       f"see journalctl -u {job.unit}")
+
+
 # --------------------------------------------------------------------------- state on disk
 
 
 def process_start_ticks(pid: int) -> Optional[int]:
-    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone.
-
-    Stored with each pid so that a pid reused by another process after a reboot or a long
-    time is not mistaken for our trainer.
-    """
+    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -220,33 +401,46 @@ def latest_checkpoint(output_dir: Path) -> Optional[str]:
     return f"checkpoint-{max(steps)}" if steps else None
 
 
-def job_status(job_dir: Path) -> dict:
+def read_pid(job_dir: Path) -> Optional[int]:
+    try:
+        return int((job_dir / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def job_status(job_dir: Path, unit: Optional[Dict[str, str]] = None) -> dict:
     """What one job is doing: state, step, total steps, last loss, elapsed seconds of this attempt.
 
-    States: absent (never started), running, finished (exit 0), stopped (interrupted, a
-    checkpoint was saved), failed (any other exit, or the process vanished without one, as
-    after a reboot or a kill -9 of the whole session).
+    States: absent (never started), running (its unit is active), finished (exit 0), stopped
+    (interrupted, a checkpoint was saved), failed (any other exit, or the unit ended without the
+    supervisor recording one, as after a reboot or a kill of the whole unit). ``unit`` is the
+    unit's state from unit_states (asked for here when not given).
     """
     job = read_json(job_dir / "job.json")
     status = {"job": job_dir.name, "dir": str(job_dir), "output_dir": str(job_dir / "output"),
-              "log": str(job_dir / "train.log"), "state": "absent", "step": None, "total_steps": None,
-              "loss": None, "elapsed_s": None, "exit_status": None, "attempts": 0, "checkpoint": None}
+              "log": str(job_dir / "train.log"), "unit": unit_name(job_dir), "state": "absent", "step": None,
+              "total_steps": None, "loss": None, "elapsed_s": None, "exit_status": None, "attempts": 0,
+              "checkpoint": None}
     if not job or not job.get("attempts"):
         return status
     attempt = job["attempts"][-1]
-    status.update(device=job.get("device"), attempts=len(job["attempts"]), pid=attempt.get("pid"))
+    unit = unit or unit_states([status["unit"]])[status["unit"]]
+    status.update(device=job.get("device"), attempts=len(job["attempts"]), pid=read_pid(job_dir))
     exit_file = job_dir / "exit_status"
     ended_at = None
-    if exit_file.is_file():
+    # A job started by the kit before its jobs were systemd units: its supervisor's pid.
+    legacy_running = alive(attempt.get("supervisor_pid"), attempt.get("supervisor_ticks"))
+    if unit.get("ActiveState") in ACTIVE_STATES or legacy_running:
+        status["state"] = "running"
+    elif exit_file.is_file():
         code = int(exit_file.read_text().strip() or 1)
         ended_at = exit_file.stat().st_mtime
         status["exit_status"] = code
         status["state"] = "finished" if code == 0 else "stopped" if code == INTERRUPTED else "failed"
-    elif alive(attempt.get("pid"), attempt.get("pid_ticks")) or alive(attempt.get("supervisor_pid"),
-                                                                        attempt.get("supervisor_ticks")):
-        status["state"] = "running"
     else:
-        status["state"] = "failed"  # gone without a word: killed together with its supervisor, or a reboot
+        status["state"] = "failed"  # gone without a word: the whole unit killed, or a reboot
+        if unit.get("ActiveState") == "failed" and unit.get("ExecMainCode") in ("2", "3"):  # CLD_KILLED, CLD_DUMPED
+            status["exit_status"] = -int(unit.get("ExecMainStatus") or 0)
     metrics = last_metrics(job_dir / "output" / "metrics.jsonl")
     if metrics:
         status.update(step=metrics.get("step"), loss=metrics.get("loss"))
@@ -275,133 +469,130 @@ def describe(status: dict) -> str:
 
 def run_status(run_dir: Path) -> dict:
     """All jobs of a run, and the run's state: running while any job runs, else the worst outcome."""
-    jobs = [job_status(d) for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] \
-        if run_dir.is_dir() else []
+    job_dirs = [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
+    units = unit_states([unit_name(d) for d in job_dirs])
+    jobs = [job_status(d, units[unit_name(d)]) for d in job_dirs]
     states = {j["state"] for j in jobs}
     state = next((s for s in ("running", "failed", "stopped", "finished") if s in states), "absent")
     return {"run_id": run_dir.name, "run_dir": str(run_dir), "state": state, "jobs": jobs,
             "lines": [describe(j) for j in jobs] or [f"{run_dir.name}: no jobs on this host"]}
 
 
-# --------------------------------------------------------------------------- detached start
+# --------------------------------------------------------------------------- start, as the runner user
 
 
-def runner_account(user: Optional[str]) -> Optional[pwd.struct_passwd]:
-    """The account to run as: None means "as I am" (not root, or no user asked for)."""
-    if not user:
-        return None
+def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str]) -> List[dict]:
+    """Record a new attempt of each job that must (re)start; say what happens to each (runner user)."""
     try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        raise JobError(f"user '{user}' does not exist: provision this host with playbooks/site.yml "
-                       "(role sophon_host_env creates it), or pass --user") from None
-    if os.geteuid() == account.pw_uid:
-        return None
-    if os.geteuid() != 0:
-        raise JobError(f"only root or '{user}' itself can start jobs as '{user}'; run with sudo or pass --user")
-    return account
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create {run_dir} as {pwd.getpwuid(os.geteuid()).pw_name} ({exc.strerror}): its runs "
+                       "folder must exist and belong to that user; rerun the kit's site.yml "
+                       "(role sophon_host_env)") from None
+    planned = {j.name for j in jobs}
+    existing = {d.name for d in run_dir.iterdir() if (d / "job.json").is_file()}
+    if existing and existing != planned:
+        raise JobError(f"run '{run_dir.name}' has jobs {', '.join(sorted(existing))}, but these settings make "
+                       f"{', '.join(sorted(planned))} (another mode or other chips); choose a new run id")
+    records = {}
+    for job in jobs:
+        record = read_json(job.dir / "job.json") or {"job": job.name, "device": job.device, "argv": job.argv,
+                                                    "env": job.env, "attempts": []}
+        if record["argv"] != job.argv:
+            raise JobError(f"job {job.name} of this run was started with another command:\n  "
+                           f"{shlex.join(record['argv'])}\nnot\n  {shlex.join(job.argv)}\nchoose a new run id, "
+                           "or rerun with the same settings to resume")
+        records[job.name] = record
+    plans = []
+    for job in jobs:
+        record = records[job.name]
+        current = job_status(job.dir)
+        if current["state"] in ("running", "finished"):
+            plans.append({"job": job.name, "launch": False, "action": f"already {current['state']}"})
+            continue
+        resuming = bool(record["attempts"])
+        job.dir.mkdir(exist_ok=True)
+        (job.dir / "exit_status").unlink(missing_ok=True)  # the previous attempt's
+        handover = job.dir / HUB_TOKEN_HANDOVER
+        handover.unlink(missing_ok=True)
+        if hub_token:
+            fd = os.open(handover, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(hub_token)
+        record["attempts"].append({"started": time.time(), "argv": attempt_argv(job.argv, resuming),
+                                   "unit": job.unit})
+        # Atomic: a status poll must never read half a file.
+        write_json_atomic(job.dir / "job.json", record)
+        action = (f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if resuming
+                  else "started")
+        plans.append({"job": job.name, "launch": True, "action": action})
+    return plans
 
 
-def own(path: Path, account: Optional[pwd.struct_passwd]) -> None:
-    if account:
-        os.chown(path, account.pw_uid, account.pw_gid)
+def jobs_status(jobs: List[Job]) -> List[dict]:
+    units = unit_states([job.unit for job in jobs])
+    return [job_status(job.dir, units[job.unit]) for job in jobs]
 
 
-def spawn_detached(job: Job, argv: List[str], env: Dict[str, str], account: Optional[pwd.struct_passwd]) -> dict:
-    """Run ``argv`` under a supervisor in its own session; return the pids once it runs.
+# --------------------------------------------------------------------------- the unit's process
 
-    Double fork + setsid: the supervisor is re-parented to init and has no controlling
-    terminal, so the end of the SSH session (SIGHUP, closed pipes) does not reach it. Its
-    standard streams are the log, not the caller's pipes, or Ansible would wait for it.
+
+def supervise(job_dir: Path) -> int:
+    """What the unit runs, as the runner user: the trainer with the log as its output, then its exit status.
+
+    systemd sends SIGTERM here only (KillMode=mixed); it goes on to the trainer once, which saves a
+    checkpoint and exits 130, and this process lives to record that, not die first and leave a
+    "failed" job. The trainer's exit code becomes the unit's (a signal N as 128+N), so that
+    ``systemctl status`` shows a failure too; 130 counts as success (SuccessExitStatus).
     """
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    first = os.fork()
-    if first == 0:
-        try:
-            os.close(read_end)
-            os.setsid()
-            if os.fork() == 0:
-                supervise(job, argv, env, account, write_end)  # does not return
-            os._exit(0)
-        finally:
-            os._exit(1)
-    os.close(write_end)
-    os.waitpid(first, 0)
-    with os.fdopen(read_end) as pipe:
-        answer = pipe.read()
+    os.umask(0o022)
+    os.chdir(job_dir)
+    record = read_json(job_dir / "job.json")
+    if not record or not record.get("attempts"):
+        print(f"error: {job_dir / 'job.json'} has no attempt to run", file=sys.stderr)
+        return 2
+    argv = record["attempts"][-1]["argv"]
+    env = {**os.environ, **record.get("env", {}), "PYTHONUNBUFFERED": "1"}
+    handover = job_dir / HUB_TOKEN_HANDOVER
     try:
-        return json.loads(answer)
-    except ValueError:
-        raise JobError(f"job {job.name} did not start: {answer.strip() or 'the supervisor died'}; "
-                       f"see {job.dir / 'train.log'}") from None
+        fd = os.open(handover, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as handle:
+            token = handle.read().strip()
+        handover.unlink()
+        if token and not env.get(HUB_TOKEN_FILE_KEY):
+            env["HF_TOKEN"] = token  # the environment is readable by the runner account and root only
+    except FileNotFoundError:
+        pass
+    log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd, target in ((null, 0), (log, 1), (log, 2)):
+        os.dup2(fd, target)
+    trainer: List[subprocess.Popen] = []
+    asked_to_stop: List[int] = []
 
+    def pass_on(signum: int, _frame: Any) -> None:
+        if not asked_to_stop:
+            asked_to_stop.append(signum)
+            if trainer:
+                trainer[0].send_signal(signal.SIGTERM)
 
-def supervise(job: Job, argv: List[str], env: Dict[str, str], account: Optional[pwd.struct_passwd],
-              report_fd: int) -> None:
-    """The detached process: become the runner user, run the trainer, record its exit status."""
+    signal.signal(signal.SIGTERM, pass_on)
     code = 1
     try:
-        if account:
-            os.setgid(account.pw_gid)
-            os.initgroups(account.pw_name, account.pw_gid)
-            os.setuid(account.pw_uid)
-            env = dict(env, HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-        os.umask(0o022)
-        os.chdir(job.dir)
-        log = os.open(job.dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        for fd, target in ((null, 0), (log, 1), (log, 2)):
-            os.dup2(fd, target)
-        os.closerange(3, report_fd)
-        os.closerange(report_fd + 1, 1024)
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: {redact(shlex.join(argv))}", flush=True)
+        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {redact(shlex.join(argv))}", flush=True)
         try:
-            trainer = subprocess.Popen(argv, env=env)
+            trainer.append(subprocess.Popen(argv, env=env))
         except OSError as exc:
-            os.write(report_fd, f"cannot run {argv[0]}: {exc}".encode())
-            raise
-        # A shutdown sends SIGTERM to every process at once: the trainer checkpoints and exits 130,
-        # and this process must live to record that, not die first and leave a "failed" job.
-        # Not passed on: the trainer has its own, and a second SIGTERM would make it abort.
-        signal.signal(signal.SIGTERM, lambda *_: None)
-        ticks = process_start_ticks(trainer.pid)
-        (job.dir / "pid").write_text(f"{trainer.pid}\n")
-        os.write(report_fd, json.dumps({"pid": trainer.pid, "pid_ticks": ticks, "supervisor_pid": os.getpid(),
-                                        "supervisor_ticks": process_start_ticks(os.getpid())}).encode())
-        os.close(report_fd)
-        code = trainer.wait()
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: exit status {code}", flush=True)
+            print(f"=== cannot run {argv[0]}: {exc}", flush=True)
+            return 1
+        if asked_to_stop:  # SIGTERM came while the trainer was starting
+            trainer[0].send_signal(signal.SIGTERM)
+        write_text_atomic(job_dir / "pid", f"{trainer[0].pid}\n")
+        code = trainer[0].wait()
+        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: exit status {code}", flush=True)
     finally:
-        try:
-            write_text_atomic(job.dir / "exit_status", f"{code}\n")
-        finally:
-            os._exit(0)
-
-
-def start_job(job: Job, account: Optional[pwd.struct_passwd], base_env: Dict[str, str]) -> dict:
-    """Start, resume or leave alone one job; returns what was done (action) and its status."""
-    record = read_json(job.dir / "job.json") or {"job": job.name, "device": job.device, "argv": job.argv,
-                                                "env": job.env, "attempts": []}
-    if record["argv"] != job.argv:
-        raise JobError(f"job {job.name} of this run was started with another command:\n  {shlex.join(record['argv'])}\n"
-                       f"not\n  {shlex.join(job.argv)}\nchoose a new run id, or rerun with the same settings to resume")
-    current = job_status(job.dir)
-    if current["state"] in ("running", "finished"):
-        return {"job": job.name, "action": f"already {current['state']}", "status": current}
-    resuming = bool(record["attempts"])
-    argv = attempt_argv(job.argv, resuming)
-    job.dir.mkdir(parents=True, exist_ok=True)
-    own(job.dir, account)
-    (job.dir / "exit_status").unlink(missing_ok=True)  # the previous attempt's
-    started = time.time()
-    pids = spawn_detached(job, argv, {**base_env, **job.env, "PYTHONUNBUFFERED": "1"}, account)
-    record["attempts"].append({"started": started, "argv": argv, **pids})
-    # Atomic: a status poll must never read half a file.
-    write_json_atomic(job.dir / "job.json", record)
-    action = f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if resuming else "started"
-    return {"job": job.name, "action": action, "status": job_status(job.dir)}
+        write_text_atomic(job_dir / "exit_status", f"{code}\n")
+    return code if code >= 0 else 128 - code
 
 
 # --------------------------------------------------------------------------- commands
@@ -426,67 +617,87 @@ def cmd_start(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise JobError(f"--extra-args is not valid shell quoting ({exc})") from None
     train_args, cli_token = split_hub_token(train_args)
+    check_train_args(train_args)
+    train_args = with_sources(train_args, {"model": args.model, "dataset": args.dataset})
     if "--output_dir" in train_args or any(a.startswith("--output_dir=") for a in train_args):
         raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
     run_dir = run_dir_of(args)
     account = runner_account(args.user)
-    if not run_dir.is_dir():
-        run_dir.mkdir(parents=True)
-        own(run_dir, account)
     jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
-    planned = {j.name for j in jobs}
-    existing = {d.name for d in run_dir.iterdir() if (d / "job.json").is_file()}
-    if existing and existing != planned:
-        raise JobError(f"run '{args.run_id}' has jobs {', '.join(sorted(existing))}, but these settings make "
-                       f"{', '.join(sorted(planned))} (another mode or other chips); choose a new run id")
-    base_env = {**os.environ, **env_file.values}
     notes = []
     if cli_token and env_file.get(HUB_TOKEN_FILE_KEY):
         notes.append(f"--hub_token ignored: the token file named by {HUB_TOKEN_FILE_KEY} is used")
-    elif cli_token:
-        base_env["HF_TOKEN"] = cli_token  # the environment is readable by the runner account and root only
-    results = [start_job(job, account, base_env) for job in jobs]
+        cli_token = None
+    plans = as_user(account, prepare_run, run_dir, jobs, cli_token)
+    for job, plan in zip(jobs, plans):
+        if plan["launch"]:
+            launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout)
+    statuses = as_user(account, jobs_status, jobs)
+    results = [{"job": plan["job"], "action": plan["action"], "status": status}
+               for plan, status in zip(plans, statuses)]
     lines = notes + [f"{result['job']}: {result['action']}" for result in results]
     print(json.dumps({"run_id": args.run_id, "jobs": results, "lines": lines}, sort_keys=True) if args.json
           else "\n".join(lines))
     return 0
 
 
+def wait_while_running(run_dir: Path, seconds: float, pause: float) -> dict:
+    deadline = time.monotonic() + seconds
+    status = run_status(run_dir)
+    while status["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        status = run_status(run_dir)
+    return status
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
-    deadline = time.monotonic() + args.wait
-    status = run_status(run_dir)
+    account = runner_account(args.user)
+    if account:
+        become(account)  # status needs no root at all: systemctl show works for anyone
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
     # prints a line every --wait seconds rather than every second.
-    while status["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        status = run_status(run_dir)
+    status = wait_while_running(run_dir, args.wait, 1.0)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    """Ctrl-C for a detached job: the trainer saves a checkpoint at the next step and exits 130.
+def run_units(run_id: str) -> List[str]:
+    """The loaded units of a run's jobs (sdkit-train-<run-id>-<job>.service, job without '-')."""
+    result = systemd("systemctl", "list-units", "--all", "--plain", "--no-legend", "--type=service",
+                     f"{UNIT_PREFIX}-{run_id}-*")
+    prefix = f"{UNIT_PREFIX}-{run_id}-"
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.split()]
+    return [n for n in names if n.startswith(prefix) and JOB_NAME_PATTERN.fullmatch(n[len(prefix):-len(".service")])]
 
-    Only the trainer (or the ``accelerate launch`` parent) gets SIGINT: the launcher passes it
-    on to its workers once; signalling them too would count as the second, abort-now Ctrl-C.
-    """
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """``systemctl stop`` of the run's units: the trainer saves a checkpoint at the next step and exits 130."""
     run_dir = run_dir_of(args)
-    for job in run_status(run_dir)["jobs"]:
-        if job["state"] == "running":
-            os.kill(job["pid"], signal.SIGINT)
-            print(f"{job['job']}: asked to stop (SIGINT to pid {job['pid']})")
-    deadline = time.monotonic() + args.wait
-    while run_status(run_dir)["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    print("\n".join(run_status(run_dir)["lines"]))
+    account = runner_account(args.user)
+    units = run_units(args.run_id)
+    if units:
+        result = systemd("systemctl", "stop", "--no-block", "--", *units)
+        if result.returncode != 0:
+            raise JobError(f"systemctl stop failed: {' '.join(result.stderr.split())}")
+        for unit in units:
+            print(f"{unit}: asked to stop (systemctl stop: SIGTERM, then a checkpoint)")
+    if account:
+        become(account)
+    status = wait_while_running(run_dir, args.wait, 0.5)
+    print("\n".join(status["lines"]))
     return 0
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    return supervise(Path(args.job_dir))
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Start, watch and stop detached LoRA training jobs on this host (used by playbooks/train.yml). "
-                    "State lives in <runs-dir>/<run-id>/<job>/: job.json, pid, train.log, exit_status, output/.")
+        description="Start, watch and stop LoRA training jobs on this host as systemd services of the runner user "
+                    "(used by playbooks/train.yml). State lives in <runs-dir>/<run-id>/<job>/: job.json, pid, "
+                    "train.log, exit_status, output/; the unit is sdkit-train-<run-id>-<job>.service.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--run-id", required=True,
                         help=f"Name of the run ({NAME_RULE}); the same id resumes or watches that run.")
@@ -494,8 +705,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help=f"Where runs keep their state (default: {STATE_DIR_KEY}/{RUNS_SUBDIR} from the env file).")
     common.add_argument("--env-file", default=DEFAULT_ENV_FILE,
                         help=f"The kit's environment file (role sophon_host_env), for {STATE_DIR_KEY} and, when "
-                             f"starting, SOPHON_SD_DEVICES, SOPHON_SD_VENV and the trainer's environment "
+                             f"starting, SOPHON_SD_DEVICES, SOPHON_SD_VENV and the jobs' EnvironmentFile= "
                              f"(default {DEFAULT_ENV_FILE}).")
+    common.add_argument("--user", default=RUNNER_USER,
+                        help=f"The runner user: the jobs run as it, and when run by root this tool works on the "
+                             f"runs folder only as it (default {RUNNER_USER}; empty: as I am).")
     common.add_argument("--json", action="store_true", help="Print JSON (for Ansible) instead of one line per job.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -505,18 +719,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
              "with --resume_from_checkpoint latest.",
         description="Everything after -- goes to the trainer (train_lora.py flags), except --output_dir, "
                     "which is <runs-dir>/<run-id>/<job>/output, and --hub_token, which reaches the trainer as "
-                    f"HF_TOKEN in its environment and is written nowhere (a token file named by {HUB_TOKEN_FILE_KEY} "
-                    "in the env file wins over it).")
+                    f"HF_TOKEN in its environment and is written nowhere else (a token file named by "
+                    f"{HUB_TOKEN_FILE_KEY} in the env file wins over it).")
     start.add_argument("--mode", default="per_chip", choices=MODES,
                        help="per_chip: one independent training per chip; data_parallel: one accelerate launch "
                             "over all chips. A host without chips has one CPU job either way.")
     start.add_argument("--devices", default=None,
                        help="Comma-separated devices instead of SOPHON_SD_DEVICES (empty: the CPU).")
-    start.add_argument("--user", default=RUNNER_USER,
-                       help=f"Run the trainer as this user when started by root (default {RUNNER_USER}).")
+    start.add_argument("--model", default=None,
+                       help="The base model (hub id, download-share name or absolute path): replaces the "
+                            f"trainer's {SOURCE_FLAGS['model']}.")
+    start.add_argument("--dataset", default=None,
+                       help="The dataset (hub id, download-share name or absolute path): replaces the "
+                            f"trainer's {SOURCE_FLAGS['dataset']}.")
     start.add_argument("--python", default=None, help="Python for the trainer (default: SOPHON_SD_VENV's).")
     start.add_argument("--trainer", default=str(Path(__file__).resolve().with_name("train_lora.py")),
                        help="The training script (default: train_lora.py next to this file).")
+    start.add_argument("--stop-timeout", type=int, default=STOP_TIMEOUT_S,
+                       help="Seconds systemd gives a stopped job to save its checkpoint before killing it "
+                            f"(TimeoutStopSec, default {STOP_TIMEOUT_S}).")
     start.add_argument("--extra-args", default="",
                        help="More trainer flags as one shell-quoted string, after those following --; "
                             "a flag given twice takes the last value.")
@@ -530,9 +751,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     status.set_defaults(func=cmd_status)
 
     stop = commands.add_parser("stop", parents=[common],
-                               help="Interrupt running jobs as Ctrl-C does: checkpoint, then exit; start resumes.")
+                               help="systemctl stop the run's jobs: each saves a checkpoint, then exits; start resumes.")
     stop.add_argument("--wait", type=float, default=60, help="Seconds to wait for the jobs to end (default 60).")
     stop.set_defaults(func=cmd_stop)
+
+    supervise_ = commands.add_parser("supervise", help="What a job's unit runs (as the runner user): the trainer of "
+                                                       "the job's last attempt, its log and exit status.")
+    supervise_.add_argument("--job-dir", required=True, help="<runs-dir>/<run-id>/<job>")
+    supervise_.set_defaults(func=cmd_supervise)
     return parser.parse_args(argv)
 
 

@@ -135,9 +135,12 @@ def test_torch_tpu_sees_the_chips_on_real_hosts(host, device_fact, standin_chips
 def test_runner_user_owns_outputs_but_not_the_venv(host):
     user = host.user(USER)
     assert user.exists and 0 < user.uid < 1000 and user.group == USER
-    for path in (user.home, f"{user.home}/outputs", f"{user.home}/huggingface"):
+    # Its home, the state dir, is root's: the user cannot swap the folders below it for links (issue 9).
+    home = host.file(user.home)
+    assert home.is_directory and home.user == "root" and home.mode == 0o755
+    for path, mode in ((f"{user.home}/outputs", 0o750), (f"{user.home}/huggingface", 0o750), (f"{user.home}/runs", 0o755)):
         folder = host.file(path)
-        assert folder.is_directory and folder.user == USER and folder.mode == 0o750
+        assert folder.is_directory and folder.user == USER and folder.mode == mode, path
     venv = host.file(VENV)
     assert venv.user == "root" and not venv.mode & 0o022
     as_user = f"setpriv --reuid={USER} --regid={USER} --clear-groups"

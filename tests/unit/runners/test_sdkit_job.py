@@ -1,4 +1,9 @@
-"""sdkit_job.py: the commands it plans, and start/status/stop on a fake trainer run as a detached process."""
+"""sdkit_job.py: the commands it plans, and start/status/stop on a fake trainer.
+
+systemd-run and systemctl are the stand-ins in fake_systemd/ (a unit is a detached process whose pid
+they record); the real ones, the runner user and the link attacks are tested on systemd test hosts
+(tests/roles/test_train_privileges.py).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import sdkit_job
 from sdkit_job import JobError
 
 JOB_TOOL = Path(sdkit_job.__file__)
+FAKE_SYSTEMD = Path(__file__).with_name("fake_systemd")
+UNIT = "sdkit-train-r1-cpu.service"
 
 # Behaves like train_lora.py where the job tool can see it: logs the step count, appends to
 # metrics.jsonl, checkpoints every 2 steps, resumes from the latest checkpoint, and on Ctrl-C
@@ -70,14 +77,20 @@ def job_tool(tmp_path):
     env_file.write_text(f"ACCELERATE_TORCH_DEVICE=cpu\nSOPHON_SD_DEVICES=\nSOPHON_SD_ROOT={tmp_path / 'kit'}\n"
                         f"SOPHON_SD_STATE_DIR={state}\n")
     runs = state / "runs"
+    units = tmp_path / "units"
+    units.mkdir()
+    env = dict(os.environ, PATH=f"{FAKE_SYSTEMD}{os.pathsep}{os.environ['PATH']}", FAKE_SYSTEMD_DIR=str(units))
 
     def run(command, *args, step_s="0.05", check=True):
-        common = ["--run-id", "r1", "--runs-dir", str(runs), "--json"]
+        common = ["--run-id", "r1", "--runs-dir", str(runs), "--json", "--user", ""]
         if command == "start":
-            common += ["--env-file", str(env_file), "--user", "", "--python", sys.executable,
-                       "--trainer", str(trainer)]
+            common += ["--env-file", str(env_file), "--python", sys.executable, "--trainer", str(trainer)]
+        if command == "stop":
+            common.remove("--json")
         result = subprocess.run([sys.executable, str(JOB_TOOL), command, *common, *args], capture_output=True,
-                                text=True, timeout=60, env=dict(os.environ, FAKE_STEP_S=step_s))
+                                text=True, timeout=60, env=dict(env, FAKE_STEP_S=step_s))
+        if command == "stop":
+            return result
         if check:
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
@@ -85,6 +98,8 @@ def job_tool(tmp_path):
 
     run.job_dir = runs / "r1" / "cpu"
     run.env_file = env_file
+    run.env = env
+    run.unit = lambda: json.loads((units / f"{UNIT}.json").read_text())
     return run
 
 
@@ -147,13 +162,20 @@ def test_absent_run(job_tool):
 
 
 def test_start_runs_detached_then_finishes_and_start_again_changes_nothing(job_tool):
-    started = job_tool("start", "--", "--max_train_steps=6", step_s="0.3")
+    started = job_tool("start", "--", "--max_train_steps=6", step_s="0.6")
     [result] = started["jobs"]
     assert result["action"] == "started" and result["status"]["state"] == "running"
-    pid = int((job_tool.job_dir / "pid").read_text())
-    # Not a child of this session: its own session, re-parented away from the start command.
+    pid = only_job(wait_for(job_tool, lambda s: only_job(s)["pid"] is not None))["pid"]
+    # Not a child of this session: a unit of its own, whose main process is the supervisor of the job's folder.
     assert os.getsid(pid) != os.getsid(0)
     assert os.getppid() != pid and Path(f"/proc/{pid}").exists()
+    unit = job_tool.unit()
+    assert unit["command"][-3:] == ["supervise", "--job-dir", str(job_tool.job_dir)]
+    assert {"--property=KillMode=mixed", "--property=KillSignal=SIGTERM", "--property=TimeoutStopSec=900",
+            f"--property=EnvironmentFile={job_tool.env_file}"} <= set(unit["options"])
+    # The trainer's command is not in the unit, where systemd would expand $VARIABLES in it.
+    assert "--max_train_steps=6" not in unit["command"]
+    assert result["status"]["unit"] == UNIT
     assert job_tool("start", "--", "--max_train_steps=6")["jobs"][0]["action"] == "already running"
 
     running = wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
@@ -172,31 +194,32 @@ def test_start_runs_detached_then_finishes_and_start_again_changes_nothing(job_t
 
 
 def test_a_killed_job_resumes_from_its_latest_checkpoint(job_tool):
-    job_tool("start", "--", "--max_train_steps=8", step_s="0.3")
+    steps_total = 20  # room for slow status polls on a busy machine: the kill must come before the end
+    job_tool("start", "--", f"--max_train_steps={steps_total}", step_s="0.3")
     wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 3)
     os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
     died = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
     assert (died["state"], died["exit_status"]) == ("failed", -9)
     checkpoint = died["checkpoint"]
-    assert checkpoint in ("checkpoint-2", "checkpoint-4")  # every 2 steps; the kill came at step 3 or 4
     resumed_at = int(checkpoint.split("-")[1])
+    assert resumed_at % 2 == 0 and 2 <= resumed_at < steps_total  # every 2 steps; the kill came after step 3
 
-    result = job_tool("start", "--", "--max_train_steps=8")["jobs"][0]
+    result = job_tool("start", "--", f"--max_train_steps={steps_total}", step_s="0.05")["jobs"][0]
     assert result["action"] == f"resumed from {checkpoint}"
     done = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
-    assert (done["state"], done["step"], done["attempts"]) == ("finished", 8, 2)
+    assert (done["state"], done["step"], done["attempts"]) == ("finished", steps_total, 2)
     log = (job_tool.job_dir / "train.log").read_text()
     assert "--resume_from_checkpoint latest" in log and f"resuming from checkpoint {checkpoint}" in log
     # The second attempt carries on after the checkpoint rather than starting over at step 1.
     steps = [json.loads(line)["step"] for line in (job_tool.job_dir / "output/metrics.jsonl").read_text().splitlines()]
-    assert steps[-(8 - resumed_at):] == list(range(resumed_at + 1, 9)) and steps.count(1) == 1
+    assert steps[-(steps_total - resumed_at):] == list(range(resumed_at + 1, steps_total + 1)) and steps.count(1) == 1
 
 
 def test_a_job_that_vanished_without_exit_status_counts_as_failed(job_tool):
     job_tool("start", "--", "--max_train_steps=50", step_s="0.3")
-    record = json.loads((job_tool.job_dir / "job.json").read_text())["attempts"][-1]
-    os.kill(record["supervisor_pid"], signal.SIGKILL)  # as a reboot would: nobody records the end
-    os.kill(record["pid"], signal.SIGKILL)
+    wait_for(job_tool, lambda s: only_job(s)["pid"] is not None)
+    os.kill(job_tool.unit()["pid"], signal.SIGKILL)  # as a reboot would: nobody records the end
+    os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
     job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
     assert (job["state"], job["exit_status"]) == ("failed", None)
     assert "no exit status recorded" in job_tool("status")["lines"][0]
@@ -205,31 +228,27 @@ def test_a_job_that_vanished_without_exit_status_counts_as_failed(job_tool):
 def test_stop_checkpoints_and_start_resumes(job_tool):
     job_tool("start", "--", "--max_train_steps=40", step_s="0.2")
     wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
-    result = subprocess.run([sys.executable, str(JOB_TOOL), "stop", "--run-id", "r1", "--runs-dir",
-                             str(job_tool.job_dir.parents[1]), "--wait", "20"], capture_output=True, text=True)
-    assert "asked to stop" in result.stdout
+    result = job_tool("stop", "--wait", "20")
+    assert f"{UNIT}: asked to stop" in result.stdout
     stopped = only_job(job_tool("status"))
     assert (stopped["state"], stopped["exit_status"]) == ("stopped", 130)
     assert stopped["checkpoint"] == f"checkpoint-{stopped['step']}"
     resumed = job_tool("start", "--", "--max_train_steps=40")["jobs"][0]
     assert resumed["action"] == f"resumed from checkpoint-{stopped['step']}"
-    subprocess.run([sys.executable, str(JOB_TOOL), "stop", "--run-id", "r1", "--runs-dir",
-                    str(job_tool.job_dir.parents[1])], capture_output=True, check=True)
+    assert job_tool("stop").returncode == 0
 
 
 def test_a_shutdown_leaves_a_stopped_job_that_start_resumes(job_tool):
-    """Issue 9 (SIGTERM): a shutdown signals the supervisor and the trainer together; the trainer
-    checkpoints (train_lora's StopFlag) and the supervisor lives to record exit status 130."""
+    """Issue 9 (SIGTERM): a shutdown or systemctl stop signals the unit's main process, the supervisor
+    (KillMode=mixed); it passes SIGTERM on to the trainer, which checkpoints (train_lora's StopFlag),
+    and lives to record exit status 130."""
     job_tool("start", "--", "--max_train_steps=40", step_s="0.2")
     wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
-    attempt = json.loads((job_tool.job_dir / "job.json").read_text())["attempts"][-1]
-    os.kill(attempt["supervisor_pid"], signal.SIGTERM)
-    os.kill(attempt["pid"], signal.SIGTERM)
+    os.kill(job_tool.unit()["pid"], signal.SIGTERM)
     stopped = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
     assert (stopped["state"], stopped["exit_status"]) == ("stopped", 130)
     assert job_tool("start", "--", "--max_train_steps=40")["jobs"][0]["action"].startswith("resumed from checkpoint-")
-    subprocess.run([sys.executable, str(JOB_TOOL), "stop", "--run-id", "r1", "--runs-dir",
-                    str(job_tool.job_dir.parents[1])], capture_output=True, check=True)
+    assert job_tool("stop").returncode == 0
 
 
 def test_a_failed_job_reports_its_exit_status(job_tool):
@@ -260,8 +279,8 @@ def test_runs_dir_comes_from_the_env_file(job_tool):
     """Without --runs-dir (the playbook passes it; people on the host do not) runs are under SOPHON_SD_STATE_DIR."""
     job_tool("start", "--", "--max_train_steps=2")
     wait_for(job_tool, lambda s: s["state"] != "running")
-    result = subprocess.run([sys.executable, str(JOB_TOOL), "status", "--run-id", "r1", "--env-file",
-                             str(job_tool.env_file)], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, str(JOB_TOOL), "status", "--run-id", "r1", "--user", "", "--env-file",
+                             str(job_tool.env_file)], capture_output=True, text=True, check=True, env=job_tool.env)
     assert result.stdout.startswith("cpu: finished, step 2/2")
 
 
@@ -290,13 +309,49 @@ def test_bad_run_id(tmp_path, capsys, run_id):
 
 def test_good_run_ids(tmp_path, capsys):
     for run_id in ("pokemon-fp16", "r1", "2024.06.01_a", "a" * 64):
-        assert sdkit_job.main(["status", "--run-id", run_id, "--runs-dir", str(tmp_path)]) == 0
+        assert sdkit_job.main(["status", "--run-id", run_id, "--runs-dir", str(tmp_path), "--user", ""]) == 0
 
 
 def test_devices_that_make_no_job_name_are_refused(tmp_path):
     """Issue 9 item 7: job names come from SOPHON_SD_DEVICES and become folders too."""
     with pytest.raises(JobError, match="device '../../etc' .* does not give a usable job name"):
         sdkit_job.plan_jobs(tmp_path, "per_chip", ["tpu:0", "../../etc"], "python", "train.py", [])
+    # A '-' would make two (run id, job) pairs share a unit: sdkit-train-a-b-c is run a-b job c, or run a job b-c.
+    with pytest.raises(JobError, match="device 'b-c'"):
+        sdkit_job.plan_jobs(tmp_path, "per_chip", ["b-c"], "python", "train.py", [])
+
+
+def test_unit_names_come_from_the_run_and_job():
+    assert sdkit_job.unit_name(Path("/var/lib/sophon-sd/runs/pokemon-fp16/tpu1")) == \
+        "sdkit-train-pokemon-fp16-tpu1.service"
+
+
+# --------------------------------------------------------------------------- argument passing (issue 9, item 7)
+
+
+def test_model_and_dataset_replace_the_tutorials():
+    flags = ["--mixed_precision=fp16", "--pretrained_model_name_or_path=CompVis/sd", "--dataset_name", "lambdalabs/p",
+             "--seed=42"]
+    assert sdkit_job.with_sources(flags, {"model": "/srv/models/my sd", "dataset": "owner/set.v2"}) == [
+        "--mixed_precision=fp16", "--seed=42", "--pretrained_model_name_or_path=/srv/models/my sd",
+        "--dataset_name=owner/set.v2"]
+    assert sdkit_job.with_sources(flags, {"model": None, "dataset": None}) == flags
+
+
+@pytest.mark.parametrize("value", ["$(touch /tmp/x)", "`id`", "relative/../path/x", "a b", "/srv/x\nid",
+                                   "-x", "owner/name/extra", ""])
+def test_a_model_that_is_neither_a_hub_id_nor_an_absolute_path_is_refused(job_tool, value):
+    """MODEL / DATASET used to reach a bash recipe run as root, inside double quotes: $(...) ran as root."""
+    result = job_tool("start", f"--model={value}", "--", "--max_train_steps=2", check=False)
+    assert result.returncode == 2
+    assert "error: --model " in result.stderr and "is not usable: give a hub id such as owner/name" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not job_tool.job_dir.exists()
+
+
+def test_a_control_character_in_train_args_is_refused(job_tool):
+    result = job_tool("start", "--", "--validation_prompt=a\x1b[2Jb", check=False)
+    assert result.returncode == 2 and "contains a control character" in result.stderr
 
 
 def test_bad_extra_args_quoting_is_one_line(job_tool):
@@ -360,6 +415,26 @@ def test_total_steps_come_from_run_json(tmp_path):
     (job_dir / "job.json").write_text(json.dumps({"attempts": [{"started": time.time(), "pid": 0}]}))
     (job_dir / "output" / "run.json").write_text(json.dumps({"total_steps": 8330, "seed": 42}))
     (job_dir / "train.log").write_text("total optimization steps = 12\n")
-    assert sdkit_job.job_status(job_dir)["total_steps"] == 8330
+    ended = {"ActiveState": "inactive"}
+    assert sdkit_job.job_status(job_dir, ended)["total_steps"] == 8330
     (job_dir / "output" / "run.json").unlink()
-    assert sdkit_job.job_status(job_dir)["total_steps"] == 12
+    assert sdkit_job.job_status(job_dir, ended)["total_steps"] == 12
+
+
+# --------------------------------------------------------------------------- the runner user (issue 9, item 1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_root_works_on_the_runs_folder_only_as_the_runner_user(tmp_path):
+    """start's file work happens in a child that has become the runner user: here nobody, who cannot
+    write into a root-owned folder, so neither can a link it planted make root write there."""
+    nobody = sdkit_job.runner_account("nobody")
+    assert sdkit_job.as_user(nobody, os.geteuid) == nobody.pw_uid
+    assert sdkit_job.as_user(nobody, os.getgroups) == [g for g in os.getgrouplist("nobody", nobody.pw_gid)]
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o755)
+    jobs = sdkit_job.plan_jobs(root_only / "r1", "per_chip", [], "python", "train.py", [])
+    with pytest.raises(JobError, match=r"cannot create .*/root-only/r1 as nobody \(Permission denied\): its runs "
+                                       r"folder must exist and belong to that user"):
+        sdkit_job.as_user(nobody, sdkit_job.prepare_run, root_only / "r1", jobs, None)
+    assert list(root_only.iterdir()) == []

@@ -246,12 +246,17 @@ def main(args: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     # Inference first: shorter, and a failure there does not cost the long training runs.
-    plain = statistics.median(bench_runners.plain_pipeline_seconds(
-        fixtures["model"], "cpu", args.infer_steps, args.resolution) for _ in range(args.repeats))
-    ours = statistics.median(bench_runners.runner_seconds(
-        fixtures["model"], work / "images", "cpu", args.infer_steps, args.resolution) for _ in range(args.repeats))
+    # Alternated, so that a burst of load from others on a shared machine falls on both sides alike.
+    plain_s, ours_s = [], []
+    for _ in range(args.repeats):
+        plain_s.append(bench_runners.plain_pipeline_seconds(fixtures["model"], "cpu", args.infer_steps,
+                                                            args.resolution))
+        ours_s.append(bench_runners.runner_seconds(fixtures["model"], work / "images", "cpu", args.infer_steps,
+                                                   args.resolution))
+    plain, ours = statistics.median(plain_s), statistics.median(ours_s)
     results.update(infer_s_runner=round(ours, 2), infer_s_plain_pipeline=round(plain, 2),
-                   infer_time_ratio_runner_over_plain=round(ours / plain, 3))
+                   infer_time_ratio_runner_over_plain=round(ours / plain, 3),
+                   infer_s_each={"runner": [round(t, 2) for t in ours_s], "plain": [round(t, 2) for t in plain_s]})
     write_results(args.out, results)
     for name, cached in (("runner", True), ("upstream_loop", False)):
         summary = summarise(run_loop(fixtures, work / name, args, cached))

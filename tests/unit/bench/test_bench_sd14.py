@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -75,3 +76,20 @@ def test_summary_projects_a_seed_like_run_from_the_measured_epochs():
     # overhead + the three measured epochs + 7 more like the last one
     assert summary["projected_10_epochs_s"] == 9.0 + 11.0 + 7 * 2.0
     assert summary["peak_rss_mib"] == 2
+
+
+def test_flop_table_counts_the_runner_with_its_sdpa_processor_and_the_same_unet_work():
+    table = bench_sd14.flop_table(16, make_tiny_fixtures.TINY)
+    runner, upstream = table["runner"], table["upstream_loop"]
+
+    # SDPA changes the kernel, not the arithmetic: the UNet's FLOPs are the same in both loops.
+    assert runner["unet_forward"] == upstream["unet_forward"]
+    assert runner["unet_backward"] == upstream["unet_backward"]
+    models = bench_sd14.lora_models(make_tiny_fixtures.TINY, sdpa=True)
+    assert {type(p).__name__ for p in models[0].attn_processors.values()} == {"LoRAAttnProcessor2_0"}
+
+
+def test_write_results_writes_json_that_reads_back(tmp_path):
+    out = tmp_path / "sub" / "bench.json"
+    bench_sd14.write_results(out, {"a": 1.5, "b": [1, 2]})
+    assert json.loads(out.read_text()) == {"a": 1.5, "b": [1, 2]}

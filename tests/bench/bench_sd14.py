@@ -172,6 +172,8 @@ def summarise(run: Dict[str, Any]) -> Dict[str, Any]:
     seed_like = overhead + sum(epoch_s[:SEED_EPOCHS]) + max(0, SEED_EPOCHS - measured) * epoch_s[-1]
     return {
         "s_per_step_steady": statistics.median(steady), "epoch_s": [round(s, 2) for s in epoch_s],
+        # Spread of the steady steps, which do the same work: on a shared machine, mostly others' load.
+        "s_per_step_steady_min_max": [round(min(steady), 3), round(max(steady), 3)],
         "end_to_end_s": round(run["wall_s"], 2), "overhead_s": round(overhead, 2),
         f"projected_{SEED_EPOCHS}_epochs_s": round(seed_like, 2),
         "peak_rss_mib": round(run["max_rss_kib"] / 1024), "losses": [row["loss"] for row in metrics],
@@ -209,7 +211,7 @@ def print_table(results: Dict[str, Any]) -> None:
     print(f"\nmatmul peak on {results['threads']} threads: {results['matmul_peak_gflop_per_s']} GFLOP/s")
     for key in ("speedup_steady", "speedup_end_to_end", f"speedup_{SEED_EPOCHS}_epochs_projected",
                 "infer_s_runner", "infer_s_plain_pipeline", "infer_time_ratio_runner_over_plain"):
-        print(f"{key:40s} {results[key]}")
+        print(f"{key:40s} {results.get(key, 'not measured')}")
     print("\nloss per step (same seed): step, runner, upstream loop")
     for step, (ours, theirs) in enumerate(zip(runner["losses"], upstream["losses"]), start=1):
         print(f"  {step:4d} {ours:10.5f} {theirs:10.5f}")
@@ -248,15 +250,16 @@ def main(args: argparse.Namespace) -> int:
     # Inference first: shorter, and a failure there does not cost the long training runs.
     # Alternated, so that a burst of load from others on a shared machine falls on both sides alike.
     plain_s, ours_s = [], []
-    for _ in range(args.repeats):
+    for _ in range(args.repeats if args.infer_steps else 0):
         plain_s.append(bench_runners.plain_pipeline_seconds(fixtures["model"], "cpu", args.infer_steps,
                                                             args.resolution))
         ours_s.append(bench_runners.runner_seconds(fixtures["model"], work / "images", "cpu", args.infer_steps,
                                                    args.resolution))
-    plain, ours = statistics.median(plain_s), statistics.median(ours_s)
-    results.update(infer_s_runner=round(ours, 2), infer_s_plain_pipeline=round(plain, 2),
-                   infer_time_ratio_runner_over_plain=round(ours / plain, 3),
-                   infer_s_each={"runner": [round(t, 2) for t in ours_s], "plain": [round(t, 2) for t in plain_s]})
+    if plain_s:
+        plain, ours = statistics.median(plain_s), statistics.median(ours_s)
+        results.update(infer_s_runner=round(ours, 2), infer_s_plain_pipeline=round(plain, 2),
+                       infer_time_ratio_runner_over_plain=round(ours / plain, 3),
+                       infer_s_each={"runner": [round(t, 2) for t in ours_s], "plain": [round(t, 2) for t in plain_s]})
     write_results(args.out, results)
     for name, cached in (("runner", True), ("upstream_loop", False)):
         summary = summarise(run_loop(fixtures, work / name, args, cached))
@@ -297,7 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="epochs per loop (default 4: epoch 0 fills the cache, from epoch 2 it is warm)")
     group.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                        help="torch threads for both loops and the matmul peak (default: all cores)")
-    group.add_argument("--infer_steps", type=int, default=20, help="denoising steps of each inference (default 20)")
+    group.add_argument("--infer_steps", type=int, default=20,
+                       help="denoising steps of each inference (default 20; 0 skips inference, for training repeats)")
     group.add_argument("--fixtures", type=Path, default=None,
                        help="cache folder of the fixtures, built once (default build/fixtures-SHAPES; "
                             "sd14: about 4 GB)")

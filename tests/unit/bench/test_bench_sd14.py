@@ -72,6 +72,7 @@ def test_summary_projects_a_seed_like_run_from_the_measured_epochs():
 
     assert summary["epoch_s"] == [6.0, 3.0, 2.0]
     assert summary["s_per_step_steady"] == 1.0  # epoch 2 on: the cache is warm despite --random_flip
+    assert summary["s_per_step_steady_min_max"] == [1.0, 1.0]
     assert summary["overhead_s"] == 9.0
     # overhead + the three measured epochs + 7 more like the last one
     assert summary["projected_10_epochs_s"] == 9.0 + 11.0 + 7 * 2.0

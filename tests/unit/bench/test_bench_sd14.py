@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 import bench_sd14  # noqa: E402
+import profile_sd14_step  # noqa: E402
 import make_tiny_fixtures  # noqa: E402
 
 
@@ -94,3 +95,12 @@ def test_write_results_writes_json_that_reads_back(tmp_path):
     out = tmp_path / "sub" / "bench.json"
     bench_sd14.write_results(out, {"a": 1.5, "b": [1, 2]})
     assert json.loads(out.read_text()) == {"a": 1.5, "b": [1, 2]}
+
+
+def test_step_profile_times_every_phase_and_variant_on_the_tiny_model(tmp_path):
+    model = make_tiny_fixtures.build_tiny_pipeline(tmp_path / "tiny-sd")
+    times = profile_sd14_step.profile(model, 16, profile_sd14_step.VARIANTS, repeats=1)
+
+    assert set(times) == {"vae_encode", "text_encoder"} | {
+        f"unet_{part}_{variant}" for part in ("forward", "forward_backward") for variant in profile_sd14_step.VARIANTS}
+    assert all(seconds > 0 for seconds in times.values())

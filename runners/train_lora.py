@@ -19,7 +19,9 @@ Differences from upstream, all deliberate:
 * data order, augmentation and noise are derived from ``--seed`` and the step number, so a
   run resumed from a checkpoint ends with the same LoRA weights as an uninterrupted one;
 * VAE latents and text embeddings are computed once per distinct (image, crop, flip) and
-  caption and then reused (``--no_cache`` restores upstream's encode-every-step loop);
+  caption and then reused, and the LoRA attention runs through torch's
+  scaled_dot_product_attention (``LoRAAttnProcessor2_0``, same parameters); ``--no_cache``
+  restores upstream's step: encode every step, ``LoRAAttnProcessor``;
 * Ctrl-C and SIGTERM (a shutdown, ``systemctl stop``, ``scancel``) save a checkpoint at the
   current step and exit 130; checkpoints are written atomically and fsynced; problems the
   operator can fix (empty dataset, bad caption, missing column, unreadable image, missing model,
@@ -230,13 +232,31 @@ def load_models(model_dir: str, revision: Optional[str]):
     return noise_scheduler, tokenizer, text_encoder, vae, unet
 
 
-def add_lora(unet, rank: int) -> None:
-    """Give every attention processor of the UNet a trainable LoRA twin (upstream's scheme)."""
-    from diffusers.models.attention_processor import LoRAAttnProcessor
+def add_lora(unet, rank: int, sdpa: bool = False) -> None:
+    """Give every attention processor of the UNet a trainable LoRA twin (upstream's scheme).
 
+    ``sdpa`` picks ``LoRAAttnProcessor2_0`` (torch's scaled_dot_product_attention) instead of
+    v0.20.0's ``LoRAAttnProcessor``: same LoRA parameters under the same names, so the saved
+    weights are interchangeable; only the attention kernel differs.
+    """
+    from diffusers.models.attention_processor import LoRAAttnProcessor, LoRAAttnProcessor2_0
+
+    processor = LoRAAttnProcessor2_0 if sdpa else LoRAAttnProcessor
     unet.set_attn_processor({
-        name: LoRAAttnProcessor(hidden_size=hidden_size, cross_attention_dim=cross_attention_dim, rank=rank)
+        name: processor(hidden_size=hidden_size, cross_attention_dim=cross_attention_dim, rank=rank)
         for name, (hidden_size, cross_attention_dim) in sdkit_env.attention_dims(unet).items()})
+
+
+def use_sdpa(no_cache: bool, device_type: str) -> bool:
+    """Whether the runner's LoRA layers use scaled_dot_product_attention.
+
+    Not with --no_cache, which repeats v0.20.0's step (its LoRAAttnProcessor included) so that it
+    stays an honest baseline; not on tpu, where torch_tpu's kernel for it has not been measured.
+    """
+    import torch
+
+    return (not no_cache and device_type != "tpu"
+            and hasattr(torch.nn.functional, "scaled_dot_product_attention"))
 
 
 def enable_gradient_checkpointing(unet) -> None:
@@ -653,7 +673,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     vae.to(accelerator.device, dtype=weight_dtype)
     text_encoder.to(accelerator.device, dtype=weight_dtype)
 
-    add_lora(unet, args.rank)
+    add_lora(unet, args.rank, sdpa=use_sdpa(args.no_cache, accelerator.device.type))
     if args.enable_xformers_memory_efficient_attention:
         try:
             unet.enable_xformers_memory_efficient_attention()

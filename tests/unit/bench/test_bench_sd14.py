@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 import bench_sd14  # noqa: E402
+import profile_sd14_step  # noqa: E402
 import make_tiny_fixtures  # noqa: E402
 
 
@@ -71,7 +73,34 @@ def test_summary_projects_a_seed_like_run_from_the_measured_epochs():
 
     assert summary["epoch_s"] == [6.0, 3.0, 2.0]
     assert summary["s_per_step_steady"] == 1.0  # epoch 2 on: the cache is warm despite --random_flip
+    assert summary["s_per_step_steady_min_max"] == [1.0, 1.0]
     assert summary["overhead_s"] == 9.0
     # overhead + the three measured epochs + 7 more like the last one
     assert summary["projected_10_epochs_s"] == 9.0 + 11.0 + 7 * 2.0
     assert summary["peak_rss_mib"] == 2
+
+
+def test_flop_table_counts_the_runner_with_its_sdpa_processor_and_the_same_unet_work():
+    table = bench_sd14.flop_table(16, make_tiny_fixtures.TINY)
+    runner, upstream = table["runner"], table["upstream_loop"]
+
+    # SDPA changes the kernel, not the arithmetic: the UNet's FLOPs are the same in both loops.
+    assert runner["unet_forward"] == upstream["unet_forward"]
+    assert runner["unet_backward"] == upstream["unet_backward"]
+    models = bench_sd14.lora_models(make_tiny_fixtures.TINY, sdpa=True)
+    assert {type(p).__name__ for p in models[0].attn_processors.values()} == {"LoRAAttnProcessor2_0"}
+
+
+def test_write_results_writes_json_that_reads_back(tmp_path):
+    out = tmp_path / "sub" / "bench.json"
+    bench_sd14.write_results(out, {"a": 1.5, "b": [1, 2]})
+    assert json.loads(out.read_text()) == {"a": 1.5, "b": [1, 2]}
+
+
+def test_step_profile_times_every_phase_and_variant_on_the_tiny_model(tmp_path):
+    model = make_tiny_fixtures.build_tiny_pipeline(tmp_path / "tiny-sd")
+    times = profile_sd14_step.profile(model, 16, profile_sd14_step.VARIANTS, repeats=1)
+
+    assert set(times) == {"vae_encode", "text_encoder"} | {
+        f"unet_{part}_{variant}" for part in ("forward", "forward_backward") for variant in profile_sd14_step.VARIANTS}
+    assert all(seconds > 0 for seconds in times.values())

@@ -312,6 +312,19 @@ def test_a_changed_bundle_is_signed_again(built):
     assert built.verify().returncode == 0
 
 
+def test_a_new_key_signs_the_whole_bundle_again(built, tmp_path):
+    """make clean removes the test key: the next build ships the new public key and signs with it."""
+    other = tmp_path / "new-gnupg"
+    assert run("key", "--gnupghome", str(other)).returncode == 0
+    built.gnupghome, old_fingerprint = other, built.fingerprint
+    built.fingerprint = (other / "fingerprint").read_text().strip()
+    result = built.build()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"signed by {built.fingerprint}" in result.stdout
+    assert built.verify().returncode == 0
+    assert built.verify(fingerprint=old_fingerprint).returncode == 2
+
+
 def plant(bundle: Path, rel: str, how: str) -> None:
     path = bundle / rel
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,11 @@ and shipped with that key's public half is refused.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,8 +36,15 @@ def gpg(home: Path, *argv: str, input_bytes: Optional[bytes] = None) -> subproce
 
 
 def stop_agent(home: Path) -> None:
-    """Signing starts a gpg-agent for HOME; stop it so that no process is left behind."""
+    """Signing starts a gpg-agent for HOME; stop it so that no process is left behind. The agent
+    exits a moment after it is told to, and a gpg started meanwhile loses its connection ("End of
+    file"), so wait until its socket is gone."""
+    socket = subprocess.run(["gpgconf", "--homedir", str(home), "--list-dirs", "agent-socket"],
+                            capture_output=True, text=True, check=False).stdout.strip()
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, check=False)
+    deadline = time.monotonic() + 5
+    while socket and os.path.exists(socket) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def normalize(fingerprint: str) -> str:

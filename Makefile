@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,17 +49,25 @@ $(BUNDLE)/.wheelhouse-%: roles/sophon_venv/files/constraints/%.txt
 # The whole bundle for an air-gapped fleet, listed with sha256 in bundle/manifest.yml (tools/sdkit_bundle.py --help).
 ASSETS_FROM ?=
 BUNDLE_ARGS ?=
-bundle: setup $(BUNDLE)/.wheelhouse-$(PROFILE) ## Everything an air-gapped fleet needs in bundle/, listed in manifest.yml (PROFILE= ASSETS_FROM= BUNDLE_ARGS=)
-	$(BIN)/python tools/sdkit_bundle.py build --bundle-dir $(BUNDLE) --profile $(PROFILE) $(if $(ASSETS_FROM),--assets-from $(ASSETS_FROM)) $(BUNDLE_ARGS)
+# The GnuPG home holding the key that signs the bundle: outside the repository and the bundle, so that
+# the private key is never committed or carried; keep it on this control node (and a copy offline).
+BUNDLE_GNUPGHOME ?= $(HOME)/.sophon-sd-bundle-gnupg
+bundle-key: setup ## Create the bundle's signing key in BUNDLE_GNUPGHOME (once) and print the fingerprint for group_vars
+	$(BIN)/python tools/sdkit_bundle.py key --gnupghome $(BUNDLE_GNUPGHOME)
 
-bundle-verify: setup ## Check bundle/ against its manifest: names each missing, corrupt or unlisted file
-	$(BIN)/python tools/sdkit_bundle.py verify --bundle-dir $(BUNDLE)
+bundle: setup $(BUNDLE)/.wheelhouse-$(PROFILE) ## Everything an air-gapped fleet needs in bundle/, listed in manifest.yml and signed (PROFILE= ASSETS_FROM= BUNDLE_ARGS= BUNDLE_GNUPGHOME=)
+	$(BIN)/python tools/sdkit_bundle.py build --bundle-dir $(BUNDLE) --profile $(PROFILE) --gnupghome $(BUNDLE_GNUPGHOME) \
+	  $(if $(ASSETS_FROM),--assets-from $(ASSETS_FROM)) $(BUNDLE_ARGS)
+
+# The same check as site.yml's first play, with the signing key's fingerprint from INVENTORY's group_vars.
+bundle-verify: setup ## Check bundle/'s signature (the key INVENTORY names) and every file against its manifest
+	ansible-playbook -i $(INVENTORY) playbooks/preflight.yml
 
 DEMO_HOST := sophon-sd-demo
 DEMO_HOSTS := build/testhosts/demo
 # The port inventory/demo/hosts.yml names; the host's key and the client key are in $(DEMO_HOSTS).
 DEMO_PORT := 42222
-demo: setup test-image $(BUNDLE)/.wheelhouse-$(TEST_PROFILE) ## No hardware needed: provision a local container host, run make smoke there, collect results in demo-out/
+demo: setup test-image test-bundle ## No hardware needed: provision a local container host, run make smoke there, collect results in demo-out/
 	@echo "== 1/4 local container host $(DEMO_HOST): systemd and sshd, reached on 127.0.0.1:$(DEMO_PORT) with its key checked"
 	python3 tests/hosts/testhosts.py up --keep --run-dir $(DEMO_HOSTS) --platforms '[{"name": "$(DEMO_HOST)", "port": $(DEMO_PORT)}]' >/dev/null
 	@echo "== 2/4 provision it with the kit (playbooks/site.yml, CPU profile)"
@@ -137,10 +145,14 @@ UPSTREAM_GIT := build/upstream-git
 $(UPSTREAM_GIT)/libraries.yml: tests/hosts/make-upstream-repos.sh tests/unit/patches/fixtures/train_text_to_image_lora.v0.20.0.py $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	tests/hosts/make-upstream-repos.sh $(BUNDLE)/sources $(UPSTREAM_GIT)
 
-# The test profile's bundle: its apt repository feeds the fleet scenario's host with no network.
-# The wheelhouse is a prerequisite here too, so that a parallel make downloads it once.
+# The test profile's bundle: its apt repository feeds the fleet scenario's host with no network. It is
+# signed with a throwaway key of this checkout (never an operator's); the test inventories read its
+# fingerprint from $(TEST_GNUPGHOME)/fingerprint. The wheelhouse is a prerequisite here too, so that
+# a parallel make downloads it once.
+TEST_GNUPGHOME := $(CURDIR)/build/test-bundle-gnupg
 test-bundle: setup $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
-	$(MAKE) bundle PROFILE=$(TEST_PROFILE)
+	$(BIN)/python tools/sdkit_bundle.py key --gnupghome $(TEST_GNUPGHOME) >/dev/null
+	$(MAKE) bundle PROFILE=$(TEST_PROFILE) BUNDLE_GNUPGHOME=$(TEST_GNUPGHOME)
 
 HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
 

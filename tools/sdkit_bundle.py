@@ -4,8 +4,11 @@
 The control node that builds the bundle can reach PyPI (and maybe git and the Hugging Face
 hub); the fleet and the control node that provisions it may reach nothing. The bundle is
 the only thing carried between them, so every file in it is listed in bundle/manifest.yml
-with where it came from and its sha256, and `verify` proves the copy is whole before any
-host changes (playbooks/preflight.yml runs it first in site.yml).
+with where it came from and its sha256 (a tar's members each with theirs), the manifest is signed
+with the operator's OpenPGP key (tools/sdkit_signing.py), and `verify` proves the copy is whole and
+signed by the key the inventory names before any host changes (playbooks/preflight.yml runs it
+first in site.yml). Only plain files are bundled: links, special files and dot-files are refused,
+in bundle/ and inside its tars.
 
 Layout (paths relative to bundle/):
 
@@ -15,14 +18,17 @@ Layout (paths relative to bundle/):
   vendor/*                           Sophgo's files, dropped in by the user, never downloaded
   assets/<share folder>/...          the download share's folders, and assets/SHA256SUMS
   apt/*.deb, apt/Packages(.gz)       the kit's apt packages and all their dependencies, as a
-                                     flat apt repository for hosts of this machine's release
+  apt/Release, apt/InRelease         flat apt repository for hosts of this machine's release, signed
+  manifest.yml, manifest.yml.asc     the list of everything above and its detached signature
+  signing-key.asc                    the public half of the signing key
 
 `build` fetches only what is missing. A file that no longer matches its manifest entry is
 reported and fetched again where that is possible; its entry is never silently replaced
 (--accept-changes records files as they are now, after a deliberate change).
 
-Usage: tools/sdkit_bundle.py build --profile torch-2.1.0-py3.10 [--assets-from DIR] [--no-apt]
-       tools/sdkit_bundle.py verify
+Usage: tools/sdkit_bundle.py key --gnupghome DIR
+       tools/sdkit_bundle.py build --gnupghome DIR --profile torch-2.1.0-py3.10 [--assets-from DIR] [--no-apt]
+       tools/sdkit_bundle.py verify --fingerprint FPR
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -52,10 +59,16 @@ REPO = Path(__file__).resolve().parent.parent
 # The runners' stdlib-only helpers (sdkit_env, which needs torch, stays out of reach on purpose).
 sys.path.insert(0, str(REPO / "runners"))
 from sdkit_files import write_text_atomic  # noqa: E402
+from sdkit_signing import FINGERPRINT, SigningError, create_key, export_public, normalize, sign, signer, signing_key  # noqa: E402
 
 ROLES = REPO / "roles"
 MANIFEST = "manifest.yml"
-KINDS = ("wheel", "source", "vendor", "asset", "deb", "apt-index")
+# The manifest's detached signature and the public half of the key that made it (tools/sdkit_signing.py).
+SIGNATURE = "manifest.yml.asc"
+PUBLIC_KEY = "signing-key.asc"
+# The tars hosts get: the manifest records each member's sha256 as well as the tar's.
+TARS = ("wheelhouse.tar", "apt.tar")
+KINDS = ("wheel", "source", "vendor", "asset", "deb", "apt-index", "signing-key")
 CHUNK = 1 << 20
 
 
@@ -71,6 +84,11 @@ class Entry:
     version: str
     sha256: str
     origin: str
+    # A tar's members (name inside the tar -> sha256), so that a change inside it is named.
+    members: Optional[Dict[str, str]] = None
+
+    def item(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 # --------------------------------------------------------------------------- reading the kit
@@ -150,16 +168,83 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def own_file(rel: str) -> bool:
+    """Files the kit's tools keep in bundle/ and never list: the manifest and its signature, Make's
+    wheelhouse stamps (.wheelhouse-<profile>), apt's lock and partial downloads while it runs."""
+    return rel in (MANIFEST, SIGNATURE, "apt/lock", "apt/partial") or rel.startswith("apt/partial/") \
+        or re.fullmatch(r"\.wheelhouse-[^/]+", rel) is not None
+
+
+def refusal(name: str, mode: int, links: int) -> str:
+    """Why a bundle file (or tar member) named NAME is refused ('' when it is a plain file or folder).
+    Links and special files would make hosts read something the manifest does not list; dot-files
+    are hidden from ls yet read by loaders (a dataset folder's .x.parquet is trained on)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode) and links > 1:
+        return "a hard link"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "a device file, FIFO or socket"
+    if name.startswith("."):
+        return "a dot-file (hidden, yet read by the loaders)"
+    return ""
+
+
+def scan(bundle: Path) -> Tuple[List[str], List[str]]:
+    """Every plain file of the bundle, relative, and a one-line message for each path refused."""
+    files, refused = [], []
+    for root, folders, names in os.walk(bundle):
+        for name in sorted(folders + names):
+            path = Path(root) / name
+            rel = path.relative_to(bundle).as_posix()
+            if own_file(rel):
+                if name in folders:
+                    folders.remove(name)
+                continue
+            info = path.lstat()
+            why = refusal(name, info.st_mode, info.st_nlink)
+            if why:
+                refused.append(f"{shown(bundle)}/{rel}: {why}; fix: remove it (the bundle holds plain files only)")
+                if name in folders:
+                    folders.remove(name)
+            elif stat.S_ISREG(info.st_mode):
+                files.append(rel)
+    return sorted(files), refused
+
+
 def bundle_files(bundle: Path) -> List[str]:
-    """Every file of the bundle, relative, except the manifest and dot names (Make's stamps,
-    apt's lock and partial downloads, editors' and hub caches)."""
-    found = []
-    for path in bundle.rglob("*"):
-        rel = path.relative_to(bundle).as_posix()
-        if path.is_file() and rel not in (MANIFEST, "apt/lock") and not rel.startswith("apt/partial/") \
-                and not any(part.startswith(".") for part in rel.split("/")):
-            found.append(rel)
-    return sorted(found)
+    """Every plain file of the bundle that may be listed (the refused ones are not)."""
+    return scan(bundle)[0]
+
+
+def tar_members(bundle: Path, rel: str) -> Tuple[Dict[str, str], List[str]]:
+    """The sha256 of each file in bundle/REL (a tar) and a one-line message for each member refused."""
+    members: Dict[str, str] = {}
+    refused = []
+    try:
+        with tarfile.open(bundle / rel) as tar:
+            for member in tar:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if name in ("", "."):
+                    continue
+                mode = (stat.S_IFLNK if member.issym() else stat.S_IFDIR if member.isdir() else
+                        stat.S_IFREG if member.isfile() or member.islnk() else stat.S_IFCHR)
+                why = "a hard link" if member.islnk() else refusal(name.rstrip("/").rsplit("/", 1)[-1], mode, 1)
+                if not why and any(part.startswith(".") or part == ".." for part in name.split("/")):
+                    why = "under a dot-folder"
+                if why:
+                    refused.append(f"{shown(bundle)}/{rel}: member {name} is {why}; fix: rerun make bundle (it writes "
+                                   f"{rel} from plain files only)")
+                elif member.isfile():
+                    digest = hashlib.sha256()
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    while chunk := handle.read(CHUNK):
+                        digest.update(chunk)
+                    members[name] = digest.hexdigest()
+    except (tarfile.TarError, OSError) as exc:
+        refused.append(f"{shown(bundle)}/{rel}: not a readable tar ({exc}); fix: rerun make bundle")
+    return members, refused
 
 
 def files_under(bundle: Path, folder: str) -> List[str]:
@@ -172,8 +257,11 @@ def load_manifest(bundle: Path) -> Tuple[dict, Dict[str, Entry]]:
         return {}, {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        entries = {item["path"]: Entry(**{k: str(item[k]) for k in Entry.__dataclass_fields__}) for item in data.get("items") or []}
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        entries = {item["path"]: Entry(**{k: str(item[k]) for k in Entry.__dataclass_fields__ if k != "members"},
+                                       members=({str(k): str(v) for k, v in item["members"].items()}
+                                                if item.get("members") is not None else None))
+                   for item in data.get("items") or []}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise BadInput(f"{path} is not a manifest this tool wrote ({exc}): move it away and run make bundle") from None
     return {k: v for k, v in data.items() if k != "items"}, entries
 
@@ -181,9 +269,9 @@ def load_manifest(bundle: Path) -> Tuple[dict, Dict[str, Entry]]:
 def write_manifest(bundle: Path, header: dict, entries: Dict[str, Entry]) -> bool:
     """Write the manifest when its content changed (a rerun that changes nothing keeps the file)."""
     old_header, old_entries = load_manifest(bundle)
-    items = [asdict(entries[path]) for path in sorted(entries)]
+    items = [entries[path].item() for path in sorted(entries)]
     same_header = {k: v for k, v in old_header.items() if k != "created"} == header
-    if same_header and [asdict(old_entries[p]) for p in sorted(old_entries)] == items:
+    if same_header and [old_entries[p].item() for p in sorted(old_entries)] == items:
         return False
     document = {"created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **header, "items": items}
     text = "# Every file of this bundle: written by `make bundle`, checked by `make bundle-verify`.\n"
@@ -236,6 +324,8 @@ class Builder:
         self._digests: Dict[str, str] = {}
         self._hub: Optional[Tuple[bool, str]] = None
         self.shown = shown(self.bundle)
+        # The key that signs the manifest and the apt repository's InRelease (make bundle-key made it).
+        self.fingerprint = signing_key(args.gnupghome)
 
     def say(self, message: str) -> None:
         print(message, flush=True)
@@ -325,22 +415,84 @@ class Builder:
         self.wheelhouse_tar(sorted(rel for rel in wheels if rel in self.entries))
 
     def wheelhouse_tar(self, wheels: List[str]) -> None:
-        """wheelhouse.tar, what the venv role pushes. The rule writes it anew whenever it runs, so a
-        new checksum is recorded (and said) when the tar holds exactly the wheels listed above."""
+        """wheelhouse.tar, what the venv role pushes. The rule writes it anew whenever it runs, so a new
+        checksum is recorded (and said) when each member has the sha256 of its wheel listed above. A
+        member that differs (at the same size too) is named, and the tar is removed for the rule to write again."""
         rel, path = "wheelhouse.tar", self.bundle / "wheelhouse.tar"
-        entry = Entry(rel, "wheel", "wheelhouse", self.args.profile, "", "tar of wheelhouse/ (by the wheelhouse rule)")
-        if path.is_file() and rel in self.old and not self.intact(rel):
+        origin = "tar of wheelhouse/ (by the wheelhouse rule)"
+        if not path.is_file():
+            self.take(rel, "wheel", "wheelhouse", self.args.profile, origin, self.refetch_by_wheelhouse_rule, "rerun make bundle")
+            return
+        old = self.old.get(rel)
+        members = self.tar_members(rel)
+        if members is None:
+            return
+        expected = {Path(wheel).name: self.entries[wheel].sha256 for wheel in wheels}
+        differences = [f"member {name} has sha256 {members[name]}, wheelhouse/{name} has {expected[name]}"
+                       for name in sorted(set(members) & set(expected)) if members[name] != expected[name]]
+        differences += [f"member {name} is not in wheelhouse/" for name in sorted(set(members) - set(expected))]
+        differences += [f"lacks wheelhouse/{name}" for name in sorted(set(expected) - set(members))]
+        if differences:
+            if old is not None:
+                self.entries[rel] = old
+            for what in differences:
+                self.problem(rel, what, "rerun make bundle (the wheelhouse rule writes the tar again from wheelhouse/)")
             try:
-                with tarfile.open(path) as tar:
-                    members = {Path(member.name).name: member.size for member in tar.getmembers() if member.isfile()}
-            except (tarfile.TarError, OSError):
-                members = {}
-            if members == {Path(wheel).name: (self.bundle / wheel).stat().st_size for wheel in wheels}:
-                self.say(f"{self.shown}/{rel}: written again by the wheelhouse rule and holds exactly the {len(wheels)} wheels: recorded")
-                entry.sha256 = self.digest(rel)
-                self.entries[rel] = entry
-                return
-        self.take(rel, entry.kind, entry.name, entry.version, entry.origin, self.refetch_by_wheelhouse_rule, "rerun make bundle")
+                self.refetch_by_wheelhouse_rule(path)
+            except RuntimeError:
+                pass
+            return
+        if old is not None and not self.intact(rel):
+            self.say(f"{self.shown}/{rel}: written again by the wheelhouse rule and holds exactly the {len(wheels)} wheels: recorded")
+        self.entries[rel] = Entry(rel, "wheel", "wheelhouse", self.args.profile, self.digest(rel), origin, members)
+
+    def tar_members(self, rel: str) -> Optional[Dict[str, str]]:
+        """The sha256 of each member of the tar bundle/REL (from the manifest while the tar is intact);
+        None, with a problem for each, when it has members the bundle refuses."""
+        old = self.old.get(rel)
+        if old is not None and old.members is not None and self.intact(rel):
+            return old.members
+        members, refused = tar_members(self.bundle, rel)
+        self.problems += refused
+        return None if refused else members
+
+    def tars(self) -> None:
+        """Each recorded tar's members, where the step that recorded it did not list them."""
+        for rel in TARS:
+            entry = self.entries.get(rel)
+            if entry is not None and entry.members is None and (self.bundle / rel).is_file():
+                entry.members = self.tar_members(rel)
+
+    # ------------------------------------------------------------------ signing
+
+    def public_key(self) -> None:
+        """signing-key.asc: the public half of the signing key, what verification (and each host's apt)
+        imports. Never trusted by itself: verification also checks the key's fingerprint."""
+        data = export_public(self.args.gnupghome, self.fingerprint)
+        path = self.bundle / PUBLIC_KEY
+        if not path.is_file() or path.read_bytes() != data:
+            path.write_bytes(data)
+            self._digests.pop(PUBLIC_KEY, None)
+            self.say(f"wrote {self.shown}/{PUBLIC_KEY} (key {self.fingerprint})")
+        self.entries[PUBLIC_KEY] = Entry(PUBLIC_KEY, "signing-key", "signing-key", self.fingerprint, self.digest(PUBLIC_KEY),
+                                         "gpg --export of the key in the operator's BUNDLE_GNUPGHOME")
+
+    def signed_by_us(self, signature: str, data: Optional[str] = None) -> bool:
+        path = self.bundle / signature
+        return path.is_file() and signer(self.bundle / PUBLIC_KEY, path, self.bundle / data if data else None) == self.fingerprint
+
+    def sign_manifest(self, written: bool) -> bool:
+        """manifest.yml.asc, made again when the manifest changed or the signature is not the key's.
+        A bundle with problems is left unsigned: verification then refuses it."""
+        path = self.bundle / SIGNATURE
+        if self.problems:
+            if written:
+                path.unlink(missing_ok=True)
+            return False
+        if not written and self.signed_by_us(SIGNATURE, MANIFEST):
+            return False
+        write_text_atomic(path, sign(self.args.gnupghome, self.fingerprint, (self.bundle / MANIFEST).read_bytes()).decode())
+        return True
 
     # ------------------------------------------------------------------ sources
 
@@ -552,6 +704,7 @@ class Builder:
         for rel in sorted(set(listed) | {r for r in files_under(self.bundle, "apt") if r.endswith(".deb")}):
             self.take(rel, "deb", *parse_name_version(Path(rel).name), self.old_origin(rel, origin))
         stale = self.apt_index(stale=download, origin=f"dpkg-scanpackages of the .debs ({origin})")
+        stale = self.apt_release(header) or stale
         self.apt_archive(header, stale)
         return header
 
@@ -576,8 +729,7 @@ class Builder:
         self.fetched += sorted(set(files_under(self.bundle, "apt")) - before)
 
     def apt_index(self, stale: bool, origin: str) -> bool:
-        """apt/Packages and Packages.gz, so that hosts can use `deb [trusted=yes] file:<dir> ./`.
-        Returns whether they were written."""
+        """apt/Packages and Packages.gz, the index that apt/InRelease signs. Returns whether they were written."""
         apt_dir = self.bundle / "apt"
         names = ("Packages", "Packages.gz")
         written = False
@@ -593,6 +745,33 @@ class Builder:
         for name in names:
             rel = f"apt/{name}"
             self.entries[rel] = Entry(rel, "apt-index", name, "", self.digest(rel), origin)
+        return written
+
+    def apt_release(self, header: dict) -> bool:
+        """apt/Release and apt/InRelease (the same, clearsigned with the bundle's key): the sha256 of the
+        index, which pins every .deb's, so hosts check the repository with Signed-By instead of trusting
+        it. Written again when the index changed or the signature is not the key's; returns whether it was."""
+        lines = ["Origin: sophon-sd-kit", "Label: sophon-sd-kit bundle", f"Architectures: {header['architecture']}",
+                 "SHA256:"]
+        for name in ("Packages", "Packages.gz"):
+            lines.append(f" {self.digest(f'apt/{name}')} {(self.bundle / 'apt' / name).stat().st_size} {name}")
+        body = "\n".join(lines) + "\n"
+        release, in_release = self.bundle / "apt" / "Release", "apt/InRelease"
+        current = release.read_text() if release.is_file() else ""
+        written = re.sub(r"^Date: .*\n", "", current, flags=re.MULTILINE) != body or not self.signed_by_us(in_release)
+        if written:
+            # The date only says when it was built: hosts do not check it (Check-Date: no in the role's
+            # source), since an air-gapped host's clock may lag the control node's.
+            date = datetime.datetime.now(datetime.timezone.utc).strftime("%a, %d %b %Y %H:%M:%S UTC")
+            text = body.replace("SHA256:", f"Date: {date}\nSHA256:", 1)
+            release.write_text(text)
+            (self.bundle / in_release).write_bytes(sign(self.args.gnupghome, self.fingerprint, text.encode(), clearsign=True))
+            for rel in ("apt/Release", in_release):
+                self._digests.pop(rel, None)
+            self.say(f"wrote {self.shown}/{in_release} (signed by {self.fingerprint})")
+        for rel in ("apt/Release", in_release):
+            self.entries[rel] = Entry(rel, "apt-index", Path(rel).name, "", self.digest(rel),
+                                      "the index's sha256, signed with the bundle's key")
         return written
 
     def apt_archive(self, header: dict, stale: bool) -> None:
@@ -620,7 +799,7 @@ class Builder:
             self._digests.pop("apt.tar", None)
             self.say(f"wrote {self.shown}/apt.tar ({len(members)} files)")
         self.entries["apt.tar"] = Entry("apt.tar", "apt-index", "apt.tar", header["codename"], self.digest("apt.tar"),
-                                        "tar of apt/ (pushed by the sophon_apt role)")
+                                        "tar of apt/ (pushed by the sophon_apt role)", self.tar_members("apt.tar"))
 
 
 def build(args: argparse.Namespace) -> int:
@@ -631,11 +810,14 @@ def build(args: argparse.Namespace) -> int:
     bundle.mkdir(parents=True, exist_ok=True)
     old_header, old_entries = load_manifest(bundle)
     builder = Builder(args, old_entries)
+    builder.public_key()
     builder.wheelhouse()
     builder.sources()
     builder.vendor()
     builder.assets()
     apt_header = builder.apt(old_header)
+    builder.tars()
+    builder.problems += scan(bundle)[1]
     header = {
         "profile": args.profile,
         "python": args.profile.rpartition("-py")[2],
@@ -644,11 +826,13 @@ def build(args: argparse.Namespace) -> int:
         "missing": builder.missing,
     }
     written = write_manifest(bundle, header, builder.entries)
+    signed = builder.sign_manifest(written)
     size = sum((bundle / rel).stat().st_size for rel in builder.entries if (bundle / rel).is_file())
     for line in builder.problems:
         print(line)
     print(f"bundle {bundle}: {len(builder.entries)} files, {size / 2**20:.0f} MiB, fetched {len(builder.fetched)}, "
-          f"missing {len(builder.missing)}, problems {len(builder.problems)}; manifest {'written' if written else 'unchanged'}")
+          f"missing {len(builder.missing)}, problems {len(builder.problems)}; manifest {'written' if written else 'unchanged'}"
+          f"{f', signed by {builder.fingerprint}' if signed else ''}{'; unsigned until the problems are fixed' if builder.problems else ''}")
     if builder.problems:
         return 1
     if builder.missing and args.require_assets:
@@ -660,10 +844,35 @@ def build(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- verify
 
 
+def check_signature(bundle: Path, fingerprint: str) -> None:
+    """The manifest's signature, made by the key FINGERPRINT names, before anything in it is believed."""
+    where = shown(bundle)
+    if not (bundle / MANIFEST).is_file():
+        raise BadInput(f"{where}/{MANIFEST} does not exist, so nothing in the bundle can be verified: build the bundle "
+                       "with make bundle (or copy the whole bundle/ again)")
+    if not fingerprint:
+        raise BadInput("no signing key fingerprint to check the bundle against: set sophon_sd_bundle_signing_fingerprint in "
+                       "the inventory's group_vars/all (make bundle-key prints it), or pass --fingerprint")
+    if not FINGERPRINT.fullmatch(fingerprint):
+        raise BadInput(f"signing key fingerprint {fingerprint!r} is not 40 or 64 hex digits: copy the one make bundle-key prints")
+    for rel in (SIGNATURE, PUBLIC_KEY):
+        if not (bundle / rel).is_file():
+            raise BadInput(f"{where}/{rel} does not exist, so the manifest is not signed: rerun make bundle on the control "
+                           "node that holds the signing key (make bundle-key), or copy the whole bundle/ again")
+    found = signer(bundle / PUBLIC_KEY, bundle / SIGNATURE, bundle / MANIFEST)
+    if not found:
+        raise BadInput(f"{where}/{SIGNATURE} is not a good signature of {where}/{MANIFEST} by the key in {PUBLIC_KEY} "
+                       "(changed after it was signed?): rerun make bundle on the control node that holds the signing key, "
+                       "or copy the whole bundle/ again")
+    if found != fingerprint:
+        raise BadInput(f"{where}/{MANIFEST} is signed by key {found}, not by {fingerprint} "
+                       "(sophon_sd_bundle_signing_fingerprint): use a bundle built with that key, or set the fingerprint "
+                       "make bundle-key printed for the key you trust")
+
+
 def verify(args: argparse.Namespace) -> int:
     bundle: Path = args.bundle_dir
-    if not (bundle / MANIFEST).is_file():
-        raise BadInput(f"{bundle}/{MANIFEST} does not exist: build the bundle with make bundle (or copy the whole bundle/ again)")
+    check_signature(bundle, normalize(args.fingerprint))
     header, entries = load_manifest(bundle)
     problems = []
     size = 0
@@ -674,11 +883,18 @@ def verify(args: argparse.Namespace) -> int:
             problems.append(f"{where}/{rel}: missing; fix: {fix_for(rel, entry.kind)}")
         elif sha256_of(path) != entry.sha256:
             problems.append(f"{where}/{rel}: sha256 differs from the manifest (corrupt or replaced); fix: {fix_for(rel, entry.kind)}")
+            if entry.members is not None:
+                members, refused = tar_members(bundle, rel)
+                problems += refused
+                problems += [f"{where}/{rel}: member {name} differs from the manifest; fix: {fix_for(rel, entry.kind)}"
+                             for name in sorted(set(members) | set(entry.members)) if members.get(name) != entry.members.get(name)]
         else:
             size += path.stat().st_size
-    for rel in bundle_files(bundle):
+    files, refused = scan(bundle)
+    problems += refused
+    for rel in files:
         if rel not in entries:
-            recorded = rel.split("/")[0] in ("wheelhouse", "wheelhouse.tar", "vendor", "assets", "apt", "apt.tar")
+            recorded = rel.split("/")[0] in ("wheelhouse", "wheelhouse.tar", "vendor", "assets", "apt", "apt.tar", PUBLIC_KEY)
             fix = "rerun make bundle to record it, or remove it" if recorded else "remove it (make bundle does not record it)"
             problems.append(f"{where}/{rel}: not in the manifest; fix: {fix}")
     for line in problems:
@@ -687,8 +903,8 @@ def verify(args: argparse.Namespace) -> int:
         return 1
     missing = header.get("missing") or []
     note = f"; not in it: {', '.join(item['name'] for item in missing)}" if missing else ""
-    print(f"bundle OK: {len(entries)} files, {size / 2**20:.0f} MiB match {bundle}/{MANIFEST} "
-          f"(profile {header.get('profile')}){note}")
+    print(f"bundle OK: {len(entries)} files, {size / 2**20:.0f} MiB match {bundle}/{MANIFEST}, signed by "
+          f"{normalize(args.fingerprint)} (profile {header.get('profile')}){note}")
     return 0
 
 
@@ -723,22 +939,46 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                               help="also bundle the driver's apt packages (dkms); linux-headers must still match each host's kernel")
     build_parser.add_argument("--accept-changes", action="store_true",
                               help="record files as they are now, after replacing or removing one on purpose")
+    build_parser.add_argument("--gnupghome", type=Path, required=True,
+                              help="the GnuPG home holding the bundle's signing key (make bundle-key creates it; BUNDLE_GNUPGHOME)")
+
+    key_parser = commands.add_parser("key", help="create the bundle's signing key (once) and print its fingerprint",
+                                     description="Create an ed25519 signing key in --gnupghome unless it holds one; print "
+                                                 "its fingerprint (also written to <gnupghome>/fingerprint).")
+    key_parser.add_argument("--gnupghome", type=Path, required=True,
+                            help="a folder kept on this control node, never committed or carried (BUNDLE_GNUPGHOME)")
 
     verify_parser = commands.add_parser("verify", help="check every file against the manifest; exit 1 on any problem",
                                         description="Check every manifest entry (exists, sha256) and look for unlisted files.")
     verify_parser.add_argument("--bundle-dir", type=Path, default=default_bundle, help="the bundle (default: the repo's bundle/)")
+    verify_parser.add_argument("--fingerprint", default="",
+                               help="the fingerprint of the key that must have signed the manifest "
+                                    "(sophon_sd_bundle_signing_fingerprint; make bundle-key prints it)")
     return parser.parse_args(argv)
+
+
+def key(args: argparse.Namespace) -> int:
+    fingerprint = create_key(args.gnupghome)
+    (args.gnupghome / "fingerprint").write_text(fingerprint + "\n")
+    print(f"bundle signing key {fingerprint} in {args.gnupghome} (keep that folder on this control node, offline; "
+          "it never goes into the bundle or the repository)")
+    print("Put this line in your inventory's group_vars/all (e.g. group_vars/all/main.yml), where site.yml's preflight reads it:")
+    print(f"sophon_sd_bundle_signing_fingerprint: {fingerprint}")
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     # Absolute paths: git runs in other folders, and the manifest records where copies came from.
-    args.bundle_dir = args.bundle_dir.resolve()
+    if getattr(args, "bundle_dir", None) is not None:
+        args.bundle_dir = args.bundle_dir.resolve()
+    if getattr(args, "gnupghome", None) is not None:
+        args.gnupghome = args.gnupghome.resolve()
     if getattr(args, "assets_from", None) is not None:
         args.assets_from = args.assets_from.resolve()
     try:
-        return build(args) if args.command == "build" else verify(args)
-    except BadInput as exc:
+        return {"build": build, "verify": verify, "key": key}[args.command](args)
+    except (BadInput, SigningError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

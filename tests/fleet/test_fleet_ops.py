@@ -49,6 +49,14 @@ def test_offline_hosts_installed_the_kits_packages_from_the_bundle(fleet, offlin
                 f"{package} on {host} is not offered by the bundle's repository:\n{section}"
 
 
+def test_offline_hosts_check_the_bundle_repositorys_signature(fleet, offline_hosts):
+    """Signed-By the bundle's key, never Trusted (issue 9, item 3): apt reads the index only when signed."""
+    for host in offline_hosts:
+        source = fleet.command(host, ["cat", "/etc/apt/sources.list.d/sophon-sd-bundle.sources"])
+        assert "Signed-By: /etc/apt/keyrings/sophon-sd-bundle.asc" in source.stdout, source.stdout
+        assert "Trusted" not in source.stdout, source.stdout
+
+
 def _sections(policy_output: str) -> list[str]:
     """apt-cache policy's output, one section per package (each starts at column 0 with `name:`)."""
     sections: list[str] = []

@@ -7,9 +7,11 @@ and --no-apt; git runs against a bare repository made here and reached through a
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -28,10 +30,21 @@ def run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, timeout=120)
 
 
+@pytest.fixture(scope="session")
+def signing_home(tmp_path_factory) -> Path:
+    """One signing key for the session, made as `make bundle-key` makes it (ed25519 takes a fraction of a second)."""
+    home = tmp_path_factory.mktemp("gnupg")
+    result = run("key", "--gnupghome", str(home))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return home
+
+
 class Kit:
     """A bundle with two sdists and a vendor file, a download-share copy, and the libraries' pins."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signing_home: Path) -> None:
+        self.gnupghome = signing_home
+        self.fingerprint = (signing_home / "fingerprint").read_text().strip()
         self.bundle = root / "bundle"
         self.share = root / "share"
         self.libraries = root / "libraries.yml"
@@ -54,13 +67,13 @@ class Kit:
     def write_pins(self, pins: list) -> None:
         self.libraries.write_text(yaml.safe_dump({"sophon_upstream_libraries": pins}))
 
-    def build(self, *extra: str) -> subprocess.CompletedProcess:
-        return run("build", "--bundle-dir", str(self.bundle), "--profile", "torch-2.13.0-py3.11", "--no-wheelhouse",
-                   "--no-apt", "--libraries", str(self.libraries), "--git-base-url", self.git_base_url,
-                   "--git-timeout", "5", "--assets-from", str(self.share), *extra)
+    def build(self, *extra: str, wheelhouse: bool = False) -> subprocess.CompletedProcess:
+        return run("build", "--bundle-dir", str(self.bundle), "--profile", "torch-2.13.0-py3.11",
+                   *([] if wheelhouse else ["--no-wheelhouse"]), "--no-apt", "--libraries", str(self.libraries), "--git-base-url", self.git_base_url,
+                   "--git-timeout", "5", "--assets-from", str(self.share), "--gnupghome", str(self.gnupghome), *extra)
 
-    def verify(self) -> subprocess.CompletedProcess:
-        return run("verify", "--bundle-dir", str(self.bundle))
+    def verify(self, fingerprint: str | None = None) -> subprocess.CompletedProcess:
+        return run("verify", "--bundle-dir", str(self.bundle), "--fingerprint", self.fingerprint if fingerprint is None else fingerprint)
 
     def manifest(self) -> dict:
         return yaml.safe_load((self.bundle / "manifest.yml").read_text())
@@ -70,8 +83,8 @@ class Kit:
 
 
 @pytest.fixture
-def kit(tmp_path) -> Kit:
-    return Kit(tmp_path)
+def kit(tmp_path, signing_home) -> Kit:
+    return Kit(tmp_path, signing_home)
 
 
 @pytest.fixture
@@ -83,7 +96,7 @@ def built(kit) -> Kit:
 
 def test_manifest_lists_every_file_with_its_sha256(built):
     files = {path.relative_to(built.bundle).as_posix() for path in built.bundle.rglob("*") if path.is_file()}
-    files.discard("manifest.yml")
+    files -= {"manifest.yml", "manifest.yml.asc"}
     items = built.items()
     assert set(items) == files
     for rel, item in items.items():
@@ -114,7 +127,8 @@ def test_rerun_fetches_nothing_and_changes_nothing(built):
 
 def test_verify_passes_on_a_whole_bundle(built):
     result = built.verify()
-    assert result.returncode == 0 and result.stdout.startswith("bundle OK: 9 files")
+    assert result.returncode == 0 and result.stdout.startswith("bundle OK: 10 files")
+    assert f"signed by {built.fingerprint}" in result.stdout
 
 
 def test_verify_names_a_corrupt_file(built):
@@ -233,3 +247,184 @@ def test_git_tag_at_another_commit_is_refused(git_kit):
     assert "the pin says " + "0" * 40 in result.stdout
     assert "sources/accelerate-0.16.0.git.tar.gz" not in git_kit.items()
     assert not (git_kit.bundle / "sources/accelerate-0.16.0.git.tar.gz").exists()
+
+
+# --------------------------------------------------------------------------- trust (issue 9, item 3)
+
+
+def test_verify_refuses_a_manifest_changed_after_signing(built):
+    """Whoever can write bundle/ can rewrite the manifest to match a swapped file: the signature cannot follow."""
+    vendor = built.bundle / "vendor/sophon-libsophon_0.5.1_amd64.deb"
+    vendor.write_bytes(b"a deb with another postinst")
+    manifest = built.bundle / "manifest.yml"
+    manifest.write_text(manifest.read_text().replace(built.items()["vendor/sophon-libsophon_0.5.1_amd64.deb"]["sha256"],
+                                                     sha256(vendor)))
+    result = built.verify()
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {built.bundle}/manifest.yml.asc is not a good signature of {built.bundle}/manifest.yml")
+    assert "rerun make bundle" in result.stderr
+
+
+def test_verify_refuses_a_bundle_signed_with_another_key(built, tmp_path):
+    """A bundle re-signed with another key and shipped with that key's public half: the fingerprint decides."""
+    other = tmp_path / "other-gnupg"
+    assert run("key", "--gnupghome", str(other)).returncode == 0
+    other_fingerprint = (other / "fingerprint").read_text().strip()
+    sign = ["gpg", "--homedir", str(other), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*sign, "--yes", "--armor", "--detach-sign", "--output", str(built.bundle / "manifest.yml.asc"),
+                    str(built.bundle / "manifest.yml")], check=True, capture_output=True)
+    with open(built.bundle / "signing-key.asc", "wb") as key:
+        subprocess.run([*sign, "--armor", "--export", other_fingerprint], check=True, stdout=key)
+    subprocess.run(["gpgconf", "--homedir", str(other), "--kill", "gpg-agent"], check=False)
+    result = built.verify()
+    assert result.returncode == 2
+    assert f"manifest.yml is signed by key {other_fingerprint}, not by {built.fingerprint}" in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["manifest.yml.asc", "signing-key.asc"])
+def test_verify_refuses_an_unsigned_manifest(built, missing):
+    (built.bundle / missing).unlink()
+    result = built.verify()
+    assert result.returncode == 2
+    assert f"{built.bundle}/{missing} does not exist, so the manifest is not signed: rerun make bundle" in result.stderr
+
+
+def test_verify_without_a_fingerprint_says_where_to_set_it(built):
+    result = built.verify(fingerprint="")
+    assert result.returncode == 2
+    assert "set sophon_sd_bundle_signing_fingerprint in the inventory's group_vars/all (make bundle-key prints it)" \
+        in result.stderr
+
+
+def test_build_without_a_signing_key_says_how_to_make_one(kit, tmp_path):
+    kit.gnupghome = tmp_path / "no-key-here"
+    result = kit.build()
+    assert result.returncode == 2
+    assert "holds no secret key: make bundle signs with the one key `make bundle-key` creates there" in result.stderr
+    assert not (kit.bundle / "manifest.yml").exists()
+
+
+def test_a_changed_bundle_is_signed_again(built):
+    signature = (built.bundle / "manifest.yml.asc").read_bytes()
+    (built.bundle / "vendor/sophon-libsophon_0.5.1_amd64.deb").write_bytes(b"a newer deb")
+    assert built.build("--accept-changes").returncode == 0
+    assert (built.bundle / "manifest.yml.asc").read_bytes() != signature
+    assert built.verify().returncode == 0
+
+
+def test_a_new_key_signs_the_whole_bundle_again(built, tmp_path):
+    """make clean removes the test key: the next build ships the new public key and signs with it."""
+    other = tmp_path / "new-gnupg"
+    assert run("key", "--gnupghome", str(other)).returncode == 0
+    built.gnupghome, old_fingerprint = other, built.fingerprint
+    built.fingerprint = (other / "fingerprint").read_text().strip()
+    result = built.build()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"signed by {built.fingerprint}" in result.stdout
+    assert built.verify().returncode == 0
+    assert built.verify(fingerprint=old_fingerprint).returncode == 2
+
+
+def plant(bundle: Path, rel: str, how: str) -> None:
+    path = bundle / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "dot-file":
+        path.write_bytes(b"PAR1 a hidden dataset shard")
+    elif how == "symlink":
+        path.symlink_to("/etc/shadow")
+    elif how == "symlinked folder":
+        path.symlink_to(bundle.parent / "share" / "dataset", target_is_directory=True)
+    elif how == "hard link":
+        os.link(bundle / "vendor/sophon-libsophon_0.5.1_amd64.deb", path)
+    elif how == "fifo":
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("rel, how, why", [
+    ("assets/dataset/.x.parquet", "dot-file", "a dot-file (hidden, yet read by the loaders)"),
+    ("assets/dataset/.hidden/x.parquet", "dot-file", "a dot-file (hidden, yet read by the loaders)"),
+    ("vendor/libsophon.deb", "symlink", "a symbolic link"),
+    ("assets/dataset/more", "symlinked folder", "a symbolic link"),
+    ("vendor/sophon-libsophon-copy_0.5.1_amd64.deb", "hard link", "a hard link"),
+    ("vendor/pipe", "fifo", "a device file, FIFO or socket"),
+])
+def test_links_special_files_and_dot_files_are_refused(built, rel, how, why):
+    plant(built.bundle, rel, how)
+    named = rel.split("/.hidden/")[0] + "/.hidden" if "/.hidden/" in rel else rel
+    line = f"{built.bundle}/{named}: {why}; fix: remove it (the bundle holds plain files only)"
+    result = built.verify()
+    assert result.returncode == 1
+    assert line in result.stdout.splitlines()
+    rebuilt = built.build()
+    assert rebuilt.returncode == 1
+    assert line in rebuilt.stdout.splitlines()
+    assert not any(rel.startswith(named) for rel in built.items())
+
+
+def write_wheelhouse(bundle: Path, wheels: dict[str, bytes]) -> None:
+    """bundle/wheelhouse/ and wheelhouse.tar as the Makefile's wheelhouse rule writes them (tar -C wheelhouse -cf ... .)."""
+    (bundle / "wheelhouse").mkdir(exist_ok=True)
+    for name, data in wheels.items():
+        (bundle / "wheelhouse" / name).write_bytes(data)
+    subprocess.run(["tar", "-C", str(bundle / "wheelhouse"), "-cf", str(bundle / "wheelhouse.tar"), "."], check=True)
+
+
+WHEELS = {"torch-2.13.0-cp311-none-linux_x86_64.whl": b"the real torch", "six-1.16.0-py2.py3-none-any.whl": b"six"}
+
+
+@pytest.fixture
+def with_wheels(kit) -> Kit:
+    write_wheelhouse(kit.bundle, WHEELS)
+    result = kit.build(wheelhouse=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return kit
+
+
+def test_tar_members_are_recorded(with_wheels):
+    members = with_wheels.items()["wheelhouse.tar"]["members"]
+    assert members == {name: hashlib.sha256(data).hexdigest() for name, data in WHEELS.items()}
+
+
+def test_a_same_size_change_inside_the_wheelhouse_tar_is_named_not_recorded(with_wheels):
+    recorded = with_wheels.items()["wheelhouse.tar"]["sha256"]
+    tampered = b"the evil torch"
+    assert len(tampered) == len(WHEELS["torch-2.13.0-cp311-none-linux_x86_64.whl"])
+    work = with_wheels.bundle.parent / "tampered"
+    work.mkdir()
+    for name, data in WHEELS.items():
+        (work / name).write_bytes(tampered if name.startswith("torch") else data)
+    subprocess.run(["tar", "-C", str(work), "-cf", str(with_wheels.bundle / "wheelhouse.tar"), "."], check=True)
+
+    verified = with_wheels.verify()
+    assert verified.returncode == 1
+    assert (f"{with_wheels.bundle}/wheelhouse.tar: member torch-2.13.0-cp311-none-linux_x86_64.whl differs from the manifest; "
+            "fix: rerun make bundle") in verified.stdout.splitlines()
+
+    rebuilt = with_wheels.build(wheelhouse=True)
+    assert rebuilt.returncode == 1
+    assert (f"{with_wheels.bundle}/wheelhouse.tar: member torch-2.13.0-cp311-none-linux_x86_64.whl has sha256 "
+            f"{hashlib.sha256(tampered).hexdigest()}, wheelhouse/torch-2.13.0-cp311-none-linux_x86_64.whl has "
+            f"{hashlib.sha256(WHEELS['torch-2.13.0-cp311-none-linux_x86_64.whl']).hexdigest()}") in rebuilt.stdout
+    assert with_wheels.items()["wheelhouse.tar"]["sha256"] == recorded
+    assert not (with_wheels.bundle / "wheelhouse.tar").exists(), "left for the wheelhouse rule to write again"
+
+
+@pytest.mark.parametrize("tar_name", ["wheelhouse.tar", "apt.tar"])
+@pytest.mark.parametrize("member, kind, why", [
+    ("./.x.whl", tarfile.REGTYPE, "a dot-file (hidden, yet read by the loaders)"),
+    ("./evil.whl", tarfile.SYMTYPE, "a symbolic link"),
+    ("./twin.whl", tarfile.LNKTYPE, "a hard link"),
+    ("./dev.whl", tarfile.CHRTYPE, "a device file, FIFO or socket"),
+])
+def test_links_special_files_and_dot_files_inside_the_tars_are_refused(with_wheels, tar_name, member, kind, why):
+    with tarfile.open(with_wheels.bundle / tar_name, "a" if tar_name == "wheelhouse.tar" else "w") as tar:
+        info = tarfile.TarInfo(member)
+        info.type = kind
+        if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+            info.linkname = "/etc/shadow" if kind == tarfile.SYMTYPE else "./six-1.16.0-py2.py3-none-any.whl"
+        tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    result = with_wheels.build(wheelhouse=True)
+    assert result.returncode == 1
+    assert (f"{with_wheels.bundle}/{tar_name}: member {member[2:]} is {why}; fix: rerun make bundle "
+            f"(it writes {tar_name} from plain files only)") in result.stdout.splitlines()
+    assert "unsigned until the problems are fixed" in result.stdout

@@ -52,6 +52,6 @@ def test_a_repository_signed_by_another_key_is_refused(throwaway_host, repositor
     result = throwaway_host.play("apt.yml", {"sophon_apt_source": "bundle", "sophon_apt_packages": ["libncurses5"],
                                              "sophon_sd_bundle_dir": str(bundle)})
     assert result.failed
-    assert "NO_PUBKEY" in result.output and "is not signed" in result.output, result.output[-3000:]
+    assert "NO_PUBKEY" in result.output, result.output[-3000:]
     assert throwaway_host.run("dpkg -s libncurses5").returncode != 0
     subprocess.run(["gpgconf", "--homedir", str(other), "--kill", "gpg-agent"], check=False)

@@ -36,10 +36,13 @@ COPY_IMAGE = "localhost/sophon-sd-bench-provisioned:latest"
 
 
 def write_inventory(run: HostRun, hosts: list[str]) -> Path:
-    """The demo's group_vars, every host taking its Debian packages from the bundle."""
+    """The demo's group_vars (the test bundle's signing key from its group all), every host taking its
+    Debian packages from the bundle."""
     settings = yaml.safe_load((REPO / "inventory/demo/group_vars/sophon_sd/main.yml").read_text())
     settings["sophon_apt_source"] = "bundle"
-    inventory = {"sophon_sd": {"hosts": {host: run.inventory_vars(host) for host in hosts}, "vars": settings}}
+    for_all = yaml.safe_load((REPO / "inventory/demo/group_vars/all/main.yml").read_text())
+    inventory = {"all": {"vars": for_all},
+                 "sophon_sd": {"hosts": {host: run.inventory_vars(host) for host in hosts}, "vars": settings}}
     path = run.run_dir / f"hosts-{len(hosts)}.yml"
     path.write_text(yaml.safe_dump(inventory))
     return path

@@ -113,8 +113,8 @@ train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/R
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
 
 lint: setup ## ansible-lint (production profile) and yamllint
-	$(YIELD) ansible-lint --profile production
-	$(YIELD) yamllint --strict .
+	ansible-lint --profile production
+	yamllint --strict .
 
 docs: setup ## Regenerate each role README's variable table from meta/argument_specs.yml and defaults/main.yml
 	$(BIN)/python tools/sdkit_role_docs.py
@@ -127,7 +127,7 @@ $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $
 	touch $@
 
 unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers)
-	$(YIELD) $(ML_VENV)/bin/python -m pytest -q tests/unit
+	$(ML_VENV)/bin/python -m pytest -q tests/unit
 
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny
@@ -160,12 +160,12 @@ SCENARIOS := fleet runtime
 
 molecule: $(addprefix molecule-,$(SCENARIOS)) ## Molecule scenarios (fleet, runtime): converge, idempotence, testinfra verify on podman hosts
 molecule-%: $(HOST_TEST_INPUTS)
-	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) $(if $(filter fleet,$*),,$(YIELD)) molecule test -s $*
+	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test -s $*
 
 # One throwaway host per test module, three modules at a time (--dist loadfile keeps a module's
 # tests, and its host, in one worker); the slowest tests are listed at the end.
 roles: $(HOST_TEST_INPUTS) ## Bad-input tests of the roles on throwaway podman hosts
-	$(YIELD) pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=12 tests/roles
+	pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=12 tests/roles
 
 # The host tests wait on SSH, podman and apt more than they use the CPU, so everything runs side by
 # side once its inputs are built (those first, three at a time: venvs, wheelhouse, image, upstream
@@ -176,13 +176,10 @@ host-tests: $(HOST_TEST_INPUTS)
 
 test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed
 
-# The fleet scenario is the longest part, so the others run niced (YIELD; their podman hosts inherit
-# it): they take the CPU while it waits on SSH and apt, not while it works.
-YIELD ?=
 test: ## Every test, side by side: lint, unit tests, the Molecule scenarios and the bad-input tests
 	$(MAKE) --no-print-directory -j3 test-inputs
 	@echo "Running lint, unit and $(HOST_TESTS) side by side; each prints its output when it ends."
-	$(MAKE) --no-print-directory -j5 --output-sync=target HOST_TEST_INPUTS= YIELD='nice -n 10' lint unit $(HOST_TESTS)
+	$(MAKE) --no-print-directory -j5 --output-sync=target HOST_TEST_INPUTS= lint unit $(HOST_TESTS)
 
 clean: ## Remove build outputs (keeps bundle/ and the venvs)
 	rm -rf build

@@ -64,8 +64,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import sdkit_slurm
 from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, read_json,
                          write_json_atomic, write_text_atomic)
+from sdkit_slurm import SlurmError
 
 RUNS_SUBDIR = "runs"  # under SOPHON_SD_STATE_DIR
 RUNNER_USER = "sophon-sd"
@@ -73,6 +75,9 @@ RESUME_ARGS = ["--resume_from_checkpoint", "latest"]
 # A resumed attempt continues the job's own output: starting over again would throw away its steps.
 FIRST_ATTEMPT_ONLY = ("--overwrite_output_dir",)
 MODES = ("per_chip", "data_parallel")
+# systemd: the host runs its jobs itself (the default, no controller needed); slurm: they queue in
+# the cluster of role sophon_slurm (sdkit_slurm.py).
+SCHEDULERS = ("systemd", "slurm")
 INTERRUPTED = 130  # the trainer's exit code after Ctrl-C or SIGTERM: it saved a checkpoint first
 # Run ids and job names become folder names and reach playbooks and logs: no '/', no '..', no
 # spaces, quotes or newlines, and short. Matched with fullmatch (a '$' would let "id\n" through).
@@ -408,13 +413,50 @@ def read_pid(job_dir: Path) -> Optional[int]:
         return None
 
 
-def job_status(job_dir: Path, unit: Optional[Dict[str, str]] = None) -> dict:
+def systemd_live(unit: Dict[str, str]) -> dict:
+    """A unit's state as job_status reads it: running, or gone (with the signal that killed it, if any)."""
+    if unit.get("ActiveState") in ACTIVE_STATES:
+        return {"state": "running"}
+    killed = unit.get("ActiveState") == "failed" and unit.get("ExecMainCode") in ("2", "3")  # CLD_KILLED, CLD_DUMPED
+    return {"state": "gone", "signal": int(unit.get("ExecMainStatus") or 0) if killed else None}
+
+
+def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
+    """Each Slurm job's state in the queue: queued (with Slurm's reason), running, or gone (ended)."""
+    queues: Dict[str, Dict[str, Dict[str, str]]] = {}
+    live = {}
+    for job_dir, record in records.items():
+        name = record["slurm_name"]
+        if name not in queues:
+            queues[name] = sdkit_slurm.queue(name)
+        entry = queues[name].get(slurm_job_of(job_dir), {})
+        state = entry.get("state", "")
+        live[job_dir] = ({"state": "queued", "reason": entry["reason"]} if state in sdkit_slurm.QUEUED_STATES
+                         else {"state": "running"} if state in sdkit_slurm.RUNNING_STATES else {"state": "gone"})
+    return live
+
+
+def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
+    """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run."""
+    records = {d: read_json(d / "job.json") or {} for d in job_dirs}
+    queued = {d: r for d, r in records.items() if r.get("scheduler") == "slurm" and r.get("attempts")}
+    units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
+    live = {d: systemd_live(units[unit_name(d)]) for d in job_dirs if d not in queued}
+    try:
+        live.update(slurm_live(queued))
+    except SlurmError as exc:
+        raise JobError(str(exc)) from None
+    return live
+
+
+def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     """What one job is doing: state, step, total steps, last loss, elapsed seconds of this attempt.
 
-    States: absent (never started), running (its unit is active), finished (exit 0), stopped
-    (interrupted, a checkpoint was saved), failed (any other exit, or the unit ended without the
-    supervisor recording one, as after a reboot or a kill of the whole unit). ``unit`` is the
-    unit's state from unit_states (asked for here when not given).
+    States: absent (never started), queued (waiting in Slurm's queue), running (its unit is active,
+    or Slurm runs it), finished (exit 0), stopped (interrupted, a checkpoint was saved; or cancelled
+    while queued), failed (any other exit, or the job ended without the supervisor recording one,
+    as after a reboot or a kill of the whole unit). ``live`` is the scheduler's word on the job
+    (live_states; asked for here when not given).
     """
     job = read_json(job_dir / "job.json")
     status = {"job": job_dir.name, "dir": str(job_dir), "output_dir": str(job_dir / "output"),
@@ -424,36 +466,44 @@ def job_status(job_dir: Path, unit: Optional[Dict[str, str]] = None) -> dict:
     if not job or not job.get("attempts"):
         return status
     attempt = job["attempts"][-1]
-    unit = unit or unit_states([status["unit"]])[status["unit"]]
-    status.update(device=job.get("device"), attempts=len(job["attempts"]), pid=read_pid(job_dir))
+    live = live or live_states([job_dir])[job_dir]
+    status.update(device=attempt.get("device", job.get("device")), attempts=len(job["attempts"]),
+                  pid=read_pid(job_dir), scheduler=job.get("scheduler", "systemd"))
+    if status["scheduler"] == "slurm":
+        status["unit"] = f"slurm job {slurm_job_of(job_dir)}"
     exit_file = job_dir / "exit_status"
     ended_at = None
     # A job started by the kit before its jobs were systemd units: its supervisor's pid.
     legacy_running = alive(attempt.get("supervisor_pid"), attempt.get("supervisor_ticks"))
-    if unit.get("ActiveState") in ACTIVE_STATES or legacy_running:
-        status["state"] = "running"
+    if live["state"] in ("running", "queued") or legacy_running:
+        status["state"] = "running" if legacy_running else live["state"]
+        status["reason"] = live.get("reason")
     elif exit_file.is_file():
         code = int(exit_file.read_text().strip() or 1)
         ended_at = exit_file.stat().st_mtime
         status["exit_status"] = code
         status["state"] = "finished" if code == 0 else "stopped" if code == INTERRUPTED else "failed"
+    elif status["scheduler"] == "slurm" and "ran_at" not in attempt:
+        status["state"] = "stopped"  # cancelled before it ever ran: nothing lost
     else:
         status["state"] = "failed"  # gone without a word: the whole unit killed, or a reboot
-        if unit.get("ActiveState") == "failed" and unit.get("ExecMainCode") in ("2", "3"):  # CLD_KILLED, CLD_DUMPED
-            status["exit_status"] = -int(unit.get("ExecMainStatus") or 0)
+        if live.get("signal"):
+            status["exit_status"] = -live["signal"]
     metrics = last_metrics(job_dir / "output" / "metrics.jsonl")
     if metrics:
         status.update(step=metrics.get("step"), loss=metrics.get("loss"))
     run = read_json(job_dir / "output" / "run.json") or {}
     status["total_steps"] = run.get("total_steps") or total_steps(job_dir / "train.log")
     status["checkpoint"] = latest_checkpoint(job_dir / "output")
-    status["elapsed_s"] = round((ended_at or time.time()) - attempt["started"], 1)
+    status["elapsed_s"] = round((ended_at or time.time()) - attempt.get("ran_at", attempt["started"]), 1)
     return status
 
 
 def describe(status: dict) -> str:
     """One line per job for people: what the playbook prints at each poll."""
     parts = [f"{status['job']}: {status['state']}"]
+    if status["state"] == "queued":
+        return f"{parts[0]} in Slurm ({status.get('reason') or 'waiting'}), {status['unit']}"
     if status["state"] != "absent":
         parts.append(f"step {status['step'] or 0}/{status['total_steps'] or '?'}")
         if status["loss"] is not None:
@@ -468,12 +518,14 @@ def describe(status: dict) -> str:
 
 
 def run_status(run_dir: Path) -> dict:
-    """All jobs of a run, and the run's state: running while any job runs, else the worst outcome."""
+    """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
     job_dirs = [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
-    units = unit_states([unit_name(d) for d in job_dirs])
-    jobs = [job_status(d, units[unit_name(d)]) for d in job_dirs]
+    live = live_states(job_dirs)
+    jobs = [job_status(d, live[d]) for d in job_dirs]
     states = {j["state"] for j in jobs}
-    state = next((s for s in ("running", "failed", "stopped", "finished") if s in states), "absent")
+    # A queued job counts as running: it will run, and polling must go on.
+    state = "running" if "queued" in states else next(
+        (s for s in ("running", "failed", "stopped", "finished") if s in states), "absent")
     return {"run_id": run_dir.name, "run_dir": str(run_dir), "state": state, "jobs": jobs,
             "lines": [describe(j) for j in jobs] or [f"{run_dir.name}: no jobs on this host"]}
 
@@ -481,8 +533,12 @@ def run_status(run_dir: Path) -> dict:
 # --------------------------------------------------------------------------- start, as the runner user
 
 
-def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str]) -> List[dict]:
-    """Record a new attempt of each job that must (re)start; say what happens to each (runner user)."""
+def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str],
+                scheduler: Optional[Dict[str, str]] = None) -> List[dict]:
+    """Record a new attempt of each job that must (re)start; say what happens to each (runner user).
+
+    ``scheduler``: what a new job's record keeps of its scheduler (default: a systemd unit)."""
+    scheduler = scheduler or {"scheduler": "systemd"}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -491,13 +547,18 @@ def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str]) -> Lis
                        "(role sophon_host_env)") from None
     planned = {j.name for j in jobs}
     existing = {d.name for d in run_dir.iterdir() if (d / "job.json").is_file()}
+    for name in sorted(existing):
+        used = (read_json(run_dir / name / "job.json") or {}).get("scheduler", "systemd")
+        if used != scheduler["scheduler"]:
+            raise JobError(f"run '{run_dir.name}' was started with SCHEDULER={used}, not {scheduler['scheduler']}: "
+                           "rerun it with that scheduler, or choose a new run id")
     if existing and existing != planned:
         raise JobError(f"run '{run_dir.name}' has jobs {', '.join(sorted(existing))}, but these settings make "
                        f"{', '.join(sorted(planned))} (another mode or other chips); choose a new run id")
     records = {}
     for job in jobs:
         record = read_json(job.dir / "job.json") or {"job": job.name, "device": job.device, "argv": job.argv,
-                                                    "env": job.env, "attempts": []}
+                                                    "env": job.env, "attempts": [], **scheduler}
         if record["argv"] != job.argv:
             raise JobError(f"job {job.name} of this run was started with another command:\n  "
                            f"{shlex.join(record['argv'])}\nnot\n  {shlex.join(job.argv)}\nchoose a new run id, "
@@ -507,7 +568,7 @@ def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str]) -> Lis
     for job in jobs:
         record = records[job.name]
         current = job_status(job.dir)
-        if current["state"] in ("running", "finished"):
+        if current["state"] in ("queued", "running", "finished"):
             plans.append({"job": job.name, "launch": False, "action": f"already {current['state']}"})
             continue
         resuming = bool(record["attempts"])
@@ -530,20 +591,23 @@ def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str]) -> Lis
 
 
 def jobs_status(jobs: List[Job]) -> List[dict]:
-    units = unit_states([job.unit for job in jobs])
-    return [job_status(job.dir, units[job.unit]) for job in jobs]
+    live = live_states([job.dir for job in jobs])
+    return [job_status(job.dir, live[job.dir]) for job in jobs]
 
 
 # --------------------------------------------------------------------------- the unit's process
 
 
-def supervise(job_dir: Path) -> int:
+def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
     """What the unit runs, as the runner user: the trainer with the log as its output, then its exit status.
 
     systemd sends SIGTERM here only (KillMode=mixed); it goes on to the trainer once, which saves a
     checkpoint and exits 130, and this process lives to record that, not die first and leave a
     "failed" job. The trainer's exit code becomes the unit's (a signal N as 128+N), so that
     ``systemctl status`` shows a failure too; 130 counts as success (SuccessExitStatus).
+
+    Under Slurm (``forward_sigterm`` false) every process of the task gets Slurm's SIGTERM itself,
+    the trainer included: passing it on would be the second one, which aborts the trainer.
     """
     os.umask(0o022)
     os.chdir(job_dir)
@@ -551,8 +615,9 @@ def supervise(job_dir: Path) -> int:
     if not record or not record.get("attempts"):
         print(f"error: {job_dir / 'job.json'} has no attempt to run", file=sys.stderr)
         return 2
-    argv = record["attempts"][-1]["argv"]
-    env = {**os.environ, **record.get("env", {}), "PYTHONUNBUFFERED": "1"}
+    attempt = record["attempts"][-1]
+    argv = attempt["argv"]
+    env = {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
     handover = job_dir / HUB_TOKEN_HANDOVER
     try:
         fd = os.open(handover, os.O_RDONLY | os.O_NOFOLLOW)
@@ -573,7 +638,7 @@ def supervise(job_dir: Path) -> int:
     def pass_on(signum: int, _frame: Any) -> None:
         if not asked_to_stop:
             asked_to_stop.append(signum)
-            if trainer:
+            if trainer and forward_sigterm:
                 trainer[0].send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, pass_on)
@@ -585,7 +650,7 @@ def supervise(job_dir: Path) -> int:
         except OSError as exc:
             print(f"=== cannot run {argv[0]}: {exc}", flush=True)
             return 1
-        if asked_to_stop:  # SIGTERM came while the trainer was starting
+        if asked_to_stop:  # SIGTERM came while the trainer was starting: it may have missed it
             trainer[0].send_signal(signal.SIGTERM)
         write_text_atomic(job_dir / "pid", f"{trainer[0].pid}\n")
         code = trainer[0].wait()
@@ -593,6 +658,105 @@ def supervise(job_dir: Path) -> int:
     finally:
         write_text_atomic(job_dir / "exit_status", f"{code}\n")
     return code if code >= 0 else 128 - code
+
+
+# --------------------------------------------------------------------------- Slurm
+
+
+SLURM_JOB_FILE = "slurm_job"  # the job's id in Slurm's queue (123_0 for task 0 of array 123)
+
+
+def plan_slurm_jobs(run_dir: Path, mode: str, devices: List[str], chips: int, python: str, trainer: str,
+                    train_args: List[str]) -> Tuple[List[Job], int]:
+    """The jobs of a run under Slurm, and how many chips each asks for.
+
+    per_chip: one array task per chip Slurm counts on this node (task0, task1, ...); which chip a
+    task gets is Slurm's choice, made when it starts (slurm-task). data_parallel: one job over all
+    of them, planned as plan_jobs does. On a host without a Sophgo runtime the tasks train on its
+    CPU (or SOPHON_SD_DEVICES' kind of device) while Slurm still counts out chips.
+    """
+    kind = devices[0].partition(":")[0] if devices else "cpu"
+    if mode == "data_parallel":
+        return plan_jobs(run_dir, mode, [f"{kind}:{i}" for i in range(chips)] if kind == "tpu" else [kind],
+                         python, trainer, train_args), chips
+    return [Job(f"task{i}", kind, [python, trainer, *train_args, "--output_dir", str(run_dir / f"task{i}" / "output")],
+                {"ACCELERATE_TORCH_DEVICE": kind}, run_dir / f"task{i}") for i in range(chips)], 1
+
+
+def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, name: str, node: str, gres: str,
+                    env_file: str) -> None:
+    """One sbatch for the jobs to (re)start: an array of the per-chip tasks, or the data-parallel job."""
+    task = [sys.executable, str(Path(__file__).resolve()), "slurm-task", "--run-dir", str(run_dir),
+            "--env-file", env_file, "--gres", gres]
+    per_chip = all(job.name.startswith("task") for job in jobs)
+    if per_chip:
+        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=1,
+                                       array=[int(job.name[len("task"):]) for job in jobs],
+                                       output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task))
+    else:
+        [job] = jobs
+        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=chips_per_job, array=None,
+                                       output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]))
+    job_id = sdkit_slurm.submit(argv)
+    for job in jobs:
+        write_text_atomic(job.dir / SLURM_JOB_FILE, f"{job_id}_{job.name[len('task'):]}\n" if per_chip else f"{job_id}\n")
+
+
+def slurm_job_of(job_dir: Path) -> str:
+    try:
+        return (job_dir / SLURM_JOB_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def start_in_slurm(args: argparse.Namespace, run_dir: Path, devices: List[str], python: str,
+                   train_args: List[str], hub_token: Optional[str]) -> Tuple[List[Job], List[dict]]:
+    """Queue the run's jobs that must (re)start, as the runner user (whom Slurm then runs them as)."""
+    node = sdkit_slurm.node_name()
+    chips = sdkit_slurm.node_chips(node, args.slurm_gres)
+    if chips < 1:
+        raise JobError(f"Slurm counts no '{args.slurm_gres}' chips on node {node} (scontrol show node {node}): "
+                       "check its Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
+    jobs, chips_per_job = plan_slurm_jobs(run_dir, args.mode, devices, chips, python, args.trainer, train_args)
+    name = sdkit_slurm.job_name(run_dir.name, node)
+    plans = prepare_run(run_dir, jobs, hub_token, {"scheduler": "slurm", "slurm_name": name})
+    queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
+    if queued:
+        submit_to_slurm(run_dir, queued, chips_per_job, name, node, args.slurm_gres,
+                        str(Path(args.env_file).resolve()))
+    return jobs, plans
+
+
+def cmd_slurm_task(args: argparse.Namespace) -> int:
+    """What a Slurm task runs, as the runner user: the env file, the chip Slurm gave it, then supervise."""
+    run_dir = Path(args.run_dir)
+    job_dir = run_dir / (args.job or f"task{os.environ.get('SLURM_ARRAY_TASK_ID', '')}")
+    record = read_json(job_dir / "job.json")
+    if not record or not record.get("attempts"):
+        raise JobError(f"{job_dir / 'job.json'} has no attempt to run")
+    # As systemd's EnvironmentFile= gives a unit the env file (sbatch --export=NIL gave nothing).
+    os.environ.update(EnvFile.read(args.env_file).values)
+    account = pwd.getpwuid(os.getuid())
+    os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    now = time.time()
+    attempt = record["attempts"][-1]
+    if "ran_at" in attempt:  # Slurm queued it again (its node failed, or it was requeued): resume
+        attempt = {"started": now, "argv": attempt_argv(record["argv"], resuming=True)}
+        record["attempts"].append(attempt)
+    attempt.update(ran_at=now, slurm_job=slurm_job_of(job_dir))
+    (job_dir / "exit_status").unlink(missing_ok=True)
+    try:
+        chips = sdkit_slurm.job_chips(os.environ["SLURM_JOB_ID"], args.gres)
+    except (SlurmError, KeyError) as exc:
+        write_json_atomic(job_dir / "job.json", record)
+        write_text_atomic(job_dir / "exit_status", "2\n")
+        raise JobError(f"cannot tell which chip Slurm gave this task: {exc}") from None
+    device = record["device"]
+    if device == "tpu" and args.job is None:
+        device = f"tpu:{chips[0]}"  # tpu:N is chip N as bm-smi numbers it, as gres.conf's File= does
+    attempt.update(device=device, chips=chips, env={"ACCELERATE_TORCH_DEVICE": device})
+    write_json_atomic(job_dir / "job.json", record)
+    return supervise(job_dir, forward_sigterm=False)
 
 
 # --------------------------------------------------------------------------- commands
@@ -623,16 +787,25 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
     run_dir = run_dir_of(args)
     account = runner_account(args.user)
-    jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
     notes = []
     if cli_token and env_file.get(HUB_TOKEN_FILE_KEY):
         notes.append(f"--hub_token ignored: the token file named by {HUB_TOKEN_FILE_KEY} is used")
         cli_token = None
-    plans = as_user(account, prepare_run, run_dir, jobs, cli_token)
-    for job, plan in zip(jobs, plans):
-        if plan["launch"]:
-            launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout)
-    statuses = as_user(account, jobs_status, jobs)
+    if args.scheduler == "slurm":
+        if account:
+            become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
+        try:
+            jobs, plans = start_in_slurm(args, run_dir, devices, python, train_args, cli_token)
+        except SlurmError as exc:
+            raise JobError(str(exc)) from None
+        statuses = jobs_status(jobs)
+    else:
+        jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
+        plans = as_user(account, prepare_run, run_dir, jobs, cli_token)
+        for job, plan in zip(jobs, plans):
+            if plan["launch"]:
+                launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout)
+        statuses = as_user(account, jobs_status, jobs)
     results = [{"job": plan["job"], "action": plan["action"], "status": status}
                for plan, status in zip(plans, statuses)]
     lines = notes + [f"{result['job']}: {result['action']}" for result in results]
@@ -672,7 +845,8 @@ def run_units(run_id: str) -> List[str]:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """``systemctl stop`` of the run's units: the trainer saves a checkpoint at the next step and exits 130."""
+    """``systemctl stop`` of the run's units, or scancel of its Slurm jobs: the trainer saves a checkpoint at
+    the next step and exits 130."""
     run_dir = run_dir_of(args)
     account = runner_account(args.user)
     units = run_units(args.run_id)
@@ -684,6 +858,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
             print(f"{unit}: asked to stop (systemctl stop: SIGTERM, then a checkpoint)")
     if account:
         become(account)
+    job_dirs = [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
+    for name in sorted({(read_json(d / "job.json") or {}).get("slurm_name") for d in job_dirs} - {None}):
+        try:
+            sdkit_slurm.cancel(name)
+        except SlurmError as exc:
+            raise JobError(str(exc)) from None
+        print(f"{name}: cancelled in Slurm (running tasks get SIGTERM, then save a checkpoint)")
     status = wait_while_running(run_dir, args.wait, 0.5)
     print("\n".join(status["lines"]))
     return 0
@@ -738,6 +919,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     start.add_argument("--stop-timeout", type=int, default=STOP_TIMEOUT_S,
                        help="Seconds systemd gives a stopped job to save its checkpoint before killing it "
                             f"(TimeoutStopSec, default {STOP_TIMEOUT_S}).")
+    start.add_argument("--scheduler", default="systemd", choices=SCHEDULERS,
+                       help="systemd: the jobs run here as systemd services (no controller needed); slurm: they "
+                            "queue in the Slurm cluster (role sophon_slurm), one array task per chip, pinned to "
+                            "this host, which keeps their checkpoints.")
+    start.add_argument("--slurm-gres", default="tpu",
+                       help="The generic resource that the cluster's slurm.conf names the chips by (default tpu).")
     start.add_argument("--extra-args", default="",
                        help="More trainer flags as one shell-quoted string, after those following --; "
                             "a flag given twice takes the last value.")
@@ -759,6 +946,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                                        "the job's last attempt, its log and exit status.")
     supervise_.add_argument("--job-dir", required=True, help="<runs-dir>/<run-id>/<job>")
     supervise_.set_defaults(func=cmd_supervise)
+
+    task = commands.add_parser("slurm-task", help="What a Slurm task runs (as the runner user; start --scheduler slurm "
+                                                  "queues it): the env file, the chip Slurm gave, then supervise.")
+    task.add_argument("--run-dir", required=True, help="<runs-dir>/<run-id>")
+    task.add_argument("--job", default=None, help="The job's folder name (default: task<SLURM_ARRAY_TASK_ID>).")
+    task.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="The kit's environment file, applied to the task.")
+    task.add_argument("--gres", default="tpu", help="The chips' generic resource name in slurm.conf.")
+    task.set_defaults(func=cmd_slurm_task)
     return parser.parse_args(argv)
 
 

@@ -415,7 +415,7 @@ def test_total_steps_come_from_run_json(tmp_path):
     (job_dir / "job.json").write_text(json.dumps({"attempts": [{"started": time.time(), "pid": 0}]}))
     (job_dir / "output" / "run.json").write_text(json.dumps({"total_steps": 8330, "seed": 42}))
     (job_dir / "train.log").write_text("total optimization steps = 12\n")
-    ended = {"ActiveState": "inactive"}
+    ended = {"state": "gone"}
     assert sdkit_job.job_status(job_dir, ended)["total_steps"] == 8330
     (job_dir / "output" / "run.json").unlink()
     assert sdkit_job.job_status(job_dir, ended)["total_steps"] == 12

@@ -1,0 +1,140 @@
+"""Training jobs queued through Slurm (`make train SCHEDULER=slurm`), for sdkit_job.py.
+
+sdkit_job.py plans a run's jobs the same way for both schedulers and keeps their state in the
+same folders; this module is what differs under Slurm: submitting, asking the queue, cancelling,
+and finding the chip Slurm gave a task. The cluster comes from role sophon_slurm: each host with
+chips is a node whose chips are a generic resource (``Gres=tpu:bm1684x:N``, ``File=/dev/bm-sophonN``).
+
+Why the jobs of one host are pinned to it (``--nodelist``): a task keeps its checkpoints in the
+host's runs folder, so a requeued task must come back to the host that has them. Slurm still
+decides when each task runs and which of the host's chips it gets.
+
+Slurm sets no index variable for a resource of its own name (only ``gpu`` gets
+CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``).
+
+Standard library only, like sdkit_job.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import socket
+import subprocess
+from typing import Dict, List, Optional
+
+# squeue's states while a task waits for its turn, and while it may still run.
+QUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD")
+RUNNING_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING")
+
+
+class SlurmError(Exception):
+    """Slurm is missing or refused: one line the operator can act on."""
+
+
+def node_name() -> str:
+    """This host's NodeName: role sophon_slurm names each node by its short hostname."""
+    return socket.gethostname().split(".")[0]
+
+
+def job_name(run_id: str, node: str) -> str:
+    """One name per run and host: squeue and scancel find a host's tasks of a run by it."""
+    return f"sdkit-train-{run_id}.{node}"
+
+
+def me() -> str:
+    """The user squeue and scancel filter on: the runner user, as whom the tasks were submitted."""
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def slurm(*args: str) -> str:
+    try:
+        result = subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=120)
+    except FileNotFoundError:
+        raise SlurmError(f"{args[0]} not found: SCHEDULER=slurm needs this host in the Slurm cluster; add it to the "
+                         "inventory group slurm_compute and rerun site.yml (role sophon_slurm)") from None
+    if result.returncode != 0:
+        raise SlurmError(f"{' '.join(args[:2])} failed: {' '.join(result.stderr.split()) or f'exit {result.returncode}'}")
+    return result.stdout
+
+
+def gres_count(node_text: str, gres: str) -> int:
+    """The number of GRES ``gres`` a node has, from ``scontrol show node -o``'s Gres=name:type:N(S:0),..."""
+    found = re.search(r"(?:^|\s)Gres=(\S*)", node_text)
+    for item in (found.group(1).split(",") if found else []):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == gres and parts[-1].isdigit() and len(parts) > 1:
+            return int(parts[-1])
+    return 0
+
+
+def node_chips(node: str, gres: str) -> int:
+    """How many chips Slurm counts on this node; a host that is no node of the cluster is an error."""
+    try:
+        text = slurm("scontrol", "show", "node", "-o", node)
+    except SlurmError as exc:
+        raise SlurmError(f"this host is not a node of the Slurm cluster ({exc}); add {node} to the inventory group "
+                         "slurm_compute and rerun site.yml (role sophon_slurm)") from None
+    return gres_count(text, gres)
+
+
+def allocated_indexes(job_text: str, gres: str) -> List[int]:
+    """The chips a job was given, from ``scontrol show job -d``: ``GRES=tpu:bm1684x:2(IDX:0-1)`` or
+    ``GRES=tpu:1(IDX:0,2)``, in a node line of the detailed output."""
+    indexes: List[int] = []
+    for found in re.finditer(r"GRES=(\S+)", job_text):
+        for item in re.findall(r"([^,(]+)\(IDX:([0-9,\-]+)\)", found.group(1)):
+            if item[0].split(":")[0] != gres:
+                continue
+            for span in item[1].split(","):
+                first, _, last = span.partition("-")
+                indexes.extend(range(int(first), int(last or first) + 1))
+    return sorted(set(indexes))
+
+
+def job_chips(job_id: str, gres: str) -> List[int]:
+    return allocated_indexes(slurm("scontrol", "show", "job", "-d", job_id), gres)
+
+
+def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, array: Optional[List[int]],
+                output: str, command: str) -> List[str]:
+    """sbatch's command line for a host's tasks of one run.
+
+    --requeue: a task on a node that fails is queued again (and resumes from its checkpoint).
+    --export=NIL: the task reads the kit's env file itself, as a systemd unit does; nothing of the
+    submitting shell leaks into it. Output of the task tool itself (the trainer logs to train.log)
+    is appended across requeues.
+    """
+    argv = ["sbatch", "--parsable", f"--job-name={name}", f"--nodelist={node}", "--nodes=1", "--ntasks=1",
+            f"--gres={gres}:{chips_per_task}", "--requeue", "--export=NIL", "--open-mode=append",
+            f"--output={output}"]
+    if array is not None:
+        argv.append("--array=" + ",".join(str(index) for index in array))
+    return argv + ["--wrap", command]
+
+
+def submit(argv: List[str]) -> str:
+    """The job id sbatch gave (``123``, or ``123;cluster``: the id is before any ';')."""
+    return slurm(*argv).strip().split(";")[0]
+
+
+def parse_queue(text: str) -> Dict[str, Dict[str, str]]:
+    """``squeue --array -o %i|%T|%r`` lines: each task's id (``123_0``, or ``123``) to its state and reason."""
+    queue = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3:
+            queue[fields[0]] = {"state": fields[1], "reason": fields[2]}
+    return queue
+
+
+def queue(name: str) -> Dict[str, Dict[str, str]]:
+    """This user's tasks of the named job still in the queue (a task that ended is no longer listed)."""
+    return parse_queue(slurm("squeue", "--noheader", "--array", f"--user={me()}", f"--name={name}", "--format=%i|%T|%r"))
+
+
+def cancel(name: str) -> None:
+    """scancel: every process of a running task gets SIGTERM (the trainer saves a checkpoint and exits
+    130) and KillWait seconds (role sophon_slurm) before SIGKILL; a queued task is dropped."""
+    slurm("scancel", f"--user={me()}", f"--name={name}")

@@ -1,0 +1,131 @@
+"""sdkit_slurm.py and the Slurm side of sdkit_job.py: what Slurm's output means to the kit, and the
+sbatch command it builds. Real daemons (munge, slurmctld, slurmd) are the slurm scenario's
+(tests/molecule/slurm, tests/slurm)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import sdkit_job
+import sdkit_slurm
+
+NODE_TEXT = ("NodeName=sdkit-slurm-a Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=2 CPULoad=0.10 "
+             "AvailableFeatures=(null) ActiveFeatures=(null) Gres=tpu:bm1684x:2(S:0) NodeAddr=10.89.0.3")
+# scontrol show job -d of one array task: the node line says which chips it holds.
+JOB_TEXT = """JobId=17 ArrayJobId=16 ArrayTaskId=1 JobName=sdkit-train-r1.sdkit-slurm-a
+   JobState=RUNNING Reason=None Dependency=(null)
+   NodeList=sdkit-slurm-a
+   TresPerNode=gres:tpu:1
+     Nodes=sdkit-slurm-a CPU_IDs=0 Mem=0 GRES=tpu:bm1684x:1(IDX:1)
+"""
+
+
+@pytest.mark.parametrize("text, count", [
+    (NODE_TEXT, 2),
+    ("NodeName=n Gres=gpu:a100:4,tpu:bm1684x:8(S:0-1) State=IDLE", 8),
+    ("NodeName=n Gres=tpu:3 State=IDLE", 3),
+    ("NodeName=n Gres=(null) State=IDLE", 0),
+    ("NodeName=n Gres=tpux:bm1684x:2 State=IDLE", 0),
+])
+def test_gres_count_reads_the_nodes_chips(text, count):
+    assert sdkit_slurm.gres_count(text, "tpu") == count
+
+
+@pytest.mark.parametrize("gres_field, indexes", [
+    ("tpu:bm1684x:1(IDX:1)", [1]),
+    ("tpu:bm1684x:2(IDX:0-1)", [0, 1]),
+    ("tpu:3(IDX:0,2-3)", [0, 2, 3]),
+    ("gpu:a100:1(IDX:0),tpu:bm1684x:1(IDX:5)", [5]),
+    ("gpu:a100:1(IDX:0)", []),
+])
+def test_allocated_indexes_come_from_the_idx_list(gres_field, indexes):
+    text = JOB_TEXT.replace("tpu:bm1684x:1(IDX:1)", gres_field)
+    assert sdkit_slurm.allocated_indexes(text, "tpu") == indexes
+
+
+def test_queue_maps_each_task_to_its_state_and_reason():
+    text = "16_0|RUNNING|None\n16_1|PENDING|Resources\n20|REQUEUED|BeginTime\n\n"
+    assert sdkit_slurm.parse_queue(text) == {"16_0": {"state": "RUNNING", "reason": "None"},
+                                             "16_1": {"state": "PENDING", "reason": "Resources"},
+                                             "20": {"state": "REQUEUED", "reason": "BeginTime"}}
+
+
+def test_submit_argv_pins_the_tasks_to_the_node_and_asks_one_chip_each():
+    argv = sdkit_slurm.submit_argv(name="sdkit-train-r1.a", node="a", gres="tpu", chips_per_task=1, array=[0, 3],
+                                   output="/runs/r1/task%a/slurm.log", command="exec python tool slurm-task")
+    assert argv[:2] == ["sbatch", "--parsable"]
+    for option in ("--job-name=sdkit-train-r1.a", "--nodelist=a", "--gres=tpu:1", "--requeue", "--export=NIL",
+                   "--array=0,3", "--output=/runs/r1/task%a/slurm.log"):
+        assert option in argv
+    assert argv[-2:] == ["--wrap", "exec python tool slurm-task"]
+    data_parallel = sdkit_slurm.submit_argv(name="n", node="a", gres="tpu", chips_per_task=4, array=None,
+                                            output="/o", command="c")
+    assert "--gres=tpu:4" in data_parallel and not any(a.startswith("--array") for a in data_parallel)
+
+
+def test_missing_slurm_commands_say_how_to_join_the_cluster(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(sdkit_slurm.SlurmError, match="inventory group slurm_compute"):
+        sdkit_slurm.queue("x")
+
+
+def test_per_chip_under_slurm_is_one_task_per_chip_slurm_counts(tmp_path):
+    jobs, chips_per_job = sdkit_job.plan_slurm_jobs(tmp_path, "per_chip", ["tpu:0", "tpu:1"], 2, "/py", "/t.py",
+                                                    ["--seed", "1"])
+    assert chips_per_job == 1
+    assert [(j.name, j.device, j.env) for j in jobs] == [("task0", "tpu", {"ACCELERATE_TORCH_DEVICE": "tpu"}),
+                                                        ("task1", "tpu", {"ACCELERATE_TORCH_DEVICE": "tpu"})]
+    assert jobs[1].argv == ["/py", "/t.py", "--seed", "1", "--output_dir", str(tmp_path / "task1" / "output")]
+    # A host with no Sophgo runtime trains on its CPU, one task per chip Slurm hands out.
+    cpu_jobs, _ = sdkit_job.plan_slurm_jobs(tmp_path, "per_chip", [], 2, "/py", "/t.py", [])
+    assert [(j.name, j.device) for j in cpu_jobs] == [("task0", "cpu"), ("task1", "cpu")]
+
+
+def test_data_parallel_under_slurm_is_one_job_over_every_chip(tmp_path):
+    [job], chips_per_job = sdkit_job.plan_slurm_jobs(tmp_path, "data_parallel", ["tpu:0", "tpu:1"], 2, "/py",
+                                                     "/t.py", [])
+    assert (job.name, chips_per_job, job.env) == ("dp2", 2, {"ACCELERATE_TORCH_DEVICE": "tpu"})
+
+
+def slurm_job_dir(tmp_path: Path, attempt: dict, exit_status: str | None = None) -> Path:
+    job_dir = tmp_path / "r1" / "task0"
+    (job_dir / "output").mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"scheduler": "slurm", "slurm_name": "sdkit-train-r1.a",
+                                                  "device": "tpu", "attempts": [attempt]}))
+    (job_dir / "slurm_job").write_text("16_0\n")
+    if exit_status is not None:
+        (job_dir / "exit_status").write_text(exit_status)
+    return job_dir
+
+
+@pytest.mark.parametrize("queue, attempt, exit_status, state", [
+    ({"16_0": {"state": "PENDING", "reason": "Resources"}}, {}, None, "queued"),
+    # Requeued after its node failed: the exit status of the attempt before does not count.
+    ({"16_0": {"state": "REQUEUED", "reason": "BeginTime"}}, {"ran_at": 1.0}, "130", "queued"),
+    ({"16_0": {"state": "RUNNING", "reason": "None"}}, {"ran_at": 1.0}, None, "running"),
+    ({}, {"ran_at": 1.0}, "0", "finished"),
+    ({}, {"ran_at": 1.0}, "130", "stopped"),
+    ({}, {"ran_at": 1.0}, None, "failed"),
+    # scancel of a task still waiting: it never ran, nothing is lost, and make train queues it again.
+    ({}, {}, None, "stopped"),
+])
+def test_slurm_job_states(tmp_path, monkeypatch, queue, attempt, exit_status, state):
+    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: queue)
+    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], **attempt}, exit_status)
+    status = sdkit_job.run_status(job_dir.parent)
+    assert status["jobs"][0]["state"] == state
+    assert status["state"] == {"queued": "running"}.get(state, state)
+    if state == "queued":
+        assert status["lines"] == [f"task0: queued in Slurm ({queue['16_0']['reason']}), slurm job 16_0"]
+
+
+def test_a_run_keeps_its_scheduler(tmp_path):
+    jobs = sdkit_job.plan_jobs(tmp_path / "r1", "per_chip", [], "/py", "/t.py", [])
+    sdkit_job.prepare_run(tmp_path / "r1", jobs, None)
+    slurm_jobs, _ = sdkit_job.plan_slurm_jobs(tmp_path / "r1", "per_chip", [], 1, "/py", "/t.py", [])
+    with pytest.raises(sdkit_job.JobError, match="started with SCHEDULER=systemd, not slurm"):
+        sdkit_job.prepare_run(tmp_path / "r1", slurm_jobs, None, {"scheduler": "slurm", "slurm_name": "n"})

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify test-bundle assets-sums provision verify train doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -109,8 +109,16 @@ doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks,
 # RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY and TRAIN_ARGS reach the playbook through the environment
 # (make exports command-line variables): never spliced into this command line, where a quote could add
 # a variable. On the hosts they reach the trainer as argv (playbooks/train.yml).
-train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
+# SCHEDULER=slurm queues the jobs in the Slurm cluster of role sophon_slurm instead of running them
+# as systemd services on each host.
+train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
+
+train-status: setup ## Each host's jobs of RUN_ID: queued (Slurm's reason), running, finished, stopped or failed, with step and loss
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train_status.yml $(ANSIBLE_ARGS)
+
+train-cancel: setup ## Stop RUN_ID's jobs (systemctl stop or scancel): each saves a checkpoint; make train resumes them
+	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train_cancel.yml $(ANSIBLE_ARGS)
 
 lint: setup ## ansible-lint (production profile) and yamllint
 	ansible-lint --profile production

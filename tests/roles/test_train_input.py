@@ -32,3 +32,18 @@ def test_precision_comes_through_as_one_value(tmp_path):
     assert result.returncode != 0
     assert "sophon_sd_train_precision (PRECISION) is 'fp16 -e sophon_sd_train_user=root'" in result.stdout, \
         result.stdout[-3000:]
+
+
+def test_slurm_without_a_controller_says_where_to_put_one(tmp_path):
+    """Issue 11: SCHEDULER=slurm with no host in the group slurm_controller."""
+    result = make_train(tmp_path, RUN_ID="r1", SCHEDULER="slurm")
+    assert result.returncode != 0
+    assert "sophon_sd_train_scheduler (SCHEDULER) is slurm, but the inventory has no Slurm controller: put one host " \
+           "in the group slurm_controller" in result.stdout, result.stdout[-3000:]
+    assert "unreachable=1" not in result.stdout, "a host was contacted"
+
+
+def test_an_unknown_scheduler_is_refused(tmp_path):
+    result = make_train(tmp_path, RUN_ID="r1", SCHEDULER="pbs")
+    assert result.returncode != 0
+    assert "sophon_sd_train_scheduler (SCHEDULER) is 'pbs': use systemd or slurm" in result.stdout, result.stdout[-3000:]

@@ -580,8 +580,10 @@ def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str],
             fd = os.open(handover, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(hub_token)
-        record["attempts"].append({"started": time.time(), "argv": attempt_argv(job.argv, resuming),
-                                   "unit": job.unit})
+        attempt = {"started": time.time(), "argv": attempt_argv(job.argv, resuming)}
+        if record.get("scheduler", "systemd") == "systemd":
+            attempt["unit"] = job.unit
+        record["attempts"].append(attempt)
         # Atomic: a status poll must never read half a file.
         write_json_atomic(job.dir / "job.json", record)
         action = (f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if resuming

@@ -1,0 +1,131 @@
+"""`make train SCHEDULER=slurm` end to end on a Slurm cluster with real daemons (issue 11).
+
+The compute hosts have stand-in chips (plain files for /dev/bm-sophon0 and 1) and no Sophgo runtime:
+Slurm counts and hands out the chips, the tasks train the tiny model on the CPU. In order:
+
+* a run queues one array task per chip on each host, every result and the report come back, and
+  rerunning it submits nothing;
+* make train-cancel stops a running run: every task saves a checkpoint (SIGTERM from scancel);
+* make train resumes it; one host then fails (its node set DOWN): Slurm requeues its tasks, which
+  resume from their checkpoints once the node is back, and the run finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Cluster
+from fleet_support import recap
+
+RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
+TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 3}
+# Long enough to be still running when cancelled, and again when its node fails.
+STEPS = 60
+LONG_RUN = {**TINY, "sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 "
+                                            "--validation_epochs=1000"}
+
+
+@pytest.fixture(scope="module")
+def run_ids(cluster: Cluster):
+    stamp = time.strftime("%H%M%S")
+    ids = {"train": f"slurm-{stamp}", "long": f"slurm-long-{stamp}"}
+    yield ids
+    for host in cluster.compute:
+        cluster.on(host, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id};" for run_id in ids.values()))
+
+
+def train(cluster: Cluster, playbook: str, run_id: str, fetch_dir: Path, **extra_vars):
+    extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_fetch_dir": str(fetch_dir), **TINY, **extra_vars}
+    started = time.monotonic()
+    result = cluster.playbook(playbook, "-e", "sophon_sd_hosts=slurm_compute", "-e", json.dumps(extra), timeout=1800)
+    result.seconds = time.monotonic() - started
+    print(f"{playbook} for {run_id}: rc {result.returncode} in {result.seconds:.0f} s")
+    return result
+
+
+def tasks_of(cluster: Cluster, host: str, run_id: str) -> dict[str, dict]:
+    """Each task's job.json on the host."""
+    text = cluster.on(host, f"cd {RUNS_ON_HOST}/{run_id} && for d in task*; do printf '%s ' $d; "
+                            "tr -d '\\n' < $d/job.json; echo; done")
+    return {line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1]) for line in text.splitlines() if line.strip()}
+
+
+def wait_on(cluster: Cluster, host: str, condition: str, timeout: int = 600) -> None:
+    cluster.on(host, f"for i in $(seq {timeout}); do {condition} && exit 0; sleep 1; done; exit 1")
+
+
+def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, tmp_path):
+    result = train(cluster, "train.yml", run_ids["train"], tmp_path)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    run_dir = tmp_path / run_ids["train"]
+    for host in cluster.compute:
+        tasks = tasks_of(cluster, host, run_ids["train"])
+        assert sorted(tasks) == ["task0", "task1"]
+        # Slurm gave each task a chip of its own.
+        assert sorted(chip for task in tasks.values() for chip in task["attempts"][-1]["chips"]) == [0, 1]
+        for task in tasks:
+            job = run_dir / host / task
+            assert (job / "pytorch_lora_weights.safetensors").stat().st_size > 0
+            assert [json.loads(line)["step"] for line in (job / "metrics.jsonl").read_text().splitlines()] == \
+                [1, 2, 3, 4, 5, 6]
+        assert json.loads((run_dir / host / "status.json").read_text())["state"] == "finished"
+    assert (run_dir / "report.html").read_text().count('<polyline class="loss"') == 2 * len(cluster.compute)
+
+    again = train(cluster, "train.yml", run_ids["train"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "already finished" in again.stdout
+    assert {h: c["changed"] for h, c in recap(again.stdout).items() if h in cluster.compute} == \
+        {h: 0 for h in cluster.compute}
+    assert cluster.on(cluster.controller, "squeue --noheader --all | wc -l") == "0"
+
+
+def test_cancel_leaves_a_checkpoint_in_every_task(cluster, run_ids, tmp_path):
+    first = train(cluster, "train.yml", run_ids["long"], tmp_path, sophon_sd_train_poll_rounds=1,
+                  sophon_sd_train_poll_interval=1, **LONG_RUN)
+    assert "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
+    for host in cluster.compute:
+        wait_on(cluster, host, f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task0/output/metrics.jsonl && "
+                               f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task1/output/metrics.jsonl")
+
+    cancelled = train(cluster, "train_cancel.yml", run_ids["long"], tmp_path)
+    assert cancelled.returncode == 0, cancelled.stdout[-3000:]
+    status = train(cluster, "train_status.yml", run_ids["long"], tmp_path)
+    for host in cluster.compute:
+        for task in ("task0", "task1"):
+            folder = f"{RUNS_ON_HOST}/{run_ids['long']}/{task}"
+            assert cluster.on(host, f"cat {folder}/exit_status") == "130"
+            assert cluster.on(host, f"ls -d {folder}/output/checkpoint-* | wc -l") != "0"
+            assert "SIGTERM received: saving a checkpoint" in cluster.on(host, f"cat {folder}/train.log")
+    assert status.stdout.count(": stopped, step") == 2 * len(cluster.compute), status.stdout[-3000:]
+
+
+def test_tasks_of_a_failed_node_are_requeued_and_resume(cluster, run_ids, tmp_path):
+    failing = cluster.compute[0]
+    resumed = train(cluster, "train.yml", run_ids["long"], tmp_path, sophon_sd_train_poll_rounds=1,
+                    sophon_sd_train_poll_interval=1, **LONG_RUN)
+    assert "resumed from checkpoint-" in resumed.stdout, resumed.stdout[-3000:]
+    before = tasks_of(cluster, failing, run_ids["long"])
+    name = f"sdkit-train-{run_ids['long']}.{failing}"
+    wait_on(cluster, cluster.controller, f"test $(squeue --noheader --array --states=RUNNING --name={name} | wc -l) = 2")
+
+    # The node fails: Slurm takes its tasks off it (SIGTERM: a checkpoint) and queues them again.
+    cluster.on(cluster.controller, f"scontrol update NodeName={failing} State=DOWN Reason=sdkit-test")
+    wait_on(cluster, cluster.controller, f"test $(squeue --noheader --array --states=PENDING --name={name} | wc -l) = 2",
+            timeout=120)
+    # Back: Slurm may already have returned it (ReturnToService=2) once its slurmd answered.
+    cluster.on(cluster.controller, f"scontrol update NodeName={failing} State=RESUME || "
+                                   f"sinfo --noheader --nodes={failing} --format=%t | grep -qv down")
+
+    finished = train(cluster, "train.yml", run_ids["long"], tmp_path, **LONG_RUN)
+    assert finished.returncode == 0, finished.stdout[-5000:]
+    after = tasks_of(cluster, failing, run_ids["long"])
+    for task in ("task0", "task1"):
+        # One more attempt than before, made by Slurm's requeue (not by make train), resuming.
+        assert len(after[task]["attempts"]) == len(before[task]["attempts"]) + 1
+        assert after[task]["attempts"][-1]["argv"][-2:] == ["--resume_from_checkpoint", "latest"]
+        steps = [json.loads(line)["step"] for line in
+                 (tmp_path / run_ids["long"] / failing / task / "metrics.jsonl").read_text().splitlines()]
+        assert steps[-1] == STEPS and len(steps) < 2 * STEPS  # resumed, never from step 1

@@ -34,6 +34,11 @@ running or finished job alone and restarts a dead or stopped one with
 ``--resume_from_checkpoint latest``, so rerunning the playbook resumes rather than starts over.
 A job is running while systemd says its unit is active; after it, exit_status tells how it ended.
 
+With ``start --scheduler slurm`` the jobs queue in the Slurm cluster of role sophon_slurm instead
+(sdkit_slurm.py): the same folders and states, plus ``queued``; ``stop`` is scancel, and each task
+runs ``slurm-task``, which reads the env file and the chip Slurm gave it, then supervises the
+trainer as a unit does. A run keeps the scheduler it was started with.
+
 This tool is standard-library only and does not import sdkit_env: that module loads torch,
 which would add seconds to every status poll of every host. It shares sdkit_files (env file,
 JSON state) with the doctor.

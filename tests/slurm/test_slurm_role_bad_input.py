@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ STATE = ("sha256sum /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/munge/munge.
 NEW_KEY = ("head -c 1024 /dev/urandom > /etc/munge/munge.key.new && chown munge:munge /etc/munge/munge.key.new && "
            "chmod 0400 /etc/munge/munge.key.new && cp -p /etc/munge/munge.key /root/munge.key.saved && "
            "mv /etc/munge/munge.key.new /etc/munge/munge.key && systemctl restart munge")
-RESTORE_KEY = "mv /root/munge.key.saved /etc/munge/munge.key && systemctl restart munge"
+# slurmctld marks a node whose credentials it could not read as not responding until its next ping
+# (minutes): restarting slurmd registers it again at once.
+RESTORE_KEY = "mv /root/munge.key.saved /etc/munge/munge.key && systemctl restart munge && systemctl restart slurmd"
 
 pytestmark = pytest.mark.skipif(not (INVENTORY and SSH_CONFIG),
                                 reason="no Slurm cluster: set SDKIT_SLURM_INVENTORY and SDKIT_SLURM_SSH_CONFIG")
@@ -65,6 +68,17 @@ class Cluster:
         children = {group: {"hosts": {host: {} for host in members}} for group, members in groups.items()}
         path.write_text(json.dumps({"all": {"hosts": hosts, "children": children}}))
         return path
+
+    def restore_key(self, host: str) -> None:
+        """Put HOST's munge key back and wait until slurmctld sees every node idle again."""
+        ssh(host, RESTORE_KEY)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            nodes = ssh(self.controller, "sinfo -N -h -o '%N %t'").split()
+            if nodes[1::2] == ["idle"] * len(self.compute):
+                return
+            time.sleep(1)
+        raise AssertionError(f"{host} did not come back after its munge key was restored: {nodes}")
 
     def state(self) -> dict[str, str]:
         """What must not change: the files' checksums and the daemons on each host, the nodes' states."""
@@ -131,7 +145,7 @@ def test_munge_key_changed_on_a_compute_host_is_found_under_check(cluster, uncha
     try:
         output = failure(cluster.play("--check", "--diff"))
     finally:
-        ssh(host, RESTORE_KEY)
+        cluster.restore_key(host)
 
     assert (f"Munge credentials minted on {cluster.controller} do not decode on {host} (") in output, output[-3000:]
     assert "A run without --check installs the cluster key" in output
@@ -147,7 +161,7 @@ def test_munged_running_with_an_old_key_is_found(cluster, unchanged):
     try:
         output = failure(cluster.play())
     finally:
-        ssh(host, RESTORE_KEY)
+        cluster.restore_key(host)
 
     assert (f"Munge credentials minted on {cluster.controller} do not decode on {host} (") in output, output[-3000:]
     assert "so munged runs with an older key or the clocks disagree: run systemctl restart munge on that host" in output

@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,14 @@ bundle-key: setup ## Create the bundle's signing key in BUNDLE_GNUPGHOME (once) 
 bundle: setup $(BUNDLE)/.wheelhouse-$(PROFILE) ## Everything an air-gapped fleet needs in bundle/, listed in manifest.yml and signed (PROFILE= ASSETS_FROM= BUNDLE_ARGS= BUNDLE_GNUPGHOME=)
 	$(BIN)/python tools/sdkit_bundle.py build --bundle-dir $(BUNDLE) --profile $(PROFILE) --gnupghome $(BUNDLE_GNUPGHOME) \
 	  $(if $(ASSETS_FROM),--assets-from $(ASSETS_FROM)) $(BUNDLE_ARGS)
+
+# The Slurm cluster's munge key (role sophon_slurm): like the signing key, outside the repository and
+# the bundle, made once and never replaced (every host of the cluster must hold the same key).
+SLURM_KEY ?= $(HOME)/.sophon-sd-munge.key
+slurm-key: ## Create the Slurm cluster's munge key at SLURM_KEY (once; default ~/.sophon-sd-munge.key, mode 0600)
+	@if [ -e '$(SLURM_KEY)' ]; then echo "$(SLURM_KEY) exists: kept"; else \
+	  (umask 077 && head -c 1024 /dev/urandom > '$(SLURM_KEY).new' && mv '$(SLURM_KEY).new' '$(SLURM_KEY)') && \
+	  echo "wrote $(SLURM_KEY) (1024 random bytes, mode 0600): sophon_slurm_munge_key_file's default; keep a copy offline"; fi
 
 # The same check as site.yml's first play, with the signing key's fingerprint from INVENTORY's group_vars.
 bundle-verify: setup ## Check bundle/'s signature (the key INVENTORY names) and every file against its manifest
@@ -164,11 +172,13 @@ test-bundle: setup $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 
 HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
 
-SCENARIOS := fleet runtime
+SCENARIOS := fleet runtime slurm
 
-molecule: $(addprefix molecule-,$(SCENARIOS)) ## Molecule scenarios (fleet, runtime): converge, idempotence, testinfra verify on podman hosts
+molecule: $(addprefix molecule-,$(SCENARIOS)) ## Molecule scenarios (fleet, runtime, slurm): converge, idempotence, testinfra verify on podman hosts
 molecule-%: $(HOST_TEST_INPUTS)
 	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test -s $*
+# The slurm scenario's compute hosts borrow the ML venv's packages (mounted read-only) for training.
+molecule-slurm: $(ML_VENV)/.installed
 
 # One throwaway host per test module, three modules at a time (--dist loadfile keeps a module's
 # tests, and its host, in one worker); the slowest tests are listed at the end.

@@ -1,0 +1,85 @@
+"""The Slurm cluster on provisioned hosts (role sophon_slurm): munge with one key, the daemons where
+they belong, one slurm.conf, and every compute host ready with its chips.
+
+Runs against the hosts of the cluster (the Molecule scenario `slurm`, or `make verify` with
+PYTEST_ARGS='-k slurm' on a fleet whose inventory has the groups). Each host's role is read from its
+own slurm.conf and hostname, so the same checks hold on any cluster.
+"""
+
+import hashlib
+import json
+import re
+
+import pytest
+import yaml
+from conftest import REPO
+
+MUNGE_KEY = "/etc/munge/munge.key"
+SLURM_CONF = "/etc/slurm/slurm.conf"
+GRES = yaml.safe_load((REPO / "playbooks/group_vars/all.yml").read_text())["sophon_sd_slurm_gres"]
+GRES_TYPE = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())["sophon_slurm_gres_type"]
+
+
+def slurm_conf(host) -> str:
+    conf = host.file(SLURM_CONF)
+    assert conf.exists, f"{SLURM_CONF} missing: the Slurm play has not run on this host"
+    return conf.content_string
+
+
+def controller_name(host) -> str:
+    return re.search(r"^SlurmctldHost=([^(\s]+)", slurm_conf(host), re.MULTILINE).group(1)
+
+
+def compute_names(host) -> list[str]:
+    return re.findall(r"^NodeName=(\S+)", slurm_conf(host), re.MULTILINE)
+
+
+def is_controller(host) -> bool:
+    return host.check_output("hostname -s") == controller_name(host)
+
+
+def test_slurm_munge_key_is_the_clusters_owned_by_munge(host):
+    key = host.file(MUNGE_KEY)
+    assert (key.user, key.group, key.mode) == ("munge", "munge", 0o400)
+    assert host.service("munge").is_running and host.service("munge").is_enabled
+
+
+# What each host of the run holds, filled as the parametrized test below meets them.
+SEEN: dict[str, tuple[str, str]] = {}
+
+
+def test_slurm_same_munge_key_and_slurm_conf_everywhere(host):
+    SEEN[host.backend.get_hostname()] = (host.file(MUNGE_KEY).sha256sum,
+                                         hashlib.sha256(slurm_conf(host).encode()).hexdigest())
+    assert len(set(SEEN.values())) == 1, SEEN
+
+
+def node_gres(host) -> dict[str, str]:
+    """Each compute host's Gres= in slurm.conf, by node name."""
+    return dict(re.findall(r"^NodeName=(\S+) .*Gres=(\S+)", slurm_conf(host), re.MULTILINE))
+
+
+def test_slurm_daemons_run_where_they_belong(host):
+    controller = is_controller(host)
+    compute = host.check_output("hostname -s") in compute_names(host)
+    assert host.service("slurmctld").is_running == controller
+    assert host.service("slurmd").is_running == compute
+    for daemon, expected in (("slurmctld", controller), ("slurmd", compute)):
+        if expected:
+            assert host.service(daemon).is_enabled, daemon
+
+
+def test_slurm_compute_host_offers_the_chips_its_device_fact_counts(host):
+    name = host.check_output("hostname -s")
+    if name not in compute_names(host):
+        pytest.skip("not a compute host")
+    chip_count = json.loads(host.check_output("/etc/ansible/facts.d/sophon.fact"))["chip_count"]
+    assert chip_count > 0
+    assert node_gres(host)[name] == f"{GRES}:{GRES_TYPE}:{chip_count}"
+
+
+def test_slurm_sinfo_shows_every_compute_host_idle_with_its_chips(host):
+    if not is_controller(host):
+        pytest.skip("sinfo is read on the controller")
+    nodes = {line.split()[0]: line.split()[1:] for line in host.check_output("sinfo -N -h -o '%N %G %t'").splitlines()}
+    assert nodes == {name: [gres, "idle"] for name, gres in node_gres(host).items()}

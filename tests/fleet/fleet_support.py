@@ -44,9 +44,11 @@ class Fleet:
     def hosts(self) -> list[str]:
         return sorted(self.hostvars)
 
-    def playbook(self, playbook: str, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
-        """Run one of the kit's playbooks over this fleet, as make does."""
-        return subprocess.run(["ansible-playbook", "-i", self.inventory, str(REPO / "playbooks" / playbook), *args],
+    def playbook(self, playbook: str, *args: str, timeout: int = 2400,
+                 inventory: str | Path | None = None) -> subprocess.CompletedProcess:
+        """Run one of the kit's playbooks over this fleet (or another inventory of its hosts), as make does."""
+        return subprocess.run(["ansible-playbook", "-i", str(inventory or self.inventory),
+                               str(REPO / "playbooks" / playbook), *args],
                               capture_output=True, text=True, env=ansible_env(), timeout=timeout, check=False)
 
     def command(self, host: str, argv: list[str]) -> subprocess.CompletedProcess:

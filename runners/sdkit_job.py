@@ -753,7 +753,7 @@ def cmd_slurm_task(args: argparse.Namespace) -> int:
     attempt.update(ran_at=now, slurm_job=slurm_job_of(job_dir))
     (job_dir / "exit_status").unlink(missing_ok=True)
     try:
-        chips = sdkit_slurm.job_chips(os.environ["SLURM_JOB_ID"], args.gres)
+        chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)
     except (SlurmError, KeyError) as exc:
         write_json_atomic(job_dir / "job.json", record)
         write_text_atomic(job_dir / "exit_status", "2\n")

@@ -93,6 +93,14 @@ def allocated_indexes(job_text: str, gres: str) -> List[int]:
     return sorted(set(indexes))
 
 
+def this_task() -> str:
+    """The id of the task running this process: 123_4 for an array task. Not SLURM_JOB_ID: an array's
+    first task has the array's own id, and ``scontrol show job`` of that id lists every task."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
+
+
 def job_chips(job_id: str, gres: str) -> List[int]:
     return allocated_indexes(slurm("scontrol", "show", "job", "-d", job_id), gres)
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
+from slurm_support import Cluster
 
 STATE = ("sha256sum /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/munge/munge.key; "
          "systemctl is-active munge slurmctld slurmd || true")

@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
+from slurm_support import Cluster
 from fleet_support import recap
 
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
 TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 3}
 # Long enough to be still running when cancelled, and again when its node fails.
 STEPS = 60
-LONG_RUN = {**TINY, "sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 "
-                                            "--validation_epochs=1000"}
+LONG_RUN = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}
 
 
 @pytest.fixture(scope="module")

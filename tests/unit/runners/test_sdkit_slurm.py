@@ -129,3 +129,13 @@ def test_a_run_keeps_its_scheduler(tmp_path):
     slurm_jobs, _ = sdkit_job.plan_slurm_jobs(tmp_path / "r1", "per_chip", [], 1, "/py", "/t.py", [])
     with pytest.raises(sdkit_job.JobError, match="started with SCHEDULER=systemd, not slurm"):
         sdkit_job.prepare_run(tmp_path / "r1", slurm_jobs, None, {"scheduler": "slurm", "slurm_name": "n"})
+
+
+def test_an_array_task_asks_for_its_chips_by_its_own_id(monkeypatch):
+    """SLURM_JOB_ID of an array's first task is the array's id, whose `scontrol show job` lists every task."""
+    monkeypatch.setenv("SLURM_JOB_ID", "16")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "16")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    assert sdkit_slurm.this_task() == "16_0"
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    assert sdkit_slurm.this_task() == "16"

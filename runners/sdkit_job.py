@@ -478,10 +478,11 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
         status["unit"] = f"slurm job {slurm_job_of(job_dir)}"
     exit_file = job_dir / "exit_status"
     ended_at = None
-    # A job started by the kit before its jobs were systemd units: its supervisor's pid.
-    legacy_running = alive(attempt.get("supervisor_pid"), attempt.get("supervisor_ticks"))
-    if live["state"] in ("running", "queued") or legacy_running:
-        status["state"] = "running" if legacy_running else live["state"]
+    # The supervisor's pid, where the scheduler may no longer know the job while it still runs: a Slurm
+    # task winding down after scancel, or a job the kit started before its jobs were systemd units.
+    supervisor_running = alive(attempt.get("supervisor_pid"), attempt.get("supervisor_ticks"))
+    if live["state"] in ("running", "queued") or supervisor_running:
+        status["state"] = "running" if supervisor_running else live["state"]
         status["reason"] = live.get("reason")
     elif exit_file.is_file():
         code = int(exit_file.read_text().strip() or 1)
@@ -750,7 +751,10 @@ def cmd_slurm_task(args: argparse.Namespace) -> int:
     if "ran_at" in attempt:  # Slurm queued it again (its node failed, or it was requeued): resume
         attempt = {"started": now, "argv": attempt_argv(record["argv"], resuming=True)}
         record["attempts"].append(attempt)
-    attempt.update(ran_at=now, slurm_job=slurm_job_of(job_dir))
+    # Slurm drops a cancelled task from its queue at once, while the trainer still saves its checkpoint:
+    # the job runs as long as this process does.
+    attempt.update(ran_at=now, slurm_job=slurm_job_of(job_dir), supervisor_pid=os.getpid(),
+                   supervisor_ticks=process_start_ticks(os.getpid()))
     (job_dir / "exit_status").unlink(missing_ok=True)
     try:
         chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)

@@ -5,6 +5,7 @@ sbatch command it builds. Real daemons (munge, slurmctld, slurmd) are the slurm 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -139,3 +140,11 @@ def test_an_array_task_asks_for_its_chips_by_its_own_id(monkeypatch):
     assert sdkit_slurm.this_task() == "16_0"
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
     assert sdkit_slurm.this_task() == "16"
+
+
+def test_a_cancelled_task_runs_while_its_supervisor_saves_the_checkpoint(tmp_path, monkeypatch):
+    """scancel drops the task from squeue at once; make train-cancel must wait for the checkpoint."""
+    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
+    me = {"supervisor_pid": os.getpid(), "supervisor_ticks": sdkit_job.process_start_ticks(os.getpid())}
+    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0, **me})
+    assert sdkit_job.run_status(job_dir.parent)["state"] == "running"

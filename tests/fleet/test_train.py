@@ -2,11 +2,12 @@
 
 Runs against the fleet of conftest.py (SDKIT_FLEET_INVENTORY, or a Molecule scenario's inventory;
 skipped without one), provisioned with playbooks/site.yml: two of its hosts train (SDKIT_FLEET_TRAIN_HOSTS,
-a comma-separated list, names them; default: the first two). Two runs:
+a comma-separated list, names them; default: the first two). A run trains on both hosts, progress
+is printed while polling, results and report come back, and rerunning it changes nothing.
 
-* a run trains on both hosts, progress is printed while polling, results and report come back;
-* a run is left running (one poll round), its jobs are killed after their first checkpoint,
-  and the same command resumes them from that checkpoint instead of starting over.
+Resuming is checked elsewhere, each way a job can end early: systemctl stop of a job's unit
+(tests/roles/test_train_privileges.py), make train-cancel and a node that fails under Slurm
+(tests/slurm/test_train_slurm.py), a killed trainer (tests/unit/runners/test_sdkit_job.py).
 
     SDKIT_FLEET_INVENTORY=/path/to/hosts.yml .venv/bin/pytest -p no:cacheprovider tests/fleet
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import time
 from pathlib import Path
 
@@ -24,8 +24,6 @@ import pytest
 from fleet_support import Fleet, recap
 
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
-# Long enough that a job is still running when killed after its first checkpoint (every 2 steps).
-STEPS = 40
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +54,7 @@ def on_each_host(fleet: Fleet, hosts: list[str], script: str) -> None:
 def run_ids(fleet, trainers):
     """Unique per session so that reruns of the test never resume an older run; removed afterwards."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    ids = {"train": f"fleet-test-{stamp}", "resume": f"fleet-test-resume-{stamp}"}
+    ids = {"train": f"fleet-test-{stamp}"}
     yield ids
     on_each_host(fleet, trainers, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id};" for run_id in ids.values()))
 
@@ -95,35 +93,3 @@ def test_train_collects_results_and_report(fleet, trainers, run_ids, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:]
     assert "already finished" in again.stdout
     assert {host: counts["changed"] for host, counts in recap(again.stdout).items()} == {h: 0 for h in hosts}
-
-
-def test_a_killed_run_resumes_from_its_checkpoint(fleet, trainers, run_ids, tmp_path):
-    hosts = trainers
-    run_id = run_ids["resume"]
-    # Validation only at the start and the end: on a busy CPU each one costs more than all the steps.
-    args = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}
-    # One poll round: the playbook leaves the jobs running on the hosts and says to rerun it.
-    first = train(fleet, hosts, run_id, tmp_path, sophon_sd_train_poll_rounds=1, sophon_sd_train_poll_interval=1, **args)
-    assert first.returncode != 0 and "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
-    jobs = f"{RUNS_ON_HOST}/{run_id}/*"
-    on_each_host(fleet, hosts, f"for i in $(seq 600); do ls -d {jobs}/output/checkpoint-* >/dev/null 2>&1 && break; sleep 0.2; done; "
-             f"for pid in {jobs}/pid; do kill -9 $(cat $pid); done")
-
-    second = train(fleet, hosts, run_id, tmp_path, **args)
-    assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-2000:]
-    resumed = re.findall(r"(\w+): resumed from (checkpoint-(\d+))", second.stdout)
-    assert len(resumed) == sum(len(job_dirs(tmp_path / run_id, h)) for h in hosts), second.stdout[-3000:]
-    for host in hosts:
-        for job in job_dirs(tmp_path / run_id, host):
-            log = (job / "train.log").read_text()
-            assert "--resume_from_checkpoint latest" in log
-            checkpoint = re.search(r"resuming from checkpoint \S+/(checkpoint-(\d+))", log)
-            assert checkpoint, log[-3000:]
-            # The second attempt carried on after the checkpoint: step 1 was trained once only.
-            after = int(checkpoint.group(2))
-            steps = metrics_steps(job)
-            assert steps.count(1) == 1 and steps[-(STEPS - after):] == list(range(after + 1, STEPS + 1))
-            status = json.loads((tmp_path / run_id / host / "status.json").read_text())
-            assert [j["attempts"] for j in status["jobs"]] == [2] * len(status["jobs"])
-    print(f"resumed: {shlex.join(m[0] + ':' + m[1] for m in resumed)}; "
-          f"first run {first.seconds:.0f} s, resume run {second.seconds:.0f} s")

@@ -155,10 +155,13 @@ def test_a_job_is_a_unit_of_the_runner_user_that_stops_with_a_checkpoint_and_res
     assert (state["ActiveState"], state["User"], state["KillMode"], state["KillSignal"]) == ("active", "sophon-sd",
                                                                                              "mixed", "15")
     assert host.check_output(f"ps -o user= -p $(cat {UNIT_JOB}/pid)").strip() == "sophon-sd"
-    # Once a step is done, stop it as an operator (or a shutdown) would.
+    # Once a step is done, stop it as an operator would: make train-cancel, which is systemctl stop (as a
+    # shutdown is) and waits for the checkpoint.
     host.check_output(f"for i in $(seq 600); do test -s {UNIT_JOB}/output/metrics.jsonl && break; sleep 0.5; done")
-    host.check_output(f"systemctl stop {UNIT}")
+    cancelled = host.play("train_cancel.yml", run)
+    assert not cancelled.failed and f"{UNIT}: asked to stop" in cancelled.output, cancelled.output[-3000:]
     assert host.check_output(f"cat {UNIT_JOB}/exit_status").strip() == "130"
+    assert "cpu: stopped, step" in host.play("train_status.yml", run).output
     checkpoint = host.check_output(f"ls -d {UNIT_JOB}/output/checkpoint-*").strip().rsplit("/", 1)[1]
     assert "Started" in host.check_output(f"journalctl -u {UNIT} --no-pager")
 

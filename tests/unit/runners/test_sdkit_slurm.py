@@ -148,3 +148,64 @@ def test_a_cancelled_task_runs_while_its_supervisor_saves_the_checkpoint(tmp_pat
     me = {"supervisor_pid": os.getpid(), "supervisor_ticks": sdkit_job.process_start_ticks(os.getpid())}
     job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0, **me})
     assert sdkit_job.run_status(job_dir.parent)["state"] == "running"
+
+
+def keep_environment(monkeypatch) -> None:
+    """slurm-task sets the env file's values in its own environment: put the test process's back after."""
+    for key in ("HF_HOME", "SOPHON_SD_STATE_DIR", "HOME", "USER", "LOGNAME"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+
+
+@pytest.mark.parametrize("planned, job, chips, device", [
+    ("tpu", None, [1], "tpu:1"),          # per chip: the chip Slurm gave, as bm-smi numbers it
+    ("cpu", None, [1], "cpu"),            # a host without a Sophgo runtime trains on its CPU
+    ("tpu", "dp2", [0, 1], "tpu"),        # data parallel: each process takes the chip of its LOCAL_RANK
+])
+def test_a_task_trains_on_the_chip_slurm_gave_it(tmp_path, monkeypatch, planned, job, chips, device):
+    name = job or "task0"
+    job_dir = tmp_path / "r1" / name
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"scheduler": "slurm", "slurm_name": "n", "device": planned,
+                                                  "argv": ["t"], "attempts": [{"started": 1.0, "argv": ["t"]}]}))
+    (job_dir / "slurm_job").write_text("16_0\n" if job is None else "16\n")
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/state\nHF_HOME=/state/huggingface\n")
+    keep_environment(monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "16")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "16")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    asked = []
+    monkeypatch.setattr(sdkit_slurm, "job_chips", lambda task, gres: asked.append(task) or chips)
+    supervised = []
+    monkeypatch.setattr(sdkit_job, "supervise", lambda d, forward_sigterm: supervised.append(forward_sigterm) or 0)
+    argv = ["slurm-task", "--run-dir", str(tmp_path / "r1"), "--env-file", str(env_file)] + (["--job", job] if job else [])
+
+    assert sdkit_job.main(argv) == 0
+
+    attempt = json.loads((job_dir / "job.json").read_text())["attempts"][-1]
+    assert (attempt["device"], attempt["env"], attempt["chips"]) == (device, {"ACCELERATE_TORCH_DEVICE": device}, chips)
+    assert asked == ["16_0"] and supervised == [False]  # Slurm's SIGTERM reaches the trainer itself
+    assert os.environ["HF_HOME"] == "/state/huggingface"  # the env file, as a unit's EnvironmentFile= gives it
+
+
+def test_a_requeued_task_is_a_new_attempt_that_resumes(tmp_path, monkeypatch):
+    job_dir = tmp_path / "r1" / "task0"
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"scheduler": "slurm", "slurm_name": "n", "device": "cpu",
+                                                  "argv": ["t", "--seed", "1"],
+                                                  "attempts": [{"started": 1.0, "argv": ["t"], "ran_at": 2.0}]}))
+    (job_dir / "exit_status").write_text("130\n")
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/state\n")
+    keep_environment(monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setattr(sdkit_slurm, "job_chips", lambda task, gres: [0])
+    monkeypatch.setattr(sdkit_job, "supervise", lambda d, forward_sigterm: 0)
+
+    assert sdkit_job.main(["slurm-task", "--run-dir", str(tmp_path / "r1"), "--env-file", str(env_file)]) == 0
+
+    attempts = json.loads((job_dir / "job.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[-1]["argv"] == ["t", "--seed", "1", "--resume_from_checkpoint", "latest"]
+    assert not (job_dir / "exit_status").exists()  # the previous attempt's

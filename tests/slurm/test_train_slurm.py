@@ -6,8 +6,11 @@ Slurm counts and hands out the chips, the tasks train the tiny model on the CPU.
 * a run queues one array task per chip on each host, every result and the report come back, and
   rerunning it submits nothing;
 * make train-cancel stops a running run: every task saves a checkpoint (SIGTERM from scancel);
-* make train resumes it; one host then fails (its node set DOWN): Slurm requeues its tasks, which
+* make train resumes it; the host then fails (its node set DOWN): Slurm requeues its tasks, which
   resume from their checkpoints once the node is back, and the run finishes.
+
+The long run that is cancelled and requeued trains on one host only: the other adds minutes of CPU
+to the test suite and nothing to what is checked.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from fleet_support import recap
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
 TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 3}
 # Long enough to be still running when cancelled, and again when its node fails.
-STEPS = 60
+STEPS = 30
 LONG_RUN = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}
 
 
@@ -36,10 +39,10 @@ def run_ids(cluster: Cluster):
         cluster.on(host, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id};" for run_id in ids.values()))
 
 
-def train(cluster: Cluster, playbook: str, run_id: str, fetch_dir: Path, **extra_vars):
+def train(cluster: Cluster, playbook: str, run_id: str, fetch_dir: Path, hosts: str = "slurm_compute", **extra_vars):
     extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_fetch_dir": str(fetch_dir), **TINY, **extra_vars}
     started = time.monotonic()
-    result = cluster.playbook(playbook, "-e", "sophon_sd_hosts=slurm_compute", "-e", json.dumps(extra), timeout=1800)
+    result = cluster.playbook(playbook, "-e", f"sophon_sd_hosts={hosts}", "-e", json.dumps(extra), timeout=1800)
     result.seconds = time.monotonic() - started
     print(f"{playbook} for {run_id}: rc {result.returncode} in {result.seconds:.0f} s")
     return result
@@ -82,28 +85,27 @@ def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, 
 
 
 def test_cancel_leaves_a_checkpoint_in_every_task(cluster, run_ids, tmp_path):
-    first = train(cluster, "train.yml", run_ids["long"], tmp_path, sophon_sd_train_poll_rounds=1,
+    host = cluster.compute[0]
+    first = train(cluster, "train.yml", run_ids["long"], tmp_path, host, sophon_sd_train_poll_rounds=1,
                   sophon_sd_train_poll_interval=1, **LONG_RUN)
     assert "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
-    for host in cluster.compute:
-        wait_on(cluster, host, f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task0/output/metrics.jsonl && "
-                               f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task1/output/metrics.jsonl")
+    wait_on(cluster, host, f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task0/output/metrics.jsonl && "
+                           f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task1/output/metrics.jsonl")
 
-    cancelled = train(cluster, "train_cancel.yml", run_ids["long"], tmp_path)
+    cancelled = train(cluster, "train_cancel.yml", run_ids["long"], tmp_path, host)
     assert cancelled.returncode == 0, cancelled.stdout[-3000:]
-    status = train(cluster, "train_status.yml", run_ids["long"], tmp_path)
-    for host in cluster.compute:
-        for task in ("task0", "task1"):
-            folder = f"{RUNS_ON_HOST}/{run_ids['long']}/{task}"
-            assert cluster.on(host, f"cat {folder}/exit_status") == "130"
-            assert cluster.on(host, f"ls -d {folder}/output/checkpoint-* | wc -l") != "0"
-            assert "SIGTERM received: saving a checkpoint" in cluster.on(host, f"cat {folder}/train.log")
-    assert status.stdout.count(": stopped, step") == 2 * len(cluster.compute), status.stdout[-3000:]
+    status = train(cluster, "train_status.yml", run_ids["long"], tmp_path, host)
+    for task in ("task0", "task1"):
+        folder = f"{RUNS_ON_HOST}/{run_ids['long']}/{task}"
+        assert cluster.on(host, f"cat {folder}/exit_status") == "130"
+        assert cluster.on(host, f"ls -d {folder}/output/checkpoint-* | wc -l") != "0"
+        assert "SIGTERM received: saving a checkpoint" in cluster.on(host, f"cat {folder}/train.log")
+    assert status.stdout.count(": stopped, step") == 2, status.stdout[-3000:]
 
 
 def test_tasks_of_a_failed_node_are_requeued_and_resume(cluster, run_ids, tmp_path):
     failing = cluster.compute[0]
-    resumed = train(cluster, "train.yml", run_ids["long"], tmp_path, sophon_sd_train_poll_rounds=1,
+    resumed = train(cluster, "train.yml", run_ids["long"], tmp_path, failing, sophon_sd_train_poll_rounds=1,
                     sophon_sd_train_poll_interval=1, **LONG_RUN)
     assert "resumed from checkpoint-" in resumed.stdout, resumed.stdout[-3000:]
     before = tasks_of(cluster, failing, run_ids["long"])
@@ -118,7 +120,7 @@ def test_tasks_of_a_failed_node_are_requeued_and_resume(cluster, run_ids, tmp_pa
     cluster.on(cluster.controller, f"scontrol update NodeName={failing} State=RESUME || "
                                    f"sinfo --noheader --nodes={failing} --format=%t | grep -qv down")
 
-    finished = train(cluster, "train.yml", run_ids["long"], tmp_path, **LONG_RUN)
+    finished = train(cluster, "train.yml", run_ids["long"], tmp_path, failing, **LONG_RUN)
     assert finished.returncode == 0, finished.stdout[-5000:]
     after = tasks_of(cluster, failing, run_ids["long"])
     for task in ("task0", "task1"):

@@ -523,9 +523,14 @@ def describe(status: dict) -> str:
     return ", ".join(parts)
 
 
+def run_job_dirs(run_dir: Path) -> List[Path]:
+    """The folders of a run's jobs: those with a job.json."""
+    return [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
+
+
 def run_status(run_dir: Path) -> dict:
     """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
-    job_dirs = [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
+    job_dirs = run_job_dirs(run_dir)
     live = live_states(job_dirs)
     jobs = [job_status(d, live[d]) for d in job_dirs]
     states = {j["state"] for j in jobs}
@@ -869,7 +874,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             print(f"{unit}: asked to stop (systemctl stop: SIGTERM, then a checkpoint)")
     if account:
         become(account)
-    job_dirs = [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
+    job_dirs = run_job_dirs(run_dir)
     for name in sorted({(read_json(d / "job.json") or {}).get("slurm_name") for d in job_dirs} - {None}):
         try:
             sdkit_slurm.cancel(name)

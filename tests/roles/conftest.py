@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "hosts"))
 from testhosts import HostRun  # noqa: E402
 
+# The control node's ML venv (torch, diffusers, ...), mounted read-only into hosts whose tests need a
+# venv with torch in it but are not about building one: a pip install of torch costs minutes of CPU
+# per host, and the Molecule scenarios build the kit's venv for real.
+ML_SITE = (REPO / ".venv-ml" / "lib" / "python3.11" / "site-packages").resolve()
+ML_SITE_MOUNT = ["-v", f"{ML_SITE}:/srv/ml-site-packages:ro"]
+KIT_VENV = "/opt/sophon-sd/venv"
+
 TEST_PROFILE = {
     "sophon_venv_python_version": "3.11",
     "sophon_venv_torch_version": "2.13.0",
@@ -75,6 +82,19 @@ class SshHost:
         env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         return PlayResult(result.returncode, result.stdout + result.stderr)
+
+
+def borrow_ml_venv(host: SshHost, with_pip: bool = False) -> None:
+    """The kit's venv on HOST as a venv on Debian's python3 that sees the ML venv's packages (the host
+    needs ML_SITE_MOUNT). WITH_PIP: pip in the venv (Debian's python3-venv), for the roles that
+    install into it; pip then finds the pinned packages already there."""
+    if with_pip:
+        host.check_output("apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null")
+    host.check_output(
+        f"python3 -m venv {'' if with_pip else '--without-pip '}{KIT_VENV} && "
+        # addsitedir, not a plain path line: the ML venv's own .pth files (setuptools' distutils) apply too.
+        "echo 'import site; site.addsitedir(\"/srv/ml-site-packages\")' "
+        f"> {KIT_VENV}/lib/python3.11/site-packages/ml-venv.pth")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@ play with one clear message, and either nothing was installed or a rerun after t
 
 The vendor files are the STAND-INS from tests/standins (built once per run). All tests share one
 long-lived host (sdkit-rt-bad-*) and run in file order: the cases that need no venv come first, then
-one fixture builds the kit's venv (torch) once for the torch_tpu cases. Between tests the runtime is
-removed again (packages, fact, torch_tpu, the environment files); the venv stays.
+one fixture makes the kit's venv once for the torch_tpu cases (with torch borrowed from the control
+node's ML venv: building it is the Molecule scenarios' part). Between tests the runtime is removed
+again (packages, fact, torch_tpu, the environment files); the venv stays.
 
 Where a case cannot happen on this host for real, the test says how it is provoked: the container is
 Debian 12 on x86_64, so the unsupported-platform case narrows the supported lists instead of faking
@@ -20,16 +21,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SshHost
+from conftest import KIT_VENV, ML_SITE_MOUNT, REPO, SshHost, borrow_ml_venv
 
-VENV = "/opt/sophon-sd/venv"
+PODMAN_OPTIONS = ML_SITE_MOUNT
 WHEEL_311 = "torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
 WHEEL_310 = "torch_tpu-2.1.0.post1-cp310-cp310-linux_x86_64.whl"
 GOOGLE_WHEEL = "torch_tpu-0.2.0-py3-none-any.whl"
 LIBSOPHON_DEB = "sophon-libsophon_0.4.9_amd64.deb"
 CLEAN_RUNTIME = (
     "dpkg --purge sophon-libsophon-dev sophon-libsophon sophon-driver >/dev/null 2>&1; "
-    f"[ -x {VENV}/bin/pip ] && {VENV}/bin/pip uninstall -y -q torch-tpu >/dev/null 2>&1; "
+    f"[ -x {KIT_VENV}/bin/pip ] && {KIT_VENV}/bin/pip uninstall -y -q torch-tpu >/dev/null 2>&1; "
     "rm -rf /opt/sophon /opt/sophon-sd/vendor /etc/ansible/facts.d/sophon.fact /etc/sophon-standin "
     "/etc/sophon-sd /etc/profile.d/sophon-sd.sh /etc/security/limits.d/sophon-sd.conf "
     "/etc/systemd/system.conf.d/sophon-sd-limits.conf; true"
@@ -98,7 +99,7 @@ def nothing_installed(host: SshHost) -> None:
 
 def torch_tpu_author(host: SshHost):
     """Author of the torch-tpu in the venv, or None when there is none."""
-    result = host.run(f"{VENV}/bin/python -c \"import importlib.metadata as m; print(m.metadata('torch-tpu')['Author'])\"")
+    result = host.run(f"{KIT_VENV}/bin/python -c \"import importlib.metadata as m; print(m.metadata('torch-tpu')['Author'])\"")
     return result.stdout.strip() if result.returncode == 0 else None
 
 
@@ -189,10 +190,12 @@ def test_driver_without_kernel_headers_says_so(clean_host, vendor, standin_vars)
 
 @pytest.fixture(scope="module")
 def venv(rt_host, standins, standin_vars):
-    """The kit's venv with torch, built once by the sophon_venv role (the slow part of this file)."""
+    """The kit's venv with torch: the sophon_venv role runs over a venv that borrows the ML venv's
+    packages, so it pushes the wheelhouse and constraints and finds torch already installed."""
+    borrow_ml_venv(rt_host, with_pip=True)
     result = rt_host.play("runtime.yml", {}, tags="venv")
     assert not result.failed, result.output[-3000:]
-    return VENV
+    return KIT_VENV
 
 
 def test_pypi_torch_tpu_in_the_venv_is_refused_then_replaced(clean_host, venv, vendor, standins, standin_vars):

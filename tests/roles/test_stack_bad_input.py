@@ -1,20 +1,20 @@
 """Bad input to playbooks/stack.yml: each stops the play with one clear message, leaves the host
 as it was or resumable, and a rerun after the fix completes.
 
-The tests share one host and run in file order: the venv one test builds is reused by the next.
+The tests share one host and run in file order. The disk-full case really runs pip out of space;
+the source cases run the whole play over a kit's venv that borrows torch from the control node's ML
+venv (building it for real is the Molecule scenarios' part), and the last one completes the stack.
 """
 
-import hashlib
 import subprocess
 import tarfile
-from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import ML_SITE_MOUNT, REPO, borrow_ml_venv
 
 UPSTREAM_GIT = REPO / "build/upstream-git"
 # A 64 MB filesystem to fill: torch alone is several hundred MB.
-PODMAN_OPTIONS = ["--tmpfs", "/opt/tiny:size=64m", "-v", f"{UPSTREAM_GIT}:/srv/upstream:ro"]
+PODMAN_OPTIONS = ["--tmpfs", "/opt/tiny:size=64m", "-v", f"{UPSTREAM_GIT}:/srv/upstream:ro", *ML_SITE_MOUNT]
 SRC = "/opt/sophon-sd/src"
 ACCELERATOR_PY = f"{SRC}/accelerate/src/accelerate/accelerator.py"
 
@@ -27,6 +27,11 @@ def git_vars() -> dict:
     libraries = yaml.safe_load((UPSTREAM_GIT / "libraries.yml").read_text())["sophon_upstream_libraries"]
     return {"sophon_upstream_source": "git", "sophon_upstream_git_base_url": "file:///srv/upstream",
             "sophon_upstream_libraries": libraries}
+
+
+@pytest.fixture(scope="module")
+def kit_venv(throwaway_host) -> None:
+    borrow_ml_venv(throwaway_host, with_pip=True)
 
 
 def with_library(git_vars: dict, name: str, **changes) -> dict:
@@ -68,7 +73,7 @@ def test_disk_filling_up_during_the_build_leaves_no_venv(throwaway_host):
     assert not throwaway_host.exists("/opt/tiny/venv")
 
 
-def test_unreachable_source_names_the_url(throwaway_host, git_vars):
+def test_unreachable_source_names_the_url(throwaway_host, kit_venv, git_vars):
     result = throwaway_host.play("stack.yml", {**git_vars, "sophon_upstream_git_base_url": "file:///srv/nowhere"})
     assert result.failed
     single_line(result.output, "Cannot reach file:///srv/nowhere/transformers.git")
@@ -76,14 +81,14 @@ def test_unreachable_source_names_the_url(throwaway_host, git_vars):
     assert throwaway_host.check_output(f"ls -A {SRC}").strip() == ""
 
 
-def test_unknown_tag_is_reported_and_nothing_is_left_half_fetched(throwaway_host, git_vars):
+def test_unknown_tag_is_reported_and_nothing_is_left_half_fetched(throwaway_host, kit_venv, git_vars):
     result = throwaway_host.play("stack.yml", with_library(git_vars, "transformers", tag="v9.9.9"))
     assert result.failed
     single_line(result.output, "has no tag v9.9.9")
     assert throwaway_host.check_output(f"ls -A {SRC}").strip() == ""
 
 
-def test_moved_tag_is_an_error(throwaway_host, git_vars, tmp_path_factory):
+def test_moved_tag_is_an_error(throwaway_host, kit_venv, git_vars, tmp_path_factory):
     # A mirror whose v4.29.1 tag was moved onto a different commit.
     mirror = tmp_path_factory.mktemp("moved")
     work = mirror / "work"
@@ -104,20 +109,26 @@ def test_moved_tag_is_an_error(throwaway_host, git_vars, tmp_path_factory):
 
 
 def test_package_missing_from_the_wheelhouse_is_named(throwaway_host, git_vars, tmp_path):
+    # torch needs networkx: pip stops while resolving, before it installs anything into the new venv.
     partial = tmp_path / "wheelhouse.tar"
     with tarfile.open(REPO / "bundle/wheelhouse.tar") as full, tarfile.open(partial, "w") as out:
         for member in full.getmembers():
-            if not member.name.split("/")[-1].startswith("tokenizers-"):
+            if not member.name.split("/")[-1].startswith("networkx-"):
                 out.addfile(member, full.extractfile(member) if member.isfile() else None)
     result = throwaway_host.play("stack.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
-                                           "sophon_venv_wheelhouse_dir": "/opt/sophon-sd/wheelhouse-partial"})
+                                               "sophon_venv_root": "/opt/partial",
+                                               "sophon_venv_wheelhouse_dir": "/opt/partial/wheelhouse"}, tags="venv")
     assert result.failed
     message = single_line(result.output, "is missing from the wheelhouse")
-    assert "tokenizers" in message and "make wheelhouse" in result.output
+    assert "networkx" in message and "make wheelhouse" in result.output
+    assert not throwaway_host.exists("/opt/partial/venv"), "the venv this run started must be removed again"
 
 
-def test_patch_drift_names_file_and_patch_and_changes_nothing(throwaway_host, git_vars):
-    # Undo the kit's patch and change a line the patch replaces, as a local edit would.
+def test_patch_drift_names_file_and_patch_and_changes_nothing(throwaway_host, kit_venv, git_vars):
+    # A provisioned host, where the kit's patch is then undone and a line it replaces changed, as a
+    # local edit would.
+    provisioned = throwaway_host.play("stack.yml", git_vars)
+    assert not provisioned.failed, provisioned.output[-3000:]
     throwaway_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
     throwaway_host.check_output(f"sed -i 's/\"ACCELERATE_USE_MPS_DEVICE\"):/\"ACCELERATE_USE_MPS\"):/' {ACCELERATOR_PY}")
     assert "ACCELERATE_USE_MPS\"):" in throwaway_host.check_output(f"cat {ACCELERATOR_PY}")
@@ -130,7 +141,7 @@ def test_patch_drift_names_file_and_patch_and_changes_nothing(throwaway_host, gi
     assert throwaway_host.run(f"ls {ACCELERATOR_PY}.rej {ACCELERATOR_PY}.orig").returncode != 0
 
 
-def test_rerun_after_the_fixes_completes(throwaway_host, git_vars):
+def test_rerun_after_the_fixes_completes(throwaway_host, kit_venv, git_vars):
     throwaway_host.check_output(f"git -C {SRC}/accelerate checkout -- src/accelerate/accelerator.py")
     result = throwaway_host.play("stack.yml", git_vars)
     assert not result.failed, result.output[-3000:]

@@ -177,8 +177,8 @@ SCENARIOS := fleet runtime slurm
 molecule: $(addprefix molecule-,$(SCENARIOS)) ## Molecule scenarios (fleet, runtime, slurm): converge, idempotence, testinfra verify on podman hosts
 molecule-%: $(HOST_TEST_INPUTS)
 	cd tests && SDKIT_UPSTREAM_GIT=$(CURDIR)/$(UPSTREAM_GIT) molecule test -s $*
-# The slurm scenario's compute hosts borrow the ML venv's packages (mounted read-only) for training.
-molecule-slurm: $(ML_VENV)/.installed
+# The runtime and slurm scenarios' hosts borrow the ML venv's packages (mounted read-only).
+molecule-runtime molecule-slurm: $(ML_VENV)/.installed
 
 # One throwaway host per test module, three modules at a time (--dist loadfile keeps a module's
 # tests, and its host, in one worker); the slowest tests are listed at the end.

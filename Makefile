@@ -194,6 +194,10 @@ host-tests: $(HOST_TEST_INPUTS)
 
 test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed
 
+# Checks that prove something once and cost too much CPU for every CI run; run them and record.
+test-long: setup ## Long checks, not in make test: train.yml's poll for 300 rounds (the old poll broke at 246)
+	SDKIT_POLL_ROUNDS=300 pytest -q -p no:cacheprovider tests/roles/test_train_poll.py
+
 test: ## Every test, side by side: lint, unit tests, the Molecule scenarios and the bad-input tests
 	$(MAKE) --no-print-directory -j3 test-inputs
 	@echo "Running lint, unit and $(HOST_TESTS) side by side; each prints its output when it ends."

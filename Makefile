@@ -19,7 +19,7 @@ TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-fleet molecule host-tests test-inputs roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -114,12 +114,12 @@ known-hosts: setup ## Record INVENTORY's host keys in its folder's known_hosts (
 doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml
 
-# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY and TRAIN_ARGS reach the playbook through the environment
+# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY, THREADS and TRAIN_ARGS reach the playbook through the environment
 # (make exports command-line variables): never spliced into this command line, where a quote could add
 # a variable. On the hosts they reach the trainer as argv (playbooks/train.yml).
 # SCHEDULER=slurm queues the jobs in the Slurm cluster of role sophon_slurm instead of running them
 # as systemd services on each host.
-train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [TINY=1]; the same RUN_ID resumes
+train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [THREADS=n] [TINY=1]; the same RUN_ID resumes
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
 
 train-status: setup ## Each host's jobs of RUN_ID: queued (Slurm's reason), running, finished, stopped or failed, with step and loss
@@ -150,6 +150,9 @@ SIZE ?= tiny
 RES ?= 256
 bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json. SIZE=sd14 [RES=256]: SD v1.4's shapes, FLOPs, peak, memory; writes build/bench-sd14.json
 	$(ML_VENV)/bin/python tests/bench/bench_runners.py $(if $(filter sd14,$(SIZE)),--size sd14 --resolution $(RES) --out build/bench-sd14.json,--out build/bench.json)
+
+bench-threads: $(ML_VENV)/.installed ## Tiny trainers side by side with torch's default threads and with the kit's share (OMP_NUM_THREADS); writes build/bench-threads.json
+	$(ML_VENV)/bin/python tests/bench/bench_threads.py --out build/bench-threads.json
 
 bench-fleet: setup test-image test-bundle ## Fleet control plane over SSH: converge 2 hosts from the bundle, rerun and --check on 1, rerun on 8 copies (linear, free, Mitogen if installed); writes build/bench-fleet.json
 	python tests/bench/bench_fleet.py --out build/bench-fleet.json

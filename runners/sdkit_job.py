@@ -96,6 +96,10 @@ UNIT_PREFIX = "sdkit-train"
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
 # Time for the step in progress and a checkpoint after SIGTERM, before systemd kills the job.
 STOP_TIMEOUT_S = 900
+# How often `status --wait` looks while the jobs run: each look asks systemd, or slurmctld (squeue,
+# scontrol) on behalf of every host of the fleet at once, so not every second; a run that ends is
+# seen within this many seconds.
+STATUS_PAUSE_S = 3.0
 # --model and --dataset: a hub id (owner/name, or a download-share folder name) or an absolute path.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -110,6 +114,11 @@ REDACTED = "<redacted>"
 # --num_train_epochs and the dataset size); before that, and for trainers that do not, its log
 # line at start-up is read.
 TOTAL_STEPS_PATTERN = re.compile(rb"total optimization steps = (\d+)")
+
+
+# torch gives each process one thread per CPU: N trainers on one host would keep N times as many
+# threads busy as it has CPUs, and idle OpenMP threads spin while they wait for their share.
+THREADS_KEY = "OMP_NUM_THREADS"
 
 
 class JobError(Exception):
@@ -249,6 +258,21 @@ def plan_jobs(run_dir: Path, mode: str, devices: List[str], python: str, trainer
         argv = [python, trainer, *train_args, "--output_dir", str(run_dir / name / "output")]
         jobs.append(Job(name, device, argv, {"ACCELERATE_TORCH_DEVICE": device}, run_dir / name))
     return jobs
+
+
+def cpu_share(processes: int) -> int:
+    """Threads for each of PROCESSES trainer processes on this host: an equal share of the CPUs this
+    tool may use, at least one."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+
+
+def share_cpus(jobs: List[Job], processes: int, threads: Optional[int], env_file: EnvFile) -> None:
+    """Give every job's processes THREADS threads (--cpu-threads), else the env file's OMP_NUM_THREADS
+    (an operator's setting for the host, which the unit already has), else an equal share of the CPUs."""
+    if threads is None and env_file.get(THREADS_KEY):
+        return
+    for job in jobs:
+        job.env[THREADS_KEY] = str(threads or cpu_share(processes))
 
 
 # --------------------------------------------------------------------------- the runner user
@@ -731,6 +755,7 @@ def start_in_slurm(args: argparse.Namespace, run_dir: Path, devices: List[str], 
         raise JobError(f"Slurm counts no '{args.slurm_gres}' chips on node {node} (scontrol show node {node}): "
                        "check its Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
     jobs, chips_per_job = plan_slurm_jobs(run_dir, args.mode, devices, chips, python, args.trainer, train_args)
+    share_cpus(jobs, chips, args.cpu_threads, EnvFile.read(args.env_file))
     name = sdkit_slurm.job_name(run_dir.name, node)
     plans = prepare_run(run_dir, jobs, hub_token, {"scheduler": "slurm", "slurm_name": name})
     queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
@@ -817,6 +842,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         statuses = jobs_status(jobs)
     else:
         jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
+        share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)
         plans = as_user(account, prepare_run, run_dir, jobs, cli_token)
         for job, plan in zip(jobs, plans):
             if plan["launch"]:
@@ -846,7 +872,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         become(account)  # status needs no root at all: systemctl show works for anyone
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
     # prints a line every --wait seconds rather than every second.
-    status = wait_while_running(run_dir, args.wait, 1.0)
+    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
@@ -888,6 +914,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_supervise(args: argparse.Namespace) -> int:
     return supervise(Path(args.job_dir))
+
+
+def thread_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (make train THREADS=...), not '{value}'")
+    return int(value)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -941,6 +973,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                             "this host, which keeps their checkpoints.")
     start.add_argument("--slurm-gres", default="tpu",
                        help="The generic resource that the cluster's slurm.conf names the chips by (default tpu).")
+    start.add_argument("--cpu-threads", type=thread_count, default=None,
+                       help=f"Threads for each trainer process ({THREADS_KEY}). Default: the env file's "
+                            f"{THREADS_KEY}, else this host's CPUs shared equally among the run's processes "
+                            "(one per chip), so that jobs side by side do not oversubscribe the CPUs.")
     start.add_argument("--extra-args", default="",
                        help="More trainer flags as one shell-quoted string, after those following --; "
                             "a flag given twice takes the last value.")

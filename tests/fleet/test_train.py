@@ -35,8 +35,9 @@ def trainers(fleet: Fleet) -> list[str]:
 
 
 def train(fleet: Fleet, hosts: list[str], run_id: str, fetch_dir: Path, **extra_vars):
+    # Each poll round costs a second or so of CPU; `status --wait` ends a round as soon as the run ends.
     extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_tiny": True, "sophon_sd_train_args": "",
-             "sophon_sd_train_fetch_dir": str(fetch_dir), "sophon_sd_train_poll_interval": 5, **extra_vars}
+             "sophon_sd_train_fetch_dir": str(fetch_dir), "sophon_sd_train_poll_interval": 15, **extra_vars}
     started = time.monotonic()
     result = fleet.playbook("train.yml", "--limit", ",".join(hosts), "-e", json.dumps(extra), timeout=1800)
     result.seconds = time.monotonic() - started

@@ -21,22 +21,20 @@ themselves; the other test hosts log in as root without become.
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import ML_SITE_MOUNT, borrow_ml_venv
 
-ML_SITE = (REPO / ".venv-ml" / "lib" / "python3.11" / "site-packages").resolve()
-PODMAN_OPTIONS = ["-v", f"{ML_SITE}:/srv/ml-site-packages:ro"]
+PODMAN_OPTIONS = ML_SITE_MOUNT
 HOST_ENV_ONLY = {"sophon_sd_sophgo_runtime": False, "sophon_host_env_assets_source": "hub", "ansible_become": True}
 STATE = "/var/lib/sophon-sd"
 RUNS = f"{STATE}/runs"
 # Root's folders and files that planted links point at: owner, group, mode and content must not change.
 ROOT_PATHS = ["/etc/sophon-sd", "/etc/sophon-sd/env", "/opt/sophon-sd/runners", "/opt/sophon-sd/runners/sdkit_job.py",
               "/etc/shadow"]
-TINY_RUN = {"sophon_sd_train_tiny": True, "sophon_sd_train_poll_interval": 2, "ansible_become": True}
+# Each poll round costs a second or so of CPU; `status --wait` ends a round as soon as the run ends.
+TINY_RUN = {"sophon_sd_train_tiny": True, "sophon_sd_train_poll_interval": 10, "ansible_become": True}
 # Run as the runner user on the host: once the job has finished, waits for something to open its
 # validation folder (train.yml's find walking it), then swaps train.log, fetched last, for a link to
 # /etc/shadow, before the fetch loop reaches it.
@@ -69,11 +67,7 @@ def as_runner(host, script: str) -> None:
 def host(throwaway_host):
     """The runner user, the env file and the runners; a venv on Debian's python3 over the ML venv's packages."""
     throwaway_host.check_output("apt-get update -qq && apt-get install -y -qq sudo make >/dev/null")
-    throwaway_host.check_output(
-        "python3 -m venv --without-pip /opt/sophon-sd/venv && "
-        # addsitedir, not a plain path line: the ML venv's own .pth files (setuptools' distutils) apply too.
-        "echo 'import site; site.addsitedir(\"/srv/ml-site-packages\")' "
-        "> /opt/sophon-sd/venv/lib/python3.11/site-packages/ml-venv.pth")
+    borrow_ml_venv(throwaway_host)
     for playbook, tags in (("runtime.yml", "host_env"), ("runners.yml", None)):
         result = throwaway_host.play(playbook, HOST_ENV_ONLY, tags=tags)
         assert not result.failed, result.output[-3000:]
@@ -140,8 +134,9 @@ def unit_state(host, unit: str) -> dict[str, str]:
 
 
 UNIT_RUN = {**TINY_RUN, "sophon_sd_train_run_id": "unit",
-            # Validation only at the end, and no checkpoint but the one SIGTERM makes.
-            "sophon_sd_train_args": "--max_train_steps=6 --checkpointing_steps=1000 --validation_epochs=1000"}
+            # Validation only at the end, and no checkpoint but the one SIGTERM makes; steps enough to
+            # be still running when make train-cancel stops it.
+            "sophon_sd_train_args": "--max_train_steps=30 --checkpointing_steps=1000 --validation_epochs=1000"}
 UNIT = "sdkit-train-unit-cpu.service"
 UNIT_JOB = f"{RUNS}/unit/cpu"
 

@@ -24,7 +24,8 @@ from slurm_support import Cluster
 from fleet_support import recap
 
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
-TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 3}
+# Each poll round costs a second or so of CPU; `status --wait` ends a round as soon as the run ends.
+TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 15}
 # Long enough to be still running when cancelled, and again when its node fails.
 STEPS = 30
 LONG_RUN = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}

@@ -44,6 +44,7 @@ FAKE_TRAINER = textwrap.dedent('''
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     print(f"device {os.environ['ACCELERATE_TORCH_DEVICE']}, total optimization steps = {args.max_train_steps}",
           file=sys.stderr, flush=True)
+    print(f"threads {os.environ.get('OMP_NUM_THREADS')}", flush=True)
     print(f"HF_TOKEN {'set' if os.environ.get('HF_TOKEN') else 'absent'}, token file "
           f"{os.environ.get('SOPHON_SD_HUB_TOKEN_FILE', 'absent')}", flush=True)
     step = 0
@@ -151,6 +152,20 @@ def test_data_parallel_refuses_chips_that_local_rank_cannot_reach(tmp_path):
 def test_a_host_without_chips_gets_one_cpu_job(tmp_path, mode):
     [job] = sdkit_job.plan_jobs(tmp_path, mode, [], "py", "t.py", [])
     assert (job.name, job.env, job.argv[:2]) == ("cpu", {"ACCELERATE_TORCH_DEVICE": "cpu"}, ["py", "t.py"])
+
+
+@pytest.mark.parametrize("cpus, processes, threads, env_file, expected", [
+    (8, 3, None, "", "2"),   # each of the host's jobs gets its share of the CPUs
+    (2, 4, None, "", "1"),   # at least one
+    (8, 1, 3, "OMP_NUM_THREADS=6\n", "3"),  # --cpu-threads (make train THREADS=) wins
+    (8, 2, None, "OMP_NUM_THREADS=6\n", None),  # the env file's, which the unit gets from it
+])
+def test_jobs_share_the_hosts_cpus(tmp_path, monkeypatch, cpus, processes, threads, env_file, expected):
+    monkeypatch.setattr(sdkit_job.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    (tmp_path / "env").write_text(env_file)
+    jobs = sdkit_job.plan_jobs(tmp_path, "per_chip", [f"tpu:{i}" for i in range(processes)], "py", "t.py", [])
+    sdkit_job.share_cpus(jobs, processes, threads, sdkit_job.EnvFile.read(tmp_path / "env"))
+    assert {job.env.get("OMP_NUM_THREADS") for job in jobs} == {expected}
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -352,6 +367,15 @@ def test_a_model_that_is_neither_a_hub_id_nor_an_absolute_path_is_refused(job_to
 def test_a_control_character_in_train_args_is_refused(job_tool):
     result = job_tool("start", "--", "--validation_prompt=a\x1b[2Jb", check=False)
     assert result.returncode == 2 and "contains a control character" in result.stderr
+
+
+def test_cpu_threads_reach_the_trainer_and_a_bad_count_is_one_line(job_tool):
+    assert job_tool("start", "--cpu-threads=3")["jobs"][0]["action"] == "started"
+    assert json.loads((job_tool.job_dir / "job.json").read_text())["env"]["OMP_NUM_THREADS"] == "3"
+    wait_for(job_tool, lambda status: status["state"] == "finished")
+    assert "threads 3" in (job_tool.job_dir / "train.log").read_text()
+    result = job_tool("start", "--cpu-threads=0", check=False)
+    assert result.returncode == 2 and "--cpu-threads: must be a whole number of at least 1" in result.stderr
 
 
 def test_bad_extra_args_quoting_is_one_line(job_tool):

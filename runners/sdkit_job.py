@@ -746,7 +746,7 @@ def slurm_job_of(job_dir: Path) -> str:
         return ""
 
 
-def start_in_slurm(args: argparse.Namespace, run_dir: Path, devices: List[str], python: str,
+def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, devices: List[str], python: str,
                    train_args: List[str], hub_token: Optional[str]) -> Tuple[List[Job], List[dict]]:
     """Queue the run's jobs that must (re)start, as the runner user (whom Slurm then runs them as)."""
     node = sdkit_slurm.node_name()
@@ -755,7 +755,7 @@ def start_in_slurm(args: argparse.Namespace, run_dir: Path, devices: List[str], 
         raise JobError(f"Slurm counts no '{args.slurm_gres}' chips on node {node} (scontrol show node {node}): "
                        "check its Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
     jobs, chips_per_job = plan_slurm_jobs(run_dir, args.mode, devices, chips, python, args.trainer, train_args)
-    share_cpus(jobs, chips, args.cpu_threads, EnvFile.read(args.env_file))
+    share_cpus(jobs, chips, args.cpu_threads, env_file)
     name = sdkit_slurm.job_name(run_dir.name, node)
     plans = prepare_run(run_dir, jobs, hub_token, {"scheduler": "slurm", "slurm_name": name})
     queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
@@ -836,7 +836,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         if account:
             become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
         try:
-            jobs, plans = start_in_slurm(args, run_dir, devices, python, train_args, cli_token)
+            jobs, plans = start_in_slurm(args, env_file, run_dir, devices, python, train_args, cli_token)
         except SlurmError as exc:
             raise JobError(str(exc)) from None
         statuses = jobs_status(jobs)

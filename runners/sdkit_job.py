@@ -266,13 +266,20 @@ def cpu_share(processes: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
 
 
-def share_cpus(jobs: List[Job], processes: int, threads: Optional[int], env_file: EnvFile) -> None:
+def share_cpus(jobs: List[Job], processes: int, threads: Optional[int], env_file: EnvFile) -> int:
     """Give every job's processes THREADS threads (--cpu-threads), else the env file's OMP_NUM_THREADS
-    (an operator's setting for the host, which the unit already has), else an equal share of the CPUs."""
+    (an operator's setting for the host, which the unit already has), else an equal share of the CPUs.
+    Returns the threads each process gets: what a Slurm task asks for as its CPUs."""
     if threads is None and env_file.get(THREADS_KEY):
-        return
+        value = env_file.get(THREADS_KEY)
+        if not value.isdigit() or int(value) < 1:
+            raise JobError(f"{THREADS_KEY}={value} in {env_file.path} is not a whole number of at least 1: "
+                           "fix it in sophon_host_env_extra_env and rerun the role, or pass THREADS=n")
+        return int(value)
+    threads = threads or cpu_share(processes)
     for job in jobs:
-        job.env[THREADS_KEY] = str(threads or cpu_share(processes))
+        job.env[THREADS_KEY] = str(threads)
+    return threads
 
 
 # --------------------------------------------------------------------------- the runner user
@@ -720,19 +727,22 @@ def plan_slurm_jobs(run_dir: Path, mode: str, devices: List[str], chips: int, py
                 {"ACCELERATE_TORCH_DEVICE": kind}, run_dir / f"task{i}") for i in range(chips)], 1
 
 
-def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, name: str, node: str, gres: str,
-                    env_file: str) -> None:
-    """One sbatch for the jobs to (re)start: an array of the per-chip tasks, or the data-parallel job."""
+def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads: int, name: str, node: str,
+                    gres: str, env_file: str) -> None:
+    """One sbatch for the jobs to (re)start: an array of the per-chip tasks, or the data-parallel job.
+    Each task asks for the CPUs its processes' threads use, so that Slurm's accounting (and cgroup's
+    ConstrainCores, where a site turns it on) matches what the trainers run."""
     task = [sys.executable, str(Path(__file__).resolve()), "slurm-task", "--run-dir", str(run_dir),
             "--env-file", env_file, "--gres", gres]
     per_chip = all(job.name.startswith("task") for job in jobs)
     if per_chip:
-        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=1,
+        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=1, cpus_per_task=threads,
                                        array=[int(job.name[len("task"):]) for job in jobs],
                                        output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task))
     else:
         [job] = jobs
-        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=chips_per_job, array=None,
+        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=chips_per_job,
+                                       cpus_per_task=threads * chips_per_job, array=None,
                                        output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]))
     job_id = sdkit_slurm.submit(argv)
     for job in jobs:
@@ -755,12 +765,12 @@ def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, d
         raise JobError(f"Slurm counts no '{args.slurm_gres}' chips on node {node} (scontrol show node {node}): "
                        "check its Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
     jobs, chips_per_job = plan_slurm_jobs(run_dir, args.mode, devices, chips, python, args.trainer, train_args)
-    share_cpus(jobs, chips, args.cpu_threads, env_file)
+    threads = share_cpus(jobs, chips, args.cpu_threads, env_file)
     name = sdkit_slurm.job_name(run_dir.name, node)
     plans = prepare_run(run_dir, jobs, hub_token, {"scheduler": "slurm", "slurm_name": name})
     queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
     if queued:
-        submit_to_slurm(run_dir, queued, chips_per_job, name, node, args.slurm_gres,
+        submit_to_slurm(run_dir, queued, chips_per_job, threads, name, node, args.slurm_gres,
                         str(Path(args.env_file).resolve()))
     return jobs, plans
 

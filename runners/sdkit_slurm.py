@@ -105,8 +105,8 @@ def job_chips(job_id: str, gres: str) -> List[int]:
     return allocated_indexes(slurm("scontrol", "show", "job", "-d", job_id), gres)
 
 
-def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, array: Optional[List[int]],
-                output: str, command: str) -> List[str]:
+def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, cpus_per_task: int,
+                array: Optional[List[int]], output: str, command: str) -> List[str]:
     """sbatch's command line for a host's tasks of one run.
 
     --requeue: a task on a node that fails is queued again (and resumes from its checkpoint).
@@ -115,7 +115,7 @@ def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, array: 
     is appended across requeues.
     """
     argv = ["sbatch", "--parsable", f"--job-name={name}", f"--nodelist={node}", "--nodes=1", "--ntasks=1",
-            f"--gres={gres}:{chips_per_task}", "--requeue", "--export=NIL", "--open-mode=append",
+            f"--gres={gres}:{chips_per_task}", f"--cpus-per-task={cpus_per_task}", "--requeue", "--export=NIL", "--open-mode=append",
             f"--output={output}"]
     if array is not None:
         argv.append("--array=" + ",".join(str(index) for index in array))

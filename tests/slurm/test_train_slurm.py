@@ -112,6 +112,8 @@ def test_tasks_of_a_failed_node_are_requeued_and_resume(cluster, run_ids, tmp_pa
     before = tasks_of(cluster, failing, run_ids["long"])
     name = f"sdkit-train-{run_ids['long']}.{failing}"
     wait_on(cluster, cluster.controller, f"test $(squeue --noheader --array --states=RUNNING --name={name} | wc -l) = 2")
+    # Each task asked Slurm for the CPUs its trainer's threads use (a TINY run: one).
+    assert cluster.on(cluster.controller, f"squeue --noheader --array --name={name} --format=%C").split() == ["1", "1"]
 
     # The node fails: Slurm takes its tasks off it (SIGTERM: a checkpoint) and queues them again.
     cluster.on(cluster.controller, f"scontrol update NodeName={failing} State=DOWN Reason=sdkit-test")

@@ -164,8 +164,17 @@ def test_jobs_share_the_hosts_cpus(tmp_path, monkeypatch, cpus, processes, threa
     monkeypatch.setattr(sdkit_job.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     (tmp_path / "env").write_text(env_file)
     jobs = sdkit_job.plan_jobs(tmp_path, "per_chip", [f"tpu:{i}" for i in range(processes)], "py", "t.py", [])
-    sdkit_job.share_cpus(jobs, processes, threads, sdkit_job.EnvFile.read(tmp_path / "env"))
+    given = sdkit_job.share_cpus(jobs, processes, threads, sdkit_job.EnvFile.read(tmp_path / "env"))
     assert {job.env.get("OMP_NUM_THREADS") for job in jobs} == {expected}
+    # What a Slurm task asks for as its CPUs: the threads each process runs, wherever they were set.
+    assert given == int(expected or 6)
+
+
+def test_a_bad_thread_count_in_the_env_file_is_one_line(tmp_path):
+    (tmp_path / "env").write_text("OMP_NUM_THREADS=all\n")
+    jobs = sdkit_job.plan_jobs(tmp_path, "per_chip", ["cpu"], "py", "t.py", [])
+    with pytest.raises(sdkit_job.JobError, match=r"OMP_NUM_THREADS=all in .*/env is not a whole number.*THREADS=n"):
+        sdkit_job.share_cpus(jobs, 1, None, sdkit_job.EnvFile.read(tmp_path / "env"))
 
 
 # --------------------------------------------------------------------------- lifecycle

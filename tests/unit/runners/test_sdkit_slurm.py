@@ -55,17 +55,18 @@ def test_queue_maps_each_task_to_its_state_and_reason():
                                              "20": {"state": "REQUEUED", "reason": "BeginTime"}}
 
 
-def test_submit_argv_pins_the_tasks_to_the_node_and_asks_one_chip_each():
-    argv = sdkit_slurm.submit_argv(name="sdkit-train-r1.a", node="a", gres="tpu", chips_per_task=1, array=[0, 3],
+def test_submit_argv_pins_the_tasks_to_the_node_and_asks_one_chip_and_its_cpus_each():
+    argv = sdkit_slurm.submit_argv(name="sdkit-train-r1.a", node="a", gres="tpu", chips_per_task=1, cpus_per_task=3,
+                                   array=[0, 3],
                                    output="/runs/r1/task%a/slurm.log", command="exec python tool slurm-task")
     assert argv[:2] == ["sbatch", "--parsable"]
-    for option in ("--job-name=sdkit-train-r1.a", "--nodelist=a", "--gres=tpu:1", "--requeue", "--export=NIL",
+    for option in ("--job-name=sdkit-train-r1.a", "--nodelist=a", "--gres=tpu:1", "--cpus-per-task=3", "--requeue", "--export=NIL",
                    "--array=0,3", "--output=/runs/r1/task%a/slurm.log"):
         assert option in argv
     assert argv[-2:] == ["--wrap", "exec python tool slurm-task"]
-    data_parallel = sdkit_slurm.submit_argv(name="n", node="a", gres="tpu", chips_per_task=4, array=None,
-                                            output="/o", command="c")
-    assert "--gres=tpu:4" in data_parallel and not any(a.startswith("--array") for a in data_parallel)
+    data_parallel = sdkit_slurm.submit_argv(name="n", node="a", gres="tpu", chips_per_task=4, cpus_per_task=8,
+                                            array=None, output="/o", command="c")
+    assert "--gres=tpu:4" in data_parallel and "--cpus-per-task=8" in data_parallel and not any(a.startswith("--array") for a in data_parallel)
 
 
 def test_missing_slurm_commands_say_how_to_join_the_cluster(monkeypatch):

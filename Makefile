@@ -12,11 +12,13 @@ export CONTAINERS_CONF ?= $(CURDIR)/tests/hosts/containers.conf
 
 INVENTORY ?= inventory/example/hosts.yml
 LIMIT ?= all
-# The fleet's dependency profile: a file in roles/sophon_venv/files/constraints/ (without .txt).
-PROFILE ?= torch-2.1.0-py3.10
+# The fleet's stack: a folder of profiles/ (profile.yml, constraints.txt). PROFILES lists every profile the
+# inventory's host groups use (sophon_sd_profile); the bundle holds a wheelhouse for each.
+PROFILE ?= tutorial-2023
+PROFILES ?= $(PROFILE)
 BUNDLE := bundle
-TEST_PROFILE := torch-2.13.0-py3.11
-SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
+# The CPU twin the test hosts and the ML venv run (the tutorial's libraries on Debian 12's Python).
+TEST_PROFILE := tutorial-2023-cpu
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 
 .PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long roles test-image clean
@@ -30,20 +32,16 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --no-compile -r requirements.txt
 	touch $@
 
-wheelhouse: $(BUNDLE)/.wheelhouse-$(PROFILE) ## Download the fleet's wheels and the three source archives into bundle/ (PROFILE=...)
-roles/sophon_venv/files/constraints/%.txt:
-	@echo "no constraints file $@: pick PROFILE from roles/sophon_venv/files/constraints/"; exit 2
-# The constraints file is the whole, closed dependency set: downloading each entry with --no-deps
-# gives exactly the wheels the hosts install, for the fleet's Python rather than this machine's.
-$(BUNDLE)/.wheelhouse-%: roles/sophon_venv/files/constraints/%.txt
-	pip download --quiet --no-deps --only-binary=:all: --dest $(BUNDLE)/wheelhouse \
-	  --python-version $(lastword $(subst -py, ,$*)) --implementation cp \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64 \
-	  -r $<
-	pip download --quiet --no-deps --no-binary=:all: --dest $(BUNDLE)/sources $(SOURCES)
-	tar -C $(BUNDLE)/wheelhouse -cf $(BUNDLE)/wheelhouse.tar .
-	@echo "wheelhouse for $*: $$(ls $(BUNDLE)/wheelhouse | wc -l) files in $(BUNDLE)/wheelhouse, pushed to hosts as $(BUNDLE)/wheelhouse.tar"
+wheelhouse: $(addprefix $(BUNDLE)/.wheelhouse-,$(PROFILES)) ## Download each profile's wheels and its libraries' source archives into bundle/ (PROFILES="a b", default PROFILE=tutorial-2023)
+profiles/%/profile.yml:
+	@echo "no profile $*: no $@; the profiles are: $(notdir $(wildcard profiles/*))"; exit 2
+# The profile's constraints.txt is the whole, closed dependency set: tools/sdkit_bundle.py wheelhouse
+# downloads each entry with --no-deps, for the Python of its profile.yml rather than this machine's, into
+# bundle/wheelhouse/<profile>/ and bundle/wheelhouse-<profile>.tar (what that profile's hosts get). It
+# refuses a profile without a resolved set (profile.yml's wheelhouse_blocked, or no constraints.txt).
+.SECONDEXPANSION:
+$(BUNDLE)/.wheelhouse-%: profiles/%/profile.yml $$(wildcard profiles/$$*/constraints.txt) | $(VENV)/.installed
+	$(BIN)/python tools/sdkit_bundle.py wheelhouse --bundle-dir $(BUNDLE) --profile $*
 	touch $@
 
 # The whole bundle for an air-gapped fleet, listed with sha256 in bundle/manifest.yml (tools/sdkit_bundle.py --help).
@@ -55,8 +53,8 @@ BUNDLE_GNUPGHOME ?= $(HOME)/.sophon-sd-bundle-gnupg
 bundle-key: setup ## Create the bundle's signing key in BUNDLE_GNUPGHOME (once) and print the fingerprint for group_vars
 	$(BIN)/python tools/sdkit_bundle.py key --gnupghome $(BUNDLE_GNUPGHOME)
 
-bundle: setup $(BUNDLE)/.wheelhouse-$(PROFILE) ## Everything an air-gapped fleet needs in bundle/, listed in manifest.yml and signed (PROFILE= ASSETS_FROM= BUNDLE_ARGS= BUNDLE_GNUPGHOME=)
-	$(BIN)/python tools/sdkit_bundle.py build --bundle-dir $(BUNDLE) --profile $(PROFILE) --gnupghome $(BUNDLE_GNUPGHOME) \
+bundle: setup $(addprefix $(BUNDLE)/.wheelhouse-,$(PROFILES)) ## Everything an air-gapped fleet needs in bundle/, listed in manifest.yml and signed (PROFILES="a b" ASSETS_FROM= BUNDLE_ARGS= BUNDLE_GNUPGHOME=)
+	$(BIN)/python tools/sdkit_bundle.py build --bundle-dir $(BUNDLE) --profile $(PROFILES) --gnupghome $(BUNDLE_GNUPGHOME) \
 	  $(if $(ASSETS_FROM),--assets-from $(ASSETS_FROM)) $(BUNDLE_ARGS)
 
 # The Slurm cluster's munge key (role sophon_slurm): like the signing key, outside the repository and
@@ -135,10 +133,10 @@ lint: setup ## ansible-lint (production profile) and yamllint
 docs: setup ## Regenerate each role README's variable table from meta/argument_specs.yml and defaults/main.yml
 	$(BIN)/python tools/sdkit_role_docs.py
 
-$(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
+$(ML_VENV)/.installed: profiles/$(TEST_PROFILE)/constraints.txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	python3 -m venv $(ML_VENV)
-	$(ML_VENV)/bin/pip install --quiet --no-compile --no-index --find-links $(BUNDLE)/wheelhouse \
-	  -c $< -r $< $(addprefix $(BUNDLE)/sources/,$(subst ==,-,$(SOURCES:=.tar.gz)))
+	$(ML_VENV)/bin/pip install --quiet --no-compile --no-index --find-links $(BUNDLE)/wheelhouse/$(TEST_PROFILE) \
+	  -c $< -r $< $(addprefix $(BUNDLE)/sources/,$(shell $(BIN)/python tools/sdkit_bundle.py sources --profile $(TEST_PROFILE)))
 	$(ML_VENV)/bin/pip install --quiet pytest==9.2.0
 	touch $@
 
@@ -171,7 +169,7 @@ $(UPSTREAM_GIT)/libraries.yml: tests/hosts/make-upstream-repos.sh tests/unit/pat
 TEST_GNUPGHOME := $(CURDIR)/build/test-bundle-gnupg
 test-bundle: setup $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	$(BIN)/python tools/sdkit_bundle.py key --gnupghome $(TEST_GNUPGHOME) >/dev/null
-	$(MAKE) bundle PROFILE=$(TEST_PROFILE) BUNDLE_GNUPGHOME=$(TEST_GNUPGHOME)
+	$(MAKE) bundle PROFILES=$(TEST_PROFILE) BUNDLE_GNUPGHOME=$(TEST_GNUPGHOME)
 
 HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
 

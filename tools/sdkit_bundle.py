@@ -12,8 +12,9 @@ in bundle/ and inside its tars.
 
 Layout (paths relative to bundle/):
 
-  wheelhouse/*.whl, wheelhouse.tar   the fleet profile's wheels (`make wheelhouse`'s rule)
-  sources/<name>-<version>.tar.gz    the three pinned libraries' PyPI sdists (same rule)
+  wheelhouse/<profile>/*.whl         each profile's wheels (`wheelhouse` below, run by make wheelhouse)
+  wheelhouse-<profile>.tar           the same wheels as the one tar hosts of that profile get
+  sources/<name>-<version>.tar.gz    the profiles' pinned libraries' PyPI sdists (same command)
   sources/<name>-<version>.git.tar.gz  `git archive` of the pinned tag, when git is reachable
   vendor/*                           Sophgo's files, dropped in by the user, never downloaded
   assets/<share folder>/...          the download share's folders, and assets/SHA256SUMS
@@ -26,9 +27,15 @@ Layout (paths relative to bundle/):
 reported and fetched again where that is possible; its entry is never silently replaced
 (--accept-changes records files as they are now, after a deliberate change).
 
+A profile is one folder of profiles/ (profile.yml: python, torch, torch_tpu, libraries, ...;
+constraints.txt: the closed dependency set). A bundle serves every profile it was built for (the
+manifest's `profiles`), so host groups with different profiles share one bundle.
+
 Usage: tools/sdkit_bundle.py key --gnupghome DIR
-       tools/sdkit_bundle.py build --gnupghome DIR --profile torch-2.1.0-py3.10 [--assets-from DIR] [--no-apt]
+       tools/sdkit_bundle.py wheelhouse --profile tutorial-2023
+       tools/sdkit_bundle.py build --gnupghome DIR --profile tutorial-2023 [tutorial-2023-cpu ...] [--assets-from DIR] [--no-apt]
        tools/sdkit_bundle.py verify --fingerprint FPR
+       tools/sdkit_bundle.py sources --profile tutorial-2023-cpu
 """
 
 from __future__ import annotations
@@ -62,12 +69,17 @@ from sdkit_files import write_text_atomic  # noqa: E402
 from sdkit_signing import FINGERPRINT, SigningError, create_key, export_public, normalize, sign, signer, signing_key  # noqa: E402
 
 ROLES = REPO / "roles"
+PROFILES = REPO / "profiles"
 MANIFEST = "manifest.yml"
 # The manifest's detached signature and the public half of the key that made it (tools/sdkit_signing.py).
 SIGNATURE = "manifest.yml.asc"
 PUBLIC_KEY = "signing-key.asc"
 # The tars hosts get: the manifest records each member's sha256 as well as the tar's.
-TARS = ("wheelhouse.tar", "apt.tar")
+TARS = ("apt.tar",)
+WHEELHOUSE_TAR = re.compile(r"wheelhouse-[^/]+\.tar")
+# The platforms a fleet host's pip accepts (x86_64 Linux, glibc), newest first, for pip download.
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64",
+             "manylinux1_x86_64", "linux_x86_64")
 KINDS = ("wheel", "source", "vendor", "asset", "deb", "apt-index", "signing-key")
 CHUNK = 1 << 20
 
@@ -96,6 +108,29 @@ class Entry:
 
 def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()) or {}
+
+
+def profile_names() -> List[str]:
+    return sorted(path.parent.name for path in PROFILES.glob("*/profile.yml"))
+
+
+def load_profile(name: str) -> dict:
+    """profiles/NAME/profile.yml; an unknown name is the operator's to fix, with the names that exist."""
+    path = PROFILES / name / "profile.yml"
+    if not path.is_file():
+        raise BadInput(f"no profile {name!r} (no {path.relative_to(REPO)}): the profiles are {', '.join(profile_names())}; "
+                       "fix: pass one of them (make ... PROFILE=<name> or PROFILES='<name> ...')")
+    try:
+        profile = yaml.safe_load(path.read_text()) or {}
+        for key in ("python", "torch", "libraries"):
+            profile[key]  # noqa: B018 - present, or the KeyError below names it
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise BadInput(f"{path.relative_to(REPO)} is not a profile ({exc}): fix it as profiles/tutorial-2023/profile.yml is written") from None
+    return profile
+
+
+def wheelhouse_tar(profile: str) -> str:
+    return f"wheelhouse-{profile}.tar"
 
 
 def share_folders() -> Tuple[List[str], Dict[str, Tuple[str, str]]]:
@@ -403,48 +438,61 @@ class Builder:
         raise RuntimeError("missing or changed: removed it and the wheelhouse stamp, so that the wheelhouse rule downloads it again")
 
     def wheelhouse(self) -> None:
-        wheels = files_under(self.bundle, "wheelhouse")
-        listed = [rel for rel in self.old if rel.startswith("wheelhouse/")]
-        if not wheels and not listed:
-            if not self.args.no_wheelhouse:
-                self.problem("wheelhouse/", "has no wheels", f"run make bundle PROFILE={self.args.profile} (or pass --no-wheelhouse)")
-            return
-        for rel in sorted(set(wheels) | set(listed)):
-            self.take(rel, "wheel", *parse_name_version(Path(rel).name), "pypi", self.refetch_by_wheelhouse_rule,
-                      fix="rerun make bundle")
-        self.wheelhouse_tar(sorted(rel for rel in wheels if rel in self.entries))
+        """Each profile's wheels (wheelhouse/<profile>/) and its tar; a wheel or tar of a profile this build
+        is not for is a problem, so that a host never gets a wheelhouse nobody asked for."""
+        profiles = self.args.profile
+        wanted = tuple(f"wheelhouse/{profile}/" for profile in profiles)
+        present = files_under(self.bundle, "wheelhouse") + [rel for rel in bundle_files(self.bundle) if WHEELHOUSE_TAR.fullmatch(rel)]
+        for rel in sorted(present):
+            if not rel.startswith(wanted) and rel not in [wheelhouse_tar(profile) for profile in profiles]:
+                self.problem(rel, f"is not for the profiles this bundle is built for ({' '.join(profiles)})",
+                             f"remove it, or add its profile (make bundle PROFILES='{' '.join(profiles)} <profile>')")
+        for profile in profiles:
+            folder = f"wheelhouse/{profile}"
+            wheels = files_under(self.bundle, folder)
+            listed = [rel for rel in self.old if rel.startswith(folder + "/")]
+            if not wheels and not listed:
+                if not self.args.no_wheelhouse:
+                    self.problem(folder + "/", "has no wheels", f"run make bundle PROFILES='{' '.join(profiles)}' (or pass --no-wheelhouse)")
+                continue
+            for rel in sorted(set(wheels) | set(listed)):
+                self.take(rel, "wheel", *parse_name_version(Path(rel).name), "pypi", self.refetch_by_wheelhouse_rule,
+                          fix="rerun make bundle")
+            self.wheelhouse_tar(profile, sorted(rel for rel in wheels if rel in self.entries))
 
-    def wheelhouse_tar(self, wheels: List[str]) -> None:
-        """wheelhouse.tar, what the venv role pushes. The rule writes it anew whenever it runs, so a new
-        checksum is recorded (and said) when each member has the sha256 of its wheel listed above. A
-        member that differs (at the same size too) is named, and the tar is removed for the rule to write again."""
-        rel, path = "wheelhouse.tar", self.bundle / "wheelhouse.tar"
-        origin = "tar of wheelhouse/ (by the wheelhouse rule)"
+    def wheelhouse_tar(self, profile: str, wheels: List[str]) -> None:
+        """wheelhouse-<profile>.tar, what the venv role pushes to that profile's hosts. The wheelhouse command
+        writes it anew whenever it runs, so a new checksum is recorded (and said) when each member has the
+        sha256 of its wheel listed above. A member that differs (at the same size too) is named, and the
+        tar is removed for the command to write again."""
+        rel, folder = wheelhouse_tar(profile), f"wheelhouse/{profile}"
+        path = self.bundle / rel
+        origin = f"tar of {folder}/ (by make wheelhouse)"
         if not path.is_file():
-            self.take(rel, "wheel", "wheelhouse", self.args.profile, origin, self.refetch_by_wheelhouse_rule, "rerun make bundle")
+            self.take(rel, "wheel", "wheelhouse", profile, origin, self.refetch_by_wheelhouse_rule, "rerun make bundle")
             return
         old = self.old.get(rel)
         members = self.tar_members(rel)
         if members is None:
             return
         expected = {Path(wheel).name: self.entries[wheel].sha256 for wheel in wheels}
-        differences = [f"member {name} has sha256 {members[name]}, wheelhouse/{name} has {expected[name]}"
+        differences = [f"member {name} has sha256 {members[name]}, {folder}/{name} has {expected[name]}"
                        for name in sorted(set(members) & set(expected)) if members[name] != expected[name]]
-        differences += [f"member {name} is not in wheelhouse/" for name in sorted(set(members) - set(expected))]
-        differences += [f"lacks wheelhouse/{name}" for name in sorted(set(expected) - set(members))]
+        differences += [f"member {name} is not in {folder}/" for name in sorted(set(members) - set(expected))]
+        differences += [f"lacks {folder}/{name}" for name in sorted(set(expected) - set(members))]
         if differences:
             if old is not None:
                 self.entries[rel] = old
             for what in differences:
-                self.problem(rel, what, "rerun make bundle (the wheelhouse rule writes the tar again from wheelhouse/)")
+                self.problem(rel, what, f"rerun make bundle (make wheelhouse writes the tar again from {folder}/)")
             try:
                 self.refetch_by_wheelhouse_rule(path)
             except RuntimeError:
                 pass
             return
         if old is not None and not self.intact(rel):
-            self.say(f"{self.shown}/{rel}: written again by the wheelhouse rule and holds exactly the {len(wheels)} wheels: recorded")
-        self.entries[rel] = Entry(rel, "wheel", "wheelhouse", self.args.profile, self.digest(rel), origin, members)
+            self.say(f"{self.shown}/{rel}: written again by make wheelhouse and holds exactly the {len(wheels)} wheels: recorded")
+        self.entries[rel] = Entry(rel, "wheel", "wheelhouse", profile, self.digest(rel), origin, members)
 
     def tar_members(self, rel: str) -> Optional[Dict[str, str]]:
         """The sha256 of each member of the tar bundle/REL (from the manifest while the tar is intact);
@@ -458,7 +506,7 @@ class Builder:
 
     def tars(self) -> None:
         """Each recorded tar's members, where the step that recorded it did not list them."""
-        for rel in TARS:
+        for rel in [*TARS, *(rel for rel in self.entries if WHEELHOUSE_TAR.fullmatch(rel))]:
             entry = self.entries.get(rel)
             if entry is not None and entry.members is None and (self.bundle / rel).is_file():
                 entry.members = self.tar_members(rel)
@@ -497,8 +545,13 @@ class Builder:
     # ------------------------------------------------------------------ sources
 
     def libraries(self) -> List[dict]:
+        """The union of the profiles' libraries (one sdist per name and version), or --libraries'."""
         if self.args.libraries is None:
-            return list(role_defaults("sophon_upstream")["sophon_upstream_libraries"])
+            union: Dict[Tuple[str, str], dict] = {}
+            for profile in self.args.profile:
+                for library in load_profile(profile)["libraries"]:
+                    union.setdefault((str(library["name"]), str(library["version"])), library)
+            return list(union.values())
         try:
             return list(yaml.safe_load(self.args.libraries.read_text())["sophon_upstream_libraries"])
         except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
@@ -819,8 +872,11 @@ def build(args: argparse.Namespace) -> int:
     builder.tars()
     builder.problems += scan(bundle)[1]
     header = {
-        "profile": args.profile,
-        "python": args.profile.rpartition("-py")[2],
+        # What each profile's hosts get: verified by playbooks/preflight.yml against each host's sophon_sd_profile.
+        "profiles": {name: {"python": str(profile["python"]), "torch": str(profile["torch"]),
+                            "torch_tpu": str(profile.get("torch_tpu") or ""),
+                            "wheelhouse": wheelhouse_tar(name) if wheelhouse_tar(name) in builder.entries else ""}
+                     for name, profile in ((name, load_profile(name)) for name in args.profile)},
         "platform": "linux x86_64 (manylinux wheels)",
         "apt": apt_header,
         "missing": builder.missing,
@@ -838,6 +894,61 @@ def build(args: argparse.Namespace) -> int:
     if builder.missing and args.require_assets:
         print("--require-assets: the bundle lacks " + ", ".join(item["name"] for item in builder.missing))
         return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- wheelhouse (make wheelhouse)
+
+
+def sdist_names(profile: dict) -> List[str]:
+    return [f"{library['name']}-{library['version']}.tar.gz" for library in profile["libraries"]]
+
+
+def download_wheelhouse(args: argparse.Namespace) -> int:
+    """wheelhouse/<profile>/ from the profile's constraints.txt (the whole closed set, so --no-deps downloads
+    exactly what the hosts install, for the profile's Python rather than this machine's), the libraries'
+    sdists into sources/, and wheelhouse-<profile>.tar (sorted, no owners or dates: the same wheels give
+    the same tar). A profile whose set could not be resolved is refused, not half downloaded."""
+    name, bundle = args.profile, args.bundle_dir
+    profile = load_profile(name)
+    where = f"profiles/{name}/profile.yml"
+    blocked = " ".join(str(profile.get("wheelhouse_blocked") or "").split())
+    if blocked:
+        raise BadInput(f"no wheelhouse for the profile {name} ({where}, wheelhouse_blocked): {blocked}. Fix: resolve its "
+                       f"profiles/{name}/constraints.txt where an index has the whole set, then remove wheelhouse_blocked; "
+                       "or pick another profile")
+    constraints = PROFILES / name / "constraints.txt"
+    pins = [line for line in (constraints.read_text().splitlines() if constraints.is_file() else [])
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not pins:
+        raise BadInput(f"profiles/{name}/constraints.txt {'has no pins' if constraints.is_file() else 'does not exist'}: the "
+                       f"profile {name} has no resolved dependency set yet. Fix: resolve it for Python {profile['python']} "
+                       "(pip install --dry-run --report, see the README's profile table) and commit it; or pick another profile")
+    folder = bundle / "wheelhouse" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+    subprocess.run([*pip, "--only-binary=:all:", "--dest", str(folder), "--python-version", str(profile["python"]),
+                    "--implementation", "cp", *platforms, "-r", str(constraints)], check=True)
+    specs = [f"{library['name']}=={library['version']}" for library in profile["libraries"]]
+    subprocess.run([*pip, "--no-binary=:all:", "--dest", str(bundle / "sources"), *specs], check=True)
+    wheels = sorted(path for path in folder.iterdir() if path.is_file())
+    partial = bundle / f".{wheelhouse_tar(name)}.partial"
+    with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
+        for path in wheels:
+            info = tar.gettarinfo(path, arcname=path.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+    partial.replace(bundle / wheelhouse_tar(name))
+    print(f"wheelhouse for {name} (Python {profile['python']}): {len(wheels)} files in {shown(folder)}, "
+          f"pushed to its hosts as {shown(bundle)}/{wheelhouse_tar(name)}")
+    return 0
+
+
+def sources(args: argparse.Namespace) -> int:
+    """The profile's sdist file names, for the Makefile (the ML venv installs the test profile's)."""
+    print(" ".join(sdist_names(load_profile(args.profile))))
     return 0
 
 
@@ -894,7 +1005,8 @@ def verify(args: argparse.Namespace) -> int:
     problems += refused
     for rel in files:
         if rel not in entries:
-            recorded = rel.split("/")[0] in ("wheelhouse", "wheelhouse.tar", "vendor", "assets", "apt", "apt.tar", PUBLIC_KEY)
+            recorded = rel.split("/")[0] in ("wheelhouse", "vendor", "assets", "apt", "apt.tar", PUBLIC_KEY) \
+                or WHEELHOUSE_TAR.fullmatch(rel) is not None
             fix = "rerun make bundle to record it, or remove it" if recorded else "remove it (make bundle does not record it)"
             problems.append(f"{where}/{rel}: not in the manifest; fix: {fix}")
     for line in problems:
@@ -904,7 +1016,7 @@ def verify(args: argparse.Namespace) -> int:
     missing = header.get("missing") or []
     note = f"; not in it: {', '.join(item['name'] for item in missing)}" if missing else ""
     print(f"bundle OK: {len(entries)} files, {size / 2**20:.0f} MiB match {bundle}/{MANIFEST}, signed by "
-          f"{normalize(args.fingerprint)} (profile {header.get('profile')}){note}")
+          f"{normalize(args.fingerprint)} (profiles {' '.join(header.get('profiles') or {}) or 'none'}){note}")
     return 0
 
 
@@ -919,10 +1031,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     build_parser = commands.add_parser("build", help="fetch what is missing, re-verify the rest, write the manifest",
                                        description="Fetch what the bundle lacks, re-verify the rest, write bundle/manifest.yml.")
     build_parser.add_argument("--bundle-dir", type=Path, default=default_bundle, help="the bundle (default: the repo's bundle/)")
-    build_parser.add_argument("--profile", required=True,
-                              help="the fleet's profile, as PROFILE of make wheelhouse (torch-2.1.0-py3.10): recorded in the manifest")
+    build_parser.add_argument("--profile", required=True, nargs="+",
+                              help="every profile the fleet's hosts use (profiles/<name>/; PROFILES of make bundle): "
+                                   "their wheelhouses and sources are bundled and recorded in the manifest")
     build_parser.add_argument("--libraries", type=Path,
-                              help="YAML with sophon_upstream_libraries overriding the role's pins (tests: build/upstream-git/libraries.yml)")
+                              help="YAML with sophon_upstream_libraries overriding the profiles' (tests: build/upstream-git/libraries.yml)")
     build_parser.add_argument("--git-base-url", default=role_defaults("sophon_upstream")["sophon_upstream_git_base_url"],
                               help="where <name>.git lives (default: the sophon_upstream role's default)")
     build_parser.add_argument("--git-timeout", type=float, default=15,
@@ -932,7 +1045,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     build_parser.add_argument("--hub-timeout", type=float, default=10, help="seconds to wait for the hub (default 10)")
     build_parser.add_argument("--require-assets", action="store_true", help="exit 1 when a share folder could not be bundled")
     build_parser.add_argument("--no-wheelhouse", action="store_true",
-                              help="a bundle without wheels (hosts use an index): do not require bundle/wheelhouse")
+                              help="a bundle without wheels (hosts use an index): do not require bundle/wheelhouse/<profile>")
     build_parser.add_argument("--no-apt", action="store_true",
                               help="do not build the apt repository (files already in bundle/apt/ stay listed and verified)")
     build_parser.add_argument("--with-driver", action="store_true",
@@ -941,6 +1054,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                               help="record files as they are now, after replacing or removing one on purpose")
     build_parser.add_argument("--gnupghome", type=Path, required=True,
                               help="the GnuPG home holding the bundle's signing key (make bundle-key creates it; BUNDLE_GNUPGHOME)")
+
+    wheel_parser = commands.add_parser("wheelhouse", help="download a profile's wheels and sources (make wheelhouse)",
+                                       description=download_wheelhouse.__doc__)
+    wheel_parser.add_argument("--bundle-dir", type=Path, default=default_bundle, help="the bundle (default: the repo's bundle/)")
+    wheel_parser.add_argument("--profile", required=True, help="a folder of profiles/ (PROFILE of make wheelhouse)")
+
+    sources_parser = commands.add_parser("sources", help="print a profile's sdist file names")
+    sources_parser.add_argument("--profile", required=True, help="a folder of profiles/")
 
     key_parser = commands.add_parser("key", help="create the bundle's signing key (once) and print its fingerprint",
                                      description="Create an ed25519 signing key in --gnupghome unless it holds one; print "
@@ -977,7 +1098,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "assets_from", None) is not None:
         args.assets_from = args.assets_from.resolve()
     try:
-        return {"build": build, "verify": verify, "key": key}[args.command](args)
+        return {"build": build, "verify": verify, "key": key, "wheelhouse": download_wheelhouse,
+                "sources": sources}[args.command](args)
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {' '.join(exc.cmd[2:5])} ... failed (exit {exc.returncode}, its output above); fix what it names and rerun",
+              file=sys.stderr)
+        return 1
     except (BadInput, SigningError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,11 +28,9 @@ ML_SITE = (REPO / ".venv-ml" / "lib" / "python3.11" / "site-packages").resolve()
 ML_SITE_MOUNT = ["-v", f"{ML_SITE}:/srv/ml-site-packages:ro"]
 KIT_VENV = "/opt/sophon-sd/venv"
 
-TEST_PROFILE = {
-    "sophon_venv_python_version": "3.11",
-    "sophon_venv_torch_version": "2.13.0",
-    "sophon_venv_torchvision_version": "",
-}
+# The profile the test hosts run (profiles/tutorial-2023-cpu: Debian 12's Python 3.11, torch 2.13.0 CPU),
+# the one make test-bundle builds the wheelhouse for.
+TEST_PROFILE = "tutorial-2023-cpu"
 
 
 @dataclass
@@ -70,7 +68,7 @@ class SshHost:
         """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins."""
         inventory = self.hosts.run_dir / f"{self.name}.json"
         inventory.write_text(json.dumps({"all": {"hosts": {self.name: self.hosts.inventory_vars(self.name)}}}))
-        variables = {"ansible_become": False, **TEST_PROFILE, **(extra_vars or {})}
+        variables = {"ansible_become": False, "sophon_sd_profile": TEST_PROFILE, **(extra_vars or {})}
         command = [
             "ansible-playbook", str(REPO / "playbooks" / playbook),  # an absolute path stays as it is
             "-i", str(inventory),

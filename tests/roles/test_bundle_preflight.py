@@ -2,7 +2,8 @@
 
 Each case runs site.yml against a host that does not exist: reaching any host at all would fail
 differently. The bundles are small (the pinned libraries' source archives, a vendor file), signed
-with a key made here as `make bundle-key` makes one.
+with a key made here as `make bundle-key` makes one, for the test profile. The host's profile is
+checked on the control node too (an unknown name, a profile the bundle was not built for).
 """
 
 import os
@@ -17,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools/sdkit_bundle.py"
 VENDOR = "vendor/sophon-libsophon_0.4.9_amd64.deb"
+PROFILE = "tutorial-2023-cpu"
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,11 @@ class Bundle:
     path: Path
     fingerprint: str
 
-    def site(self, tags: str = "all", fingerprint: str | None = None) -> subprocess.CompletedProcess:
+    def site(self, tags: str = "all", fingerprint: str | None = None, profile: str = PROFILE) -> subprocess.CompletedProcess:
         fingerprint = self.fingerprint if fingerprint is None else fingerprint
         return subprocess.run(["ansible-playbook", str(REPO / "playbooks/site.yml"), "-i", "bm-node-unreachable,",
                                "-e", "sophon_sd_hosts=bm-node-unreachable", "-e", f"sophon_sd_bundle_dir={self.path}",
+                               "-e", f"sophon_sd_profile={profile}",
                                "-e", f"sophon_sd_bundle_signing_fingerprint='{fingerprint}'", "--tags", tags],
                               capture_output=True, text=True, check=False,
                               env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"})
@@ -47,7 +50,7 @@ def bundle(tmp_path, signing_home) -> Bundle:
     shutil.copytree(REPO / "bundle/sources", path / "sources")
     (path / "vendor").mkdir()
     (path / VENDOR).write_bytes(b"the file Sophgo published")
-    built = subprocess.run([sys.executable, str(TOOL), "build", "--bundle-dir", str(path), "--profile", "torch-2.13.0-py3.11",
+    built = subprocess.run([sys.executable, str(TOOL), "build", "--bundle-dir", str(path), "--profile", PROFILE,
                             "--no-wheelhouse", "--no-apt", "--gnupghome", str(signing_home)],
                            capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stdout + built.stderr
@@ -64,7 +67,7 @@ def stopped_before_any_host(result: subprocess.CompletedProcess, *expected: str)
 def test_a_whole_signed_bundle_lets_the_run_go_on_to_the_hosts(bundle):
     result = bundle.site(tags="preflight")
     recap = result.stdout.split("PLAY RECAP", 1)[-1]
-    assert "localhost                  : ok=1" in recap and "failed=0" in recap.split("localhost", 1)[1], result.stdout[-3000:]
+    assert "localhost                  : ok=2" in recap and "failed=0" in recap.split("localhost", 1)[1], result.stdout[-3000:]
     assert "bm-node-unreachable" in recap, "the run stopped before the hosts"
 
 
@@ -108,3 +111,27 @@ def test_a_hidden_dataset_file_stops_the_run(bundle):
     hidden.parent.mkdir(parents=True)
     hidden.write_bytes(b"PAR1")
     stopped_before_any_host(bundle.site(), f"{hidden}: a dot-file")
+
+
+def stopped_on_the_control_node(result: subprocess.CompletedProcess, *expected: str) -> None:
+    """The host's own checks failed on the control node: the host was never contacted (no facts, no task on it)."""
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stdout, result.stdout[-3000:]
+    recap = result.stdout.split("PLAY RECAP", 1)[-1]
+    assert "bm-node-unreachable" in recap and "unreachable=0" in recap.split("bm-node-unreachable", 1)[1], result.stdout[-3000:]
+    assert "Gathering Facts" not in result.stdout and "UNREACHABLE" not in result.stdout, "a host was contacted"
+
+
+def test_an_unknown_profile_is_named_with_the_profiles_that_exist(bundle):
+    result = bundle.site(profile="tutorial-2042")
+    stopped_on_the_control_node(result, "bm-node-unreachable: sophon_sd_profile is 'tutorial-2042', but there is no",
+                                "/profiles/tutorial-2042/profile.yml. The profiles are: ",
+                                "tutorial-2023, tutorial-2023-cpu", "Set sophon_sd_profile in this host's group_vars")
+
+
+def test_a_profile_the_bundle_was_not_built_for_stops_its_hosts(bundle):
+    """A fleet whose groups use different profiles needs a bundle built for each (make bundle PROFILES=...)."""
+    result = bundle.site(profile="tutorial-2023")
+    stopped_on_the_control_node(result, "bm-node-unreachable uses the profile tutorial-2023 (sophon_sd_profile), but the bundle",
+                                f"was built for {PROFILE}", f"make bundle PROFILES='{PROFILE} tutorial-2023'")

@@ -236,11 +236,17 @@ def test_wheel_for_another_python_is_refused(clean_host, venv, vendor, standins,
     assert torch_tpu_author(clean_host) is None
 
 
-def test_wheel_paired_with_another_torch_is_refused(clean_host, venv, vendor, standin_vars):
-    # The defaults' pairing: torch_tpu 2.1.0.post1 is built for torch 2.1.0; the venv has 2.13.0.
-    result = clean_host.play("runtime.yml", runtime_vars(vendor, standin_vars, sophon_torch_tpu_torch_version="2.1.0"),
-                       tags="torch_tpu")
+def test_wheel_paired_with_another_torch_is_refused_on_the_control_node(clean_host, vendor, tmp_path, standin_vars):
+    """A torch_tpu built for torch 2.8.0 (Requires-Dist: torch==2.8.0) where the host's profile pins torch 2.13.0:
+    stopped by the preflight on the control node, naming both versions, before the host changes."""
+    made = subprocess.run(["python3", str(REPO / "tests/standins/make_wheel.py"), "sophgo", str(tmp_path / "torch28"),
+                           "--python", "cp311", "--torch", "2.8.0"], check=True, capture_output=True, text=True)
+    wheel = Path(made.stdout.strip())
+    shutil.copy(wheel, vendor / WHEEL_311)
+    result = clean_host.play("runtime.yml", runtime_vars(
+        vendor, standin_vars, sophon_torch_tpu_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest()), tags="torch_tpu")
     assert result.failed
-    line = message(result.output, "is built for torch 2.1.0")
-    assert "has torch 2.13.0" in line and "sophon_venv_torch_version" in line
+    line = message(result.output, f"{clean_host.name}: {vendor}/{WHEEL_311} is built for torch 2.8.0 (its Requires-Dist)")
+    assert "profile tutorial-2023-cpu pins torch 2.13.0 (sophon_venv_torch_version" in line and "Nothing was changed" in line
+    assert "TASK [sophon_torch_tpu : Push the torch_tpu wheel]" not in result.output, "the host was changed"
     assert torch_tpu_author(clean_host) is None

@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import ML_SITE_MOUNT, REPO, borrow_ml_venv
+from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, borrow_ml_venv
 
 UPSTREAM_GIT = REPO / "build/upstream-git"
 # A 64 MB filesystem to fill: torch alone is several hundred MB.
@@ -111,7 +111,7 @@ def test_moved_tag_is_an_error(throwaway_host, kit_venv, git_vars, tmp_path_fact
 def test_package_missing_from_the_wheelhouse_is_named(throwaway_host, git_vars, tmp_path):
     # torch needs networkx: pip stops while resolving, before it installs anything into the new venv.
     partial = tmp_path / "wheelhouse.tar"
-    with tarfile.open(REPO / "bundle/wheelhouse.tar") as full, tarfile.open(partial, "w") as out:
+    with tarfile.open(REPO / f"bundle/wheelhouse-{TEST_PROFILE}.tar") as full, tarfile.open(partial, "w") as out:
         for member in full.getmembers():
             if not member.name.split("/")[-1].startswith("networkx-"):
                 out.addfile(member, full.extractfile(member) if member.isfile() else None)

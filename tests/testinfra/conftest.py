@@ -13,6 +13,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 KIT_ROOT = "/opt/sophon-sd"
+ENV_FILE = "/etc/sophon-sd/env"
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,22 @@ def venv_python(sources_manifest: dict) -> str:
     return f"{sources_manifest['venv']}/bin/python"
 
 
-@pytest.fixture(scope="session")
-def pinned_libraries() -> dict[str, dict]:
-    """The role's default pins: what the kit promises, whatever a host's manifest says."""
-    defaults = yaml.safe_load((REPO / "roles/sophon_upstream/defaults/main.yml").read_text())
-    return {lib["name"]: lib for lib in defaults["sophon_upstream_libraries"]}
+@pytest.fixture(scope="module")
+def host_profile(host) -> dict:
+    """The pins of the host's profile (profiles/<name>/profile.yml, named by SOPHON_SD_PROFILE in its env
+    file): what the kit promises that host, whatever its own manifests say."""
+    env = dict(line.split("=", 1) for line in host.file(ENV_FILE).content_string.splitlines()
+               if "=" in line and not line.startswith("#"))
+    name = env.get("SOPHON_SD_PROFILE", "")
+    assert name, f"{ENV_FILE} names no profile (SOPHON_SD_PROFILE): rerun the sophon_host_env role"
+    path = REPO / "profiles" / name / "profile.yml"
+    assert path.is_file(), f"the host's profile {name} has no {path}"
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def pinned_libraries(host_profile: dict) -> dict[str, dict]:
+    return {lib["name"]: lib for lib in host_profile["libraries"]}
 
 
 def patch_changed_lines(patch_text: str) -> list[str]:

@@ -8,8 +8,6 @@ its chips in /etc/sophon-standin/chips; a real one must show them to torch_tpu a
 import json
 
 import pytest
-import yaml
-from conftest import REPO
 
 LIBSOPHON_CURRENT = "/opt/sophon/libsophon-current"
 ENV_FILE = "/etc/sophon-sd/env"
@@ -17,10 +15,6 @@ PROFILE_SCRIPT = "/etc/profile.d/sophon-sd.sh"
 FACT = "/etc/ansible/facts.d/sophon.fact"
 VENV = "/opt/sophon-sd/venv"
 USER = "sophon-sd"
-
-
-def role_defaults(role: str) -> dict:
-    return yaml.safe_load((REPO / f"roles/{role}/defaults/main.yml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +102,7 @@ def test_device_fact_reports_chips_with_indexes(host, device_fact, libsophon_ver
         assert device_fact["chip_count"] > 0, f"no BM1684X chip usable on this host: {device_fact}"
 
 
-def test_torch_tpu_is_sophgos_and_imports_from_the_venv(host):
+def test_torch_tpu_is_sophgos_and_imports_from_the_venv(host, host_profile):
     probe = (
         "import json, importlib.metadata as m, torch, torch_tpu;"
         "d = m.distribution('torch-tpu');"
@@ -121,7 +115,7 @@ def test_torch_tpu_is_sophgos_and_imports_from_the_venv(host):
     assert info["file"].startswith(f"{VENV}/lib/")
     assert "sophgo" in info["author"].lower()
     assert info["has_tpu"] and info["scaler"]
-    assert info["version"] == str(role_defaults("sophon_torch_tpu")["sophon_torch_tpu_version"])
+    assert info["version"] == str(host_profile["torch_tpu"]), "not the version the host's profile pairs with its torch"
     assert info["dists"] == ["torch-tpu"], f"more than one tpu package in the venv: {info['dists']}"
 
 

@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[3]
 # Not the roles' defaults: the doctor must find the kit and its state through the env file alone.
 KIT = "/srv/kit-under-test"
 STATE = "/srv/state-under-test"
-UPSTREAM_DEFAULTS = yaml.safe_load((REPO / "roles/sophon_upstream/defaults/main.yml").read_text())
-PINS = {lib["name"]: str(lib["version"]) for lib in UPSTREAM_DEFAULTS["sophon_upstream_libraries"]}
+# The test profile's pins (the tutorial's libraries, as on the demo host).
+TEST_PROFILE = yaml.safe_load((REPO / "profiles/tutorial-2023-cpu/profile.yml").read_text())
+PINS = {lib["name"]: str(lib["version"]) for lib in TEST_PROFILE["libraries"]}
 ACCELERATE_PATCH = "accelerate/v0.16.0/accelerator.py.patch"
 DIFFUSERS_PATCH = "diffusers/v0.20.0/train_text_to_image_lora.py.patch"
 DIFFUSERS_FILE = "examples/text_to_image/train_text_to_image_lora.py"

@@ -18,6 +18,9 @@ import pytest
 import yaml
 
 TOOL = Path(__file__).resolve().parents[3] / "tools" / "sdkit_bundle.py"
+# The test profile (profiles/tutorial-2023-cpu), and the tar its hosts get.
+PROFILE = "tutorial-2023-cpu"
+TAR = f"wheelhouse-{PROFILE}.tar"
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
                 "GIT_COMMITTER_EMAIL": "t@t.invalid"}
 
@@ -67,8 +70,8 @@ class Kit:
     def write_pins(self, pins: list) -> None:
         self.libraries.write_text(yaml.safe_dump({"sophon_upstream_libraries": pins}))
 
-    def build(self, *extra: str, wheelhouse: bool = False) -> subprocess.CompletedProcess:
-        return run("build", "--bundle-dir", str(self.bundle), "--profile", "torch-2.13.0-py3.11",
+    def build(self, *extra: str, wheelhouse: bool = False, profiles: tuple = (PROFILE,)) -> subprocess.CompletedProcess:
+        return run("build", "--bundle-dir", str(self.bundle), "--profile", *profiles,
                    *([] if wheelhouse else ["--no-wheelhouse"]), "--no-apt", "--libraries", str(self.libraries), "--git-base-url", self.git_base_url,
                    "--git-timeout", "5", "--assets-from", str(self.share), "--gnupghome", str(self.gnupghome), *extra)
 
@@ -105,7 +108,7 @@ def test_manifest_lists_every_file_with_its_sha256(built):
     assert items["vendor/sophon-libsophon_0.5.1_amd64.deb"]["version"] == "0.5.1"
     assert items["assets/dataset/data/train-00000-of-00001.parquet"]["origin"] == f"local copy {built.share}/dataset"
     header = built.manifest()
-    assert (header["profile"], header["python"]) == ("torch-2.13.0-py3.11", "3.11")
+    assert header["profiles"] == {PROFILE: {"python": "3.11", "torch": "2.13.0", "torch_tpu": "2.1.0.post1", "wheelhouse": ""}}
 
 
 def test_assets_checksum_list_is_what_the_assets_role_checks(built):
@@ -361,12 +364,13 @@ def test_links_special_files_and_dot_files_are_refused(built, rel, how, why):
     assert not any(rel.startswith(named) for rel in built.items())
 
 
-def write_wheelhouse(bundle: Path, wheels: dict[str, bytes]) -> None:
-    """bundle/wheelhouse/ and wheelhouse.tar as the Makefile's wheelhouse rule writes them (tar -C wheelhouse -cf ... .)."""
-    (bundle / "wheelhouse").mkdir(exist_ok=True)
+def write_wheelhouse(bundle: Path, wheels: dict[str, bytes], profile: str = PROFILE) -> None:
+    """bundle/wheelhouse/<profile>/ and wheelhouse-<profile>.tar as make wheelhouse writes them (a tar of the folder's files)."""
+    folder = bundle / "wheelhouse" / profile
+    folder.mkdir(parents=True, exist_ok=True)
     for name, data in wheels.items():
-        (bundle / "wheelhouse" / name).write_bytes(data)
-    subprocess.run(["tar", "-C", str(bundle / "wheelhouse"), "-cf", str(bundle / "wheelhouse.tar"), "."], check=True)
+        (folder / name).write_bytes(data)
+    subprocess.run(["tar", "-C", str(folder), "-cf", str(bundle / f"wheelhouse-{profile}.tar"), "."], check=True)
 
 
 WHEELS = {"torch-2.13.0-cp311-none-linux_x86_64.whl": b"the real torch", "six-1.16.0-py2.py3-none-any.whl": b"six"}
@@ -380,36 +384,81 @@ def with_wheels(kit) -> Kit:
     return kit
 
 
+def test_each_profile_has_its_wheelhouse_and_the_manifest_names_them(with_wheels):
+    """Host groups with different profiles share one bundle: one wheelhouse tar per profile."""
+    write_wheelhouse(with_wheels.bundle, {"torch-2.1.0-cp310-cp310-manylinux1_x86_64.whl": b"torch 2.1"}, "tutorial-2023")
+    result = with_wheels.build(wheelhouse=True, profiles=(PROFILE, "tutorial-2023"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    profiles = with_wheels.manifest()["profiles"]
+    assert profiles["tutorial-2023"] == {"python": "3.10", "torch": "2.1.0", "torch_tpu": "2.1.0.post1",
+                                         "wheelhouse": "wheelhouse-tutorial-2023.tar"}
+    assert profiles[PROFILE]["wheelhouse"] == TAR
+    items = with_wheels.items()
+    assert items["wheelhouse-tutorial-2023.tar"]["members"] == {
+        "torch-2.1.0-cp310-cp310-manylinux1_x86_64.whl": hashlib.sha256(b"torch 2.1").hexdigest()}
+    assert "wheelhouse/tutorial-2023/torch-2.1.0-cp310-cp310-manylinux1_x86_64.whl" in items
+    verified = with_wheels.verify()
+    assert verified.returncode == 0 and f"(profiles {PROFILE} tutorial-2023)" in verified.stdout, verified.stdout
+
+
+def test_a_wheelhouse_of_a_profile_not_asked_for_is_a_problem(with_wheels):
+    result = with_wheels.build(wheelhouse=True, profiles=("tutorial-2023",))
+    assert result.returncode == 1
+    assert (f"{with_wheels.bundle}/{TAR}: is not for the profiles this bundle is built for (tutorial-2023); fix: remove it, "
+            "or add its profile (make bundle PROFILES='tutorial-2023 <profile>')") in result.stdout.splitlines()
+
+
+def test_an_unknown_profile_names_the_profiles(kit):
+    result = kit.build(profiles=("tutorial-2042",))
+    assert result.returncode == 2
+    assert "no profile 'tutorial-2042' (no profiles/tutorial-2042/profile.yml): the profiles are " in result.stderr
+    assert "tutorial-2023, tutorial-2023-cpu" in result.stderr
+
+
+def test_an_unresolved_profile_gets_no_wheelhouse(tmp_path):
+    """torch-tpu-2.8 could not be resolved here: refused with why, before pip downloads anything."""
+    result = run("wheelhouse", "--bundle-dir", str(tmp_path), "--profile", "torch-tpu-2.8")
+    assert result.returncode == 2
+    assert "no wheelhouse for the profile torch-tpu-2.8 (profiles/torch-tpu-2.8/profile.yml, wheelhouse_blocked): " in result.stderr
+    assert "nvidia-cudnn-cu12==9.10.2.21" in result.stderr
+    assert not (tmp_path / "wheelhouse").exists()
+
+
+def test_the_sources_of_a_profile_are_its_libraries_sdists():
+    result = run("sources", "--profile", PROFILE)
+    assert result.stdout.split() == ["transformers-4.29.1.tar.gz", "accelerate-0.16.0.tar.gz", "diffusers-0.20.0.tar.gz"]
+
+
 def test_tar_members_are_recorded(with_wheels):
-    members = with_wheels.items()["wheelhouse.tar"]["members"]
+    members = with_wheels.items()[TAR]["members"]
     assert members == {name: hashlib.sha256(data).hexdigest() for name, data in WHEELS.items()}
 
 
 def test_a_same_size_change_inside_the_wheelhouse_tar_is_named_not_recorded(with_wheels):
-    recorded = with_wheels.items()["wheelhouse.tar"]["sha256"]
+    recorded = with_wheels.items()[TAR]["sha256"]
     tampered = b"the evil torch"
     assert len(tampered) == len(WHEELS["torch-2.13.0-cp311-none-linux_x86_64.whl"])
     work = with_wheels.bundle.parent / "tampered"
     work.mkdir()
     for name, data in WHEELS.items():
         (work / name).write_bytes(tampered if name.startswith("torch") else data)
-    subprocess.run(["tar", "-C", str(work), "-cf", str(with_wheels.bundle / "wheelhouse.tar"), "."], check=True)
+    subprocess.run(["tar", "-C", str(work), "-cf", str(with_wheels.bundle / TAR), "."], check=True)
 
     verified = with_wheels.verify()
     assert verified.returncode == 1
-    assert (f"{with_wheels.bundle}/wheelhouse.tar: member torch-2.13.0-cp311-none-linux_x86_64.whl differs from the manifest; "
+    assert (f"{with_wheels.bundle}/{TAR}: member torch-2.13.0-cp311-none-linux_x86_64.whl differs from the manifest; "
             "fix: rerun make bundle") in verified.stdout.splitlines()
 
     rebuilt = with_wheels.build(wheelhouse=True)
     assert rebuilt.returncode == 1
-    assert (f"{with_wheels.bundle}/wheelhouse.tar: member torch-2.13.0-cp311-none-linux_x86_64.whl has sha256 "
-            f"{hashlib.sha256(tampered).hexdigest()}, wheelhouse/torch-2.13.0-cp311-none-linux_x86_64.whl has "
+    assert (f"{with_wheels.bundle}/{TAR}: member torch-2.13.0-cp311-none-linux_x86_64.whl has sha256 "
+            f"{hashlib.sha256(tampered).hexdigest()}, wheelhouse/{PROFILE}/torch-2.13.0-cp311-none-linux_x86_64.whl has "
             f"{hashlib.sha256(WHEELS['torch-2.13.0-cp311-none-linux_x86_64.whl']).hexdigest()}") in rebuilt.stdout
-    assert with_wheels.items()["wheelhouse.tar"]["sha256"] == recorded
-    assert not (with_wheels.bundle / "wheelhouse.tar").exists(), "left for the wheelhouse rule to write again"
+    assert with_wheels.items()[TAR]["sha256"] == recorded
+    assert not (with_wheels.bundle / TAR).exists(), "left for make wheelhouse to write again"
 
 
-@pytest.mark.parametrize("tar_name", ["wheelhouse.tar", "apt.tar"])
+@pytest.mark.parametrize("tar_name", [TAR, "apt.tar"])
 @pytest.mark.parametrize("member, kind, why", [
     ("./.x.whl", tarfile.REGTYPE, "a dot-file (hidden, yet read by the loaders)"),
     ("./evil.whl", tarfile.SYMTYPE, "a symbolic link"),
@@ -417,7 +466,7 @@ def test_a_same_size_change_inside_the_wheelhouse_tar_is_named_not_recorded(with
     ("./dev.whl", tarfile.CHRTYPE, "a device file, FIFO or socket"),
 ])
 def test_links_special_files_and_dot_files_inside_the_tars_are_refused(with_wheels, tar_name, member, kind, why):
-    with tarfile.open(with_wheels.bundle / tar_name, "a" if tar_name == "wheelhouse.tar" else "w") as tar:
+    with tarfile.open(with_wheels.bundle / tar_name, "a" if tar_name == TAR else "w") as tar:
         info = tarfile.TarInfo(member)
         info.type = kind
         if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):

@@ -18,6 +18,10 @@ BUNDLE := bundle
 TEST_PROFILE := torch-2.13.0-py3.11
 SOURCES := diffusers==0.20.0 transformers==4.29.1 accelerate==0.16.0
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
+# The peft flow's CPU twin (profile sophgo-peft-cpu): its three libraries, installed from source as on the hosts.
+PEFT_VENV := .venv-ml-peft
+PEFT_CONSTRAINTS := profiles/sophgo-peft-cpu/constraints.txt
+PEFT_SOURCES := diffusers==0.29.2 transformers==4.41.2 accelerate==0.30.1
 
 .PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long roles test-image clean
 
@@ -140,6 +144,19 @@ $(ML_VENV)/.installed: roles/sophon_venv/files/constraints/$(TEST_PROFILE).txt $
 	$(ML_VENV)/bin/pip install --quiet --no-compile --no-index --find-links $(BUNDLE)/wheelhouse \
 	  -c $< -r $< $(addprefix $(BUNDLE)/sources/,$(subst ==,-,$(SOURCES:=.tar.gz)))
 	$(ML_VENV)/bin/pip install --quiet pytest==9.2.0
+	touch $@
+
+# Layered on $(ML_VENV): a .pth file puts that venv's site-packages after this one's, so torch and every
+# shared dependency are reused and pip installs only what $(PEFT_CONSTRAINTS) pins differently (11
+# packages). The venv's own setuptools goes, so that pip sees the ML venv's pinned one.
+$(PEFT_VENV)/.installed: $(PEFT_CONSTRAINTS) $(ML_VENV)/.installed
+	rm -rf $(PEFT_VENV)
+	python3 -m venv $(PEFT_VENV)
+	$(PEFT_VENV)/bin/pip uninstall --quiet --yes setuptools
+	$(ML_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+	  > $$($(PEFT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/sdkit-ml-base.pth
+	$(PEFT_VENV)/bin/pip install --quiet --no-compile -c $(PEFT_CONSTRAINTS) \
+	  --no-binary accelerate,diffusers,transformers $(PEFT_SOURCES) peft datasets
 	touch $@
 
 unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers)

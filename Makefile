@@ -159,8 +159,10 @@ $(PEFT_VENV)/.installed: $(PEFT_CONSTRAINTS) $(ML_VENV)/.installed
 	  --no-binary accelerate,diffusers,transformers $(PEFT_SOURCES) peft datasets
 	touch $@
 
-unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers)
+# Both flows: the tutorial's diffusers 0.20 (attention processors) and the peft flow's diffusers 0.29.
+unit: setup $(ML_VENV)/.installed $(PEFT_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report in both ML venvs (no containers)
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
+	$(PEFT_VENV)/bin/python -m pytest -q tests/unit
 
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny

@@ -22,6 +22,8 @@ TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
 PEFT_VENV := .venv-ml-peft
 PEFT_CONSTRAINTS := profiles/sophgo-peft-cpu/constraints.txt
 PEFT_SOURCES := diffusers==0.29.2 transformers==4.41.2 accelerate==0.30.1
+# Their source archives; tests/unit/patches also reads accelerate's from here.
+PEFT_SOURCES_DIR := build/peft-sources
 
 .PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long roles test-image clean
 
@@ -155,8 +157,9 @@ $(PEFT_VENV)/.installed: $(PEFT_CONSTRAINTS) $(ML_VENV)/.installed
 	$(PEFT_VENV)/bin/pip uninstall --quiet --yes setuptools
 	$(ML_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
 	  > $$($(PEFT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/sdkit-ml-base.pth
+	pip download --quiet --no-deps --no-binary=:all: --dest $(PEFT_SOURCES_DIR) $(PEFT_SOURCES)
 	$(PEFT_VENV)/bin/pip install --quiet --no-compile -c $(PEFT_CONSTRAINTS) \
-	  --no-binary accelerate,diffusers,transformers $(PEFT_SOURCES) peft datasets
+	  $(addprefix $(PEFT_SOURCES_DIR)/,$(subst ==,-,$(PEFT_SOURCES:=.tar.gz))) peft datasets
 	touch $@
 
 # Both flows: the tutorial's diffusers 0.20 (attention processors) and the peft flow's diffusers 0.29.

@@ -217,7 +217,7 @@ HOST_TESTS := $(addprefix molecule-,$(SCENARIOS)) roles
 host-tests: $(HOST_TEST_INPUTS)
 	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(HOST_TESTS)
 
-test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed
+test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed $(PEFT_VENV)/.installed
 
 # Checks that prove something once and cost too much CPU for every CI run; run them and record.
 test-long: setup ## Long checks, not in make test: train.yml's poll for 300 rounds (the old poll broke at 246)

@@ -30,11 +30,18 @@ DIFFUSERS_FIXTURE = FIXTURES_DIR / "train_text_to_image_lora.v0.20.0.py"
 
 # The peft flow's pins (profile sophgo-peft): accelerate 0.30.1 and diffusers 0.29.2.
 ACCELERATE_PEFT_VERSION = "0.30.1"
-ACCELERATE_PEFT_PATCH = PATCHES_DIR / "accelerate" / "v0.30.1" / "torch_tpu.patch"
+# One patch per file, as the upstream role records them (library, file, patch) and the doctor checks them.
+ACCELERATE_PEFT_PATCHES = sorted((PATCHES_DIR / "accelerate" / "v0.30.1").glob("*.patch"))
 DIFFUSERS_PEFT_PATCH = PATCHES_DIR / "diffusers" / "v0.29.2" / "train_text_to_image_lora.py.patch"
 DIFFUSERS_PEFT_FIXTURE = FIXTURES_DIR / "train_text_to_image_lora.v0.29.2.py"
 
 PatchRunner = Callable[..., subprocess.CompletedProcess]
+
+
+def patch_target(patch: Path) -> str:
+    """The one file a patch changes (its ``+++ b/`` line)."""
+    (target,) = [line[len("+++ b/"):].split("\t")[0] for line in patch.read_text().splitlines() if line.startswith("+++ b/")]
+    return target
 
 
 def extract_accelerate(dest: Path, members: str = "src/", version: str = "0.16.0") -> Path:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from patch_support import (
-    ACCELERATE_PEFT_PATCH,
+    ACCELERATE_PEFT_PATCHES,
     ACCELERATE_PEFT_VERSION,
     DIFFUSERS_PEFT_FIXTURE,
     DIFFUSERS_PATCH,
@@ -24,6 +24,7 @@ from patch_support import (
     PatchRunner,
     copy_diffusers_fixture,
     extract_accelerate,
+    patch_target,
 )
 from test_patches import (
     SCALER_KWARGS,
@@ -38,11 +39,18 @@ from test_patches import (
 
 GPU_ERROR = re.compile(r"^ValueError: fp16 mixed precision requires a GPU")
 PATCH_CASES = {
-    "accelerate-0.30.1": PatchCase(ACCELERATE_PEFT_PATCH, "src/accelerate/state.py",
-                                   lambda d: extract_accelerate(d, "src/", ACCELERATE_PEFT_VERSION)),
+    **{f"accelerate-0.30.1-{patch.name}": PatchCase(patch, patch_target(patch),
+                                                    lambda d: extract_accelerate(d, "src/", ACCELERATE_PEFT_VERSION))
+       for patch in ACCELERATE_PEFT_PATCHES},
     "diffusers-0.29.2": PatchCase(DIFFUSERS_PEFT_PATCH, DIFFUSERS_TARGET,
                                   lambda d: copy_diffusers_fixture(d, DIFFUSERS_PEFT_FIXTURE)),
 }
+
+
+def test_accelerate_patches_are_the_four_files_sophgos_patch_changes() -> None:
+    assert sorted(patch_target(p) for p in ACCELERATE_PEFT_PATCHES) == [
+        "src/accelerate/accelerator.py", "src/accelerate/state.py", "src/accelerate/utils/__init__.py",
+        "src/accelerate/utils/imports.py"]
 
 
 @pytest.mark.parametrize("case", PATCH_CASES.values(), ids=PATCH_CASES.keys())
@@ -112,8 +120,9 @@ TPU = by_name(
 def checkouts(tmp_path_factory: pytest.TempPathFactory, run_patch: PatchRunner) -> dict[str, Path]:
     upstream = extract_accelerate(tmp_path_factory.mktemp("accelerate-0.30.1"), "src/", ACCELERATE_PEFT_VERSION)
     patched = extract_accelerate(tmp_path_factory.mktemp("accelerate-0.30.1-patched"), "src/", ACCELERATE_PEFT_VERSION)
-    result = run_patch(ACCELERATE_PEFT_PATCH, patched)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for patch in ACCELERATE_PEFT_PATCHES:
+        result = run_patch(patch, patched)
+        assert result.returncode == 0, result.stdout + result.stderr
     return {"upstream": upstream, "patched": patched}
 
 

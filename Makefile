@@ -20,6 +20,12 @@ BUNDLE := bundle
 # The CPU twin the test hosts and the ML venv run (the tutorial's libraries on Debian 12's Python).
 TEST_PROFILE := tutorial-2023-cpu
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
+# The peft flow's CPU twin (profile sophgo-peft-cpu): its three libraries, installed from source as on the hosts.
+PEFT_VENV := .venv-ml-peft
+PEFT_CONSTRAINTS := profiles/sophgo-peft-cpu/constraints.txt
+PEFT_SOURCES := diffusers==0.29.2 transformers==4.41.2 accelerate==0.30.1
+# Their source archives; tests/unit/patches also reads accelerate's from here.
+PEFT_SOURCES_DIR := build/peft-sources
 
 .PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long roles test-image clean
 
@@ -140,8 +146,24 @@ $(ML_VENV)/.installed: profiles/$(TEST_PROFILE)/constraints.txt $(BUNDLE)/.wheel
 	$(ML_VENV)/bin/pip install --quiet pytest==9.2.0
 	touch $@
 
-unit: setup $(ML_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers)
+# Layered on $(ML_VENV): a .pth file puts that venv's site-packages after this one's, so torch and every
+# shared dependency are reused and pip installs only what $(PEFT_CONSTRAINTS) pins differently (11
+# packages). The venv's own setuptools goes, so that pip sees the ML venv's pinned one.
+$(PEFT_VENV)/.installed: $(PEFT_CONSTRAINTS) $(ML_VENV)/.installed
+	rm -rf $(PEFT_VENV)
+	python3 -m venv $(PEFT_VENV)
+	$(PEFT_VENV)/bin/pip uninstall --quiet --yes setuptools
+	$(ML_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+	  > $$($(PEFT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/sdkit-ml-base.pth
+	pip download --quiet --no-deps --no-binary=:all: --dest $(PEFT_SOURCES_DIR) $(PEFT_SOURCES)
+	$(PEFT_VENV)/bin/pip install --quiet --no-compile -c $(PEFT_CONSTRAINTS) \
+	  $(addprefix $(PEFT_SOURCES_DIR)/,$(subst ==,-,$(PEFT_SOURCES:=.tar.gz))) peft datasets
+	touch $@
+
+# Both flows: the tutorial's diffusers 0.20 (attention processors) and the peft flow's diffusers 0.29.
+unit: setup $(ML_VENV)/.installed $(PEFT_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report in both ML venvs (no containers)
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
+	$(PEFT_VENV)/bin/python -m pytest -q tests/unit
 
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny
@@ -193,7 +215,7 @@ HOST_TESTS := $(addprefix molecule-,$(SCENARIOS)) roles
 host-tests: $(HOST_TEST_INPUTS)
 	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(HOST_TESTS)
 
-test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed
+test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed $(PEFT_VENV)/.installed
 
 # Checks that prove something once and cost too much CPU for every CI run; run them and record.
 test-long: setup ## Long checks, not in make test: train.yml's poll for 300 rounds (the old poll broke at 246)

@@ -5,6 +5,10 @@ Without ``--lora`` this is the tutorial's first program (base model, 20 steps, w
 ``pokemon.png``); with ``--lora`` it is the second (LoRA attention processors loaded with
 ``pipe.unet.load_attn_procs``, 30 steps, guidance 7.5, writes ``pokemon_lora.png``).
 
+LoRA weights of both kinds load: diffusers 0.20's attention processors (the tutorial's, and what
+train_lora.py writes there) and diffusers 0.29's peft format (what train_lora.py writes under the
+sophgo-peft profile); see sdkit_lora.load_lora for what each diffusers version can take.
+
 Examples::
 
     python runners/infer.py --device tpu:0
@@ -32,13 +36,14 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sdkit_env  # noqa: E402
+import sdkit_lora  # noqa: E402
 from sdkit_env import RunnerError  # noqa: E402
 
 logger = logging.getLogger("sdkit.infer")
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 DEFAULT_PROMPT = "cute dragon creature"
-SAFE_WEIGHTS = "pytorch_lora_weights.safetensors"
+SAFE_WEIGHTS = sdkit_lora.WEIGHTS_NAME
 PICKLE_WEIGHTS = "pytorch_lora_weights.bin"
 
 
@@ -51,7 +56,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="Hub id or local pipeline folder (model_index.json); the tutorial's hub id maps to the "
                              "download share with --assets / SOPHON_SD_ASSETS.")
     parser.add_argument("--lora", default=None,
-                        help="LoRA attention-processor weights: a folder, a .safetensors/.bin file or a hub id "
+                        help="LoRA weights (attention-processor or peft format): a folder, a .safetensors/.bin file "
+                             "or a hub id "
                              "(e.g. sayakpaul/sd-model-finetuned-lora-t4 or a train_lora.py --output_dir).")
     parser.add_argument("--prompt", action="append", default=None,
                         help=f"Prompt; repeat for several prompts (default {DEFAULT_PROMPT!r}).")
@@ -178,13 +184,13 @@ def lora_mismatch(unet, state_dict: Dict[str, "torch.Tensor"]) -> Optional[str]:
 
 
 def load_lora(pipe, path: Path, state_dict: Dict[str, "torch.Tensor"]) -> None:
-    """Load LoRA attention processors the way the tutorial does (``pipe.unet.load_attn_procs``)."""
+    """Check that the LoRA fits the model, then load it with the flow's loader (sdkit_lora.load_lora)."""
     problem = lora_mismatch(pipe.unet, state_dict)
     if problem:
         raise RunnerError(f"LoRA weights '{path}' do not fit the model: {problem}; they were probably made for "
                           "another base model (give the --model they were trained on)")
     try:
-        pipe.unet.load_attn_procs(state_dict)
+        sdkit_lora.load_lora(pipe, state_dict)
     except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
         raise RunnerError(f"cannot load LoRA weights from '{path}' (made for another base model?): {exc}") from None
 
@@ -205,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.lora:  # read (and refused, if need be) before the pipeline takes its time to load
         lora_path = lora_weights_file(args.lora, assets, args.allow_pickle)
-        lora_weights = read_lora_weights(lora_path, args.allow_pickle)
+        lora_weights = sdkit_lora.loadable(read_lora_weights(lora_path, args.allow_pickle), lora_path)
 
     # Global seeding as the tutorial does, for anything not driven by the generator below.
     sdkit_env.seed_everything(args.seed)

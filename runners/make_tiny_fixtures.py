@@ -250,28 +250,58 @@ def build_tiny_imagefolder(folder: os.PathLike, num_images: int = 8, seed: int =
     return folder
 
 
-def build_tiny_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4, seed: int = 1) -> Path:
-    """Save random, non-zero LoRA attention processors for ``model_dir`` (stands in for sayakpaul's LoRA)."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import LoRAAttnProcessor
+def tiny_lora_tensors(model_dir: os.PathLike, rank: int = 4, seed: int = 1) -> Dict[Tuple[str, str, str], torch.Tensor]:
+    """Random, non-zero LoRA weights for every attention projection of ``model_dir``'s UNet.
 
-    torch.manual_seed(seed)
+    Keyed (attention module, projection, "down" or "up"); written by the two builders below in the two
+    formats, which therefore hold the same LoRA. Made without diffusers' LoRA classes, so both flows
+    (diffusers 0.20 and 0.29) build identical files.
+    """
+    from diffusers import UNet2DConditionModel
+
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    procs = {}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
     for name, (hidden, cross) in sdkit_env.attention_dims(unet).items():
-        proc = LoRAAttnProcessor(hidden_size=hidden, cross_attention_dim=cross, rank=rank)
-        for p in proc.parameters():  # LoRA "up" starts at zero; make it visible in the output
-            torch.nn.init.normal_(p, std=0.5)
-        procs[name] = proc
-    unet.set_attn_processor(procs)
-    unet.save_attn_procs(out_dir)
-    return Path(out_dir)
+        attention = name[: -len(".processor")]
+        for projection, size_in in (("to_q", hidden), ("to_k", cross or hidden), ("to_v", cross or hidden),
+                                    ("to_out", hidden)):
+            # std 0.5: LoRA "up" starts at zero in training; make it visible in the output
+            tensors[attention, projection, "down"] = 0.5 * torch.randn(rank, size_in, generator=generator)
+            tensors[attention, projection, "up"] = 0.5 * torch.randn(hidden, rank, generator=generator)
+    return tensors
+
+
+def build_tiny_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4, seed: int = 1) -> Path:
+    """Save random LoRA attention processors for ``model_dir`` (diffusers 0.20's save_attn_procs format;
+    stands in for sayakpaul's LoRA)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{attention}.processor.{projection}_lora.{direction}.weight": tensor
+               for (attention, projection, direction), tensor in tiny_lora_tensors(model_dir, rank, seed).items()}
+    save_file(tensors, str(out_dir / "pytorch_lora_weights.safetensors"))
+    return out_dir
+
+
+def build_tiny_peft_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4, seed: int = 1) -> Path:
+    """The same LoRA as build_tiny_lora, in diffusers 0.29's peft format (save_lora_weights' keys)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"unet.{attention}.{'to_out.0' if projection == 'to_out' else projection}.lora.{direction}.weight": tensor
+               for (attention, projection, direction), tensor in tiny_lora_tensors(model_dir, rank, seed).items()}
+    save_file(tensors, str(out_dir / "pytorch_lora_weights.safetensors"))
+    return out_dir
 
 
 def build_all(root: os.PathLike, num_images: int = 8, bundle: bool = False) -> Dict[str, Path]:
     """Build every fixture under ``root``; with ``bundle`` use the download-share folder names.
 
-    Returns the paths: ``model``, ``parquet``, ``imagefolder``, ``lora`` (and ``bundle`` = root).
+    Returns the paths: ``model``, ``parquet``, ``imagefolder``, ``lora`` (attention processors), ``peft_lora``
+    (the same LoRA in the peft format) and ``bundle`` (= root).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -286,7 +316,9 @@ def build_all(root: os.PathLike, num_images: int = 8, bundle: bool = False) -> D
         parquet = build_tiny_parquet(root / "tiny-pokemon.parquet", num_images)
         imagefolder = build_tiny_imagefolder(root / "tiny-imagefolder", num_images)
         lora = build_tiny_lora(model, root / "tiny-lora")
-    return {"model": model, "parquet": parquet, "imagefolder": imagefolder, "lora": lora, "bundle": root}
+    peft_lora = build_tiny_peft_lora(model, root / "tiny-peft-lora")
+    return {"model": model, "parquet": parquet, "imagefolder": imagefolder, "lora": lora, "peft_lora": peft_lora,
+            "bundle": root}
 
 
 def build_cached(cache_dir: os.PathLike, shapes: PipelineShapes, num_images: int = 8,

@@ -32,6 +32,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 def _load_local(path: Path, cache_dir: Optional[str]):
     """Load a local parquet file/folder, an imagefolder or a save_to_disk folder as one split."""
+    try:
+        return _load_local_split(path, cache_dir)
+    except ValueError as exc:  # datasets 2.19 refuses an empty split, where 2.14 returned one without rows
+        if "corresponds to no data" not in str(exc):
+            raise
+        raise RunnerError(f"the dataset '{path}' has no rows") from None
+
+
+def _load_local_split(path: Path, cache_dir: Optional[str]):
     import datasets
 
     if path.is_file():
@@ -219,7 +228,11 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         self.epoch = 0
         self.skip = 0
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+    def set_epoch(self, epoch: int, skip: Optional[int] = None) -> None:
+        """Without ``skip``, a skip already set for this same epoch is kept: accelerate 0.30's loader
+        calls ``set_epoch(epoch)`` itself each time it starts iterating, after the trainer's call."""
+        if skip is None:
+            skip = self.skip if epoch == self.epoch else 0
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:

@@ -181,6 +181,13 @@ def resolve_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
     return dtype
 
 
+def index_dtype(device: torch.device) -> torch.dtype:
+    """The integer dtype for index tensors (timesteps) on ``device``: int32 on tpu, which torch_tpu
+    lists as having no int64 (Sophgo's script does ``timesteps.to(torch.int32)``); int64 elsewhere,
+    as upstream, so that CPU runs of every profile give the same numbers as before."""
+    return torch.int32 if device.type == "tpu" else torch.int64
+
+
 def seed_everything(seed: Optional[int]) -> None:
     """Seed Python, NumPy and torch, so that anything not driven by an explicit generator repeats."""
     if seed is None:

@@ -9,6 +9,12 @@ trained through ``AttnProcsLayers``), same outputs (``pytorch_lora_weights.safet
 loadable with ``pipe.unet.load_attn_procs`` / ``pipe.load_lora_weights``, and
 ``checkpoint-N`` folders from ``accelerator.save_state``).
 
+Under diffusers 0.29 with peft (Sophgo's newer flow, profile sophgo-peft) the LoRA is instead a
+peft adapter on the same attention projections, saved as diffusers 0.29's example saves it
+(``StableDiffusionPipeline.save_lora_weights``) and loaded with ``pipe.load_lora_weights``; the
+flags, checkpoints and everything below are the same. sdkit_lora.py decides which, once. On tpu
+timesteps are int32 (torch_tpu has no int64), as Sophgo's script does.
+
 Differences from upstream, all deliberate:
 
 * the device comes from ``--device`` or ``ACCELERATE_TORCH_DEVICE``; asking for ``tpu`` never
@@ -52,6 +58,7 @@ from typing import Any, Dict, List, Optional, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sdkit_env  # noqa: E402
+import sdkit_lora  # noqa: E402
 from sdkit_env import RunnerError  # noqa: E402
 from sdkit_files import fsync_dir, fsync_tree, read_json, write_json_atomic  # noqa: E402
 
@@ -232,19 +239,7 @@ def load_models(model_dir: str, revision: Optional[str]):
     return noise_scheduler, tokenizer, text_encoder, vae, unet
 
 
-def add_lora(unet, rank: int, sdpa: bool = False) -> None:
-    """Give every attention processor of the UNet a trainable LoRA twin (upstream's scheme).
-
-    ``sdpa`` picks ``LoRAAttnProcessor2_0`` (torch's scaled_dot_product_attention) instead of
-    v0.20.0's ``LoRAAttnProcessor``: same LoRA parameters under the same names, so the saved
-    weights are interchangeable; only the attention kernel differs.
-    """
-    from diffusers.models.attention_processor import LoRAAttnProcessor, LoRAAttnProcessor2_0
-
-    processor = LoRAAttnProcessor2_0 if sdpa else LoRAAttnProcessor
-    unet.set_attn_processor({
-        name: processor(hidden_size=hidden_size, cross_attention_dim=cross_attention_dim, rank=rank)
-        for name, (hidden_size, cross_attention_dim) in sdkit_env.attention_dims(unet).items()})
+add_lora = sdkit_lora.add_lora  # the benchmarks call train_lora.add_lora
 
 
 def use_sdpa(no_cache: bool, device_type: str) -> bool:
@@ -286,6 +281,7 @@ def fingerprint(args, model_dir: str, mixed_precision: str, num_processes: int) 
     return {
         "model": model_dir,
         "dataset": args.dataset_name or args.train_data_dir,
+        "lora": sdkit_lora.flow_name(),  # checkpoints of the two flows hold different parameters
         "mixed_precision": mixed_precision,
         "num_processes": num_processes,
         **{name: getattr(args, name) for name in IDENTITY_FLAGS},
@@ -606,7 +602,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, broadcast, set_seed
-    from diffusers.loaders import AttnProcsLayers
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -635,9 +630,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     except ValueError as exc:
         if device.type == "tpu" and mixed_precision == "fp16":
-            # Unpatched accelerate 0.16 only knows CUDA's GradScaler (the tutorial's accelerator.py edit).
-            raise RunnerError(f"fp16 on {device} needs accelerate 0.16 patched for torch_tpu's GradScaler "
-                              f"(the tutorial's accelerator.py edit; the kit's accelerate patch): {exc}") from None
+            # Unpatched accelerate only knows CUDA's GradScaler (the tutorial's accelerator.py edit, Sophgo's patch).
+            raise RunnerError(f"fp16 on {device} needs accelerate patched for torch_tpu's GradScaler (the kit's "
+                              f"patches/accelerate/v<version>/, applied by its upstream role): {exc}") from None
         raise
     logger.info("device %s, %d process(es), mixed precision %s", accelerator.device, accelerator.num_processes,
                 mixed_precision)
@@ -682,7 +677,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(unet)
     # The tutorial's second edit: the new LoRA layers are created on the CPU and must follow the UNet.
-    lora_layers = AttnProcsLayers(unet.attn_processors).to(accelerator.device)
+    lora_layers = sdkit_lora.lora_layers(unet).to(accelerator.device)
 
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -793,7 +788,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             noise += args.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
         noise = noise.to(accelerator.device, dtype=latents.dtype)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator).long().to(accelerator.device)
+                                  generator=generator).to(accelerator.device, sdkit_env.index_dtype(accelerator.device))
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
         encoder_hidden_states = text_embeddings(batch["input_ids"])
 
@@ -825,6 +820,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with StopFlag() as stop:
         for epoch in range(first_epoch, args.num_train_epochs):
             skip = resume_batches if epoch == first_epoch else 0
+            if hasattr(train_dataloader, "set_epoch"):  # accelerate 0.30 tells the sampler its own epoch count
+                train_dataloader.set_epoch(epoch)
             sampler.set_epoch(epoch, skip=skip * args.train_batch_size * accelerator.num_processes)
             train_dataset.set_epoch(epoch)
             train_loss = 0.0
@@ -891,10 +888,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.debug("process %d: LoRA parameter checksum %.8f", accelerator.process_index,
                  float(sum(p.detach().double().sum().item() for p in lora_layers.parameters())))
     if accelerator.is_main_process:
-        # LoRA layers are fp32 already; save_attn_procs writes pytorch_lora_weights.safetensors.
-        unet.save_attn_procs(str(output_dir))
+        # LoRA layers are fp32 already.
+        weights = sdkit_lora.save_lora(unet, output_dir)
         write_run_json(output_dir, run, step=global_step, finished=True)
-        logger.info("LoRA weights saved to %s", output_dir / "pytorch_lora_weights.safetensors")
+        logger.info("LoRA weights (%s) saved to %s", sdkit_lora.flow_name(), weights)
     end_trackers(accelerator)
     return 0
 

@@ -17,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PATCHES_DIR = REPO_ROOT / "patches"
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 
+# Where the source archives are: the bundle (make wheelhouse), or the peft flow's venv build (make .venv-ml-peft/.installed).
+SOURCES_DIRS = (REPO_ROOT / "bundle" / "sources", REPO_ROOT / "build" / "peft-sources")
 ACCELERATE_SDIST = REPO_ROOT / "bundle" / "sources" / "accelerate-0.16.0.tar.gz"
 ACCELERATE_PATCH = PATCHES_DIR / "accelerate" / "v0.16.0" / "accelerator.py.patch"
 ACCELERATE_TARGET = "src/accelerate/accelerator.py"
@@ -26,26 +28,42 @@ DIFFUSERS_TARGET = "examples/text_to_image/train_text_to_image_lora.py"
 # Upstream's file is not in the diffusers sdist and GitHub is unreachable here, hence the reconstruction.
 DIFFUSERS_FIXTURE = FIXTURES_DIR / "train_text_to_image_lora.v0.20.0.py"
 
+# The peft flow's pins (profile sophgo-peft): accelerate 0.30.1 and diffusers 0.29.2.
+ACCELERATE_PEFT_VERSION = "0.30.1"
+# One patch per file, as the upstream role records them (library, file, patch) and the doctor checks them.
+ACCELERATE_PEFT_PATCHES = sorted((PATCHES_DIR / "accelerate" / "v0.30.1").glob("*.patch"))
+DIFFUSERS_PEFT_PATCH = PATCHES_DIR / "diffusers" / "v0.29.2" / "train_text_to_image_lora.py.patch"
+DIFFUSERS_PEFT_FIXTURE = FIXTURES_DIR / "train_text_to_image_lora.v0.29.2.py"
+
 PatchRunner = Callable[..., subprocess.CompletedProcess]
 
 
-def extract_accelerate(dest: Path, members: str = "src/") -> Path:
+def patch_target(patch: Path) -> str:
+    """The one file a patch changes (its ``+++ b/`` line)."""
+    (target,) = [line[len("+++ b/"):].split("\t")[0] for line in patch.read_text().splitlines() if line.startswith("+++ b/")]
+    return target
+
+
+def extract_accelerate(dest: Path, members: str = "src/", version: str = "0.16.0") -> Path:
     """Unpacks the pinned sdist's `members` prefix into `dest` (laid out like the git checkout) or skips."""
-    if not ACCELERATE_SDIST.is_file():
-        pytest.skip(f"accelerate sdist missing: {ACCELERATE_SDIST} (the bundle step downloads it)")
-    top = "accelerate-0.16.0/"
-    with tarfile.open(ACCELERATE_SDIST) as sdist:
-        for member in sdist.getmembers():
+    name = f"accelerate-{version}.tar.gz"
+    sdist = next((folder / name for folder in SOURCES_DIRS if (folder / name).is_file()), None)
+    if sdist is None:
+        pytest.skip(f"{name} missing from {' and '.join(map(str, SOURCES_DIRS))} (make wheelhouse or make unit "
+                    "downloads it)")
+    top = f"accelerate-{version}/"
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
             relative = member.name.removeprefix(top)
             if member.isfile() and relative.startswith(members):
                 target = dest / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(sdist.extractfile(member).read())
+                target.write_bytes(archive.extractfile(member).read())
     return dest
 
 
-def copy_diffusers_fixture(dest: Path) -> Path:
+def copy_diffusers_fixture(dest: Path, fixture: Path = DIFFUSERS_FIXTURE) -> Path:
     target = dest / DIFFUSERS_TARGET
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(DIFFUSERS_FIXTURE, target)
+    shutil.copyfile(fixture, target)
     return dest

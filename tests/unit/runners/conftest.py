@@ -39,11 +39,15 @@ def tiny_bundle(tmp_path_factory):
 
 
 def _reset_accelerate() -> None:
-    """accelerate 0.16 keeps process-wide singletons; each in-process run must start from scratch."""
-    from accelerate.state import AcceleratorState, GradientState
+    """accelerate keeps process-wide singletons; each in-process run must start from scratch.
 
-    AcceleratorState._shared_state = {}
-    GradientState._shared_state = {}
+    0.16 has two; 0.30 adds PartialState, which AcceleratorState builds on.
+    """
+    import accelerate.state
+
+    for name in ("PartialState", "AcceleratorState", "GradientState"):
+        if hasattr(accelerate.state, name):
+            getattr(accelerate.state, name)._shared_state.clear()
 
 
 @pytest.fixture(scope="session")

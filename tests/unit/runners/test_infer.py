@@ -123,3 +123,35 @@ def test_image_size_not_a_multiple_of_8_is_one_line(tiny, tmp_path, run_runner, 
     assert run_runner("infer", ["--model", tiny["model"], "--height", "20", "--output_dir", tmp_path]) == 2
     err = capsys.readouterr().err
     assert "--height 20 is not a positive multiple of 8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_both_lora_formats_give_the_same_image(tiny, tmp_path, run_runner):
+    """diffusers 0.20's attention processors and diffusers 0.29's peft format, holding the same LoRA, load on
+    either flow (diffusers 0.20 through sdkit_lora's renaming) and generate the same pixels."""
+    common = ["--model", tiny["model"], "--steps", "2", "--seed", "1"]
+    for name in ("lora", "peft_lora"):
+        assert run_runner("infer", common + ["--output_dir", tmp_path / name, "--lora", tiny[name]]) == 0
+    a, b = (pixels(tmp_path / name / "pokemon_lora.png") for name in ("lora", "peft_lora"))
+    assert np.abs(a.astype(int) - b).max() <= 1  # rounding to 8 bits; both differ from the base model
+
+
+def test_peft_lora_diffusers_020_cannot_express_is_one_line(tiny, tmp_path, run_runner, capsys):
+    import pytest
+    import sdkit_lora
+
+    if sdkit_lora.uses_peft():
+        pytest.skip("diffusers 0.29 loads any peft-format LoRA itself; the refusal is diffusers 0.20's")
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tiny["peft_lora"] / "pytorch_lora_weights.safetensors"))
+    # A LoRA of the transformer's input projection as well: peft can, diffusers 0.20's processors cannot.
+    hidden = next(t for k, t in tensors.items() if k.startswith("unet.down_blocks.0.") and "to_q.lora.down" in k).shape[1]
+    prefix = "unet.down_blocks.0.attentions.0.proj_in.lora"
+    tensors.update({f"{prefix}.down.weight": torch.zeros(4, hidden), f"{prefix}.up.weight": torch.zeros(hidden, 4)})
+    (tmp_path / "conv").mkdir()
+    save_file(tensors, str(tmp_path / "conv" / "pytorch_lora_weights.safetensors"))
+    rc = run_runner("infer", ["--model", tiny["model"], "--lora", tmp_path / "conv", "--steps", "2",
+                              "--output_dir", tmp_path / "out"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "peft format" in err and "sophgo-peft" in err and len(err.strip().splitlines()) == 1, err

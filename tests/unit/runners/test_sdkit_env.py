@@ -192,3 +192,10 @@ def test_hub_token_file_wins_over_the_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("SOPHON_SD_HUB_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(RunnerError, match="cannot be read"):
         sdkit_env.apply_hub_token()
+
+
+def test_timesteps_are_int32_on_tpu_only():
+    """torch_tpu has no int64 (Sophgo's script: timesteps.to(torch.int32)); elsewhere upstream's int64."""
+    assert sdkit_env.index_dtype(torch.device("cpu")) == torch.int64
+    # A look-alike: torch.device("tpu:0") needs the backend renamed, which cannot be undone in this process.
+    assert sdkit_env.index_dtype(types.SimpleNamespace(type="tpu", index=0)) == torch.int32

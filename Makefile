@@ -20,14 +20,12 @@ BUNDLE := bundle
 # The CPU twin the test hosts and the ML venv run (the tutorial's libraries on Debian 12's Python).
 TEST_PROFILE := tutorial-2023-cpu
 TEST_IMAGE := localhost/sophon-sd-test-debian12:latest
-# The peft flow's CPU twin (profile sophgo-peft-cpu): its three libraries, installed from source as on the hosts.
+# The peft flow's CPU twin: the fleet scenario's offline host runs it, and make unit runs the flow's tests in it.
+PEFT_PROFILE := sophgo-peft-cpu
+TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
-PEFT_CONSTRAINTS := profiles/sophgo-peft-cpu/constraints.txt
-PEFT_SOURCES := diffusers==0.29.2 transformers==4.41.2 accelerate==0.30.1
-# Their source archives; tests/unit/patches also reads accelerate's from here.
-PEFT_SOURCES_DIR := build/peft-sources
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long roles test-image clean
+.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -149,21 +147,23 @@ $(ML_VENV)/.installed: profiles/$(TEST_PROFILE)/constraints.txt $(BUNDLE)/.wheel
 # Layered on $(ML_VENV): a .pth file puts that venv's site-packages after this one's, so torch and every
 # shared dependency are reused and pip installs only what $(PEFT_CONSTRAINTS) pins differently (11
 # packages). The venv's own setuptools goes, so that pip sees the ML venv's pinned one.
-$(PEFT_VENV)/.installed: $(PEFT_CONSTRAINTS) $(ML_VENV)/.installed
+$(PEFT_VENV)/.installed: profiles/$(PEFT_PROFILE)/constraints.txt $(ML_VENV)/.installed $(BUNDLE)/.wheelhouse-$(PEFT_PROFILE)
 	rm -rf $(PEFT_VENV)
 	python3 -m venv $(PEFT_VENV)
 	$(PEFT_VENV)/bin/pip uninstall --quiet --yes setuptools
 	$(ML_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
 	  > $$($(PEFT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/sdkit-ml-base.pth
-	pip download --quiet --no-deps --no-binary=:all: --dest $(PEFT_SOURCES_DIR) $(PEFT_SOURCES)
-	$(PEFT_VENV)/bin/pip install --quiet --no-compile -c $(PEFT_CONSTRAINTS) \
-	  $(addprefix $(PEFT_SOURCES_DIR)/,$(subst ==,-,$(PEFT_SOURCES:=.tar.gz))) peft datasets
+	$(PEFT_VENV)/bin/pip install --quiet --no-compile --no-index --find-links $(BUNDLE)/wheelhouse/$(PEFT_PROFILE) -c $< \
+	  $(addprefix $(BUNDLE)/sources/,$(shell $(BIN)/python tools/sdkit_bundle.py sources --profile $(PEFT_PROFILE))) peft datasets
 	touch $@
 
 # Both flows: the tutorial's diffusers 0.20 (attention processors) and the peft flow's diffusers 0.29.
-unit: setup $(ML_VENV)/.installed $(PEFT_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report in both ML venvs (no containers)
+# The other unit tests do not touch diffusers, transformers or accelerate: once is enough.
+FLOW_TESTS := tests/unit/patches tests/unit/runners/test_train_lora.py tests/unit/runners/test_infer.py \
+  tests/unit/runners/test_sdkit_lora.py tests/unit/runners/test_make_tiny_fixtures.py
+unit: setup $(ML_VENV)/.installed $(PEFT_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers); the flows' tests again in the peft venv
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
-	$(PEFT_VENV)/bin/python -m pytest -q tests/unit
+	$(PEFT_VENV)/bin/python -m pytest -q $(FLOW_TESTS)
 
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny
@@ -189,9 +189,9 @@ $(UPSTREAM_GIT)/libraries.yml: tests/hosts/make-upstream-repos.sh tests/unit/pat
 # fingerprint from $(TEST_GNUPGHOME)/fingerprint. The wheelhouse is a prerequisite here too, so that
 # a parallel make downloads it once.
 TEST_GNUPGHOME := $(CURDIR)/build/test-bundle-gnupg
-test-bundle: setup $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
+test-bundle: setup $(addprefix $(BUNDLE)/.wheelhouse-,$(TEST_PROFILES))
 	$(BIN)/python tools/sdkit_bundle.py key --gnupghome $(TEST_GNUPGHOME) >/dev/null
-	$(MAKE) bundle PROFILES=$(TEST_PROFILE) BUNDLE_GNUPGHOME=$(TEST_GNUPGHOME)
+	$(MAKE) bundle PROFILES="$(TEST_PROFILES)" BUNDLE_GNUPGHOME=$(TEST_GNUPGHOME)
 
 HOST_TEST_INPUTS := setup test-image test-bundle $(UPSTREAM_GIT)/libraries.yml
 
@@ -218,6 +218,9 @@ host-tests: $(HOST_TEST_INPUTS)
 test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed $(PEFT_VENV)/.installed
 
 # Checks that prove something once and cost too much CPU for every CI run; run them and record.
+test-profile: setup test-image test-bundle ## Not in make test (several GB): PROFILE's real pins installed by site.yml on a Debian 12 host, rerun, make smoke; writes build/test-profile-PROFILE.json
+	python tests/profiles/install_profile.py --profile $(PROFILE)
+
 test-long: setup ## Long checks, not in make test: train.yml's poll for 300 rounds (the old poll broke at 246)
 	SDKIT_POLL_ROUNDS=300 pytest -q -p no:cacheprovider tests/roles/test_train_poll.py
 

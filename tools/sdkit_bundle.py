@@ -928,7 +928,8 @@ def download_wheelhouse(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    subprocess.run([*pip, "--only-binary=:all:", "--dest", str(folder), "--python-version", str(profile["python"]),
+    python = args.python or str(profile["python"])
+    subprocess.run([*pip, "--only-binary=:all:", "--dest", str(folder), "--python-version", python,
                     "--implementation", "cp", *platforms, "-r", str(constraints)], check=True)
     specs = [f"{library['name']}=={library['version']}" for library in profile["libraries"]]
     subprocess.run([*pip, "--no-binary=:all:", "--dest", str(bundle / "sources"), *specs], check=True)
@@ -941,7 +942,7 @@ def download_wheelhouse(args: argparse.Namespace) -> int:
             with open(path, "rb") as handle:
                 tar.addfile(info, handle)
     partial.replace(bundle / wheelhouse_tar(name))
-    print(f"wheelhouse for {name} (Python {profile['python']}): {len(wheels)} files in {shown(folder)}, "
+    print(f"wheelhouse for {name} (Python {python}): {len(wheels)} files in {shown(folder)}, "
           f"pushed to its hosts as {shown(bundle)}/{wheelhouse_tar(name)}")
     return 0
 
@@ -1059,6 +1060,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                                        description=download_wheelhouse.__doc__)
     wheel_parser.add_argument("--bundle-dir", type=Path, default=default_bundle, help="the bundle (default: the repo's bundle/)")
     wheel_parser.add_argument("--profile", required=True, help="a folder of profiles/ (PROFILE of make wheelhouse)")
+    wheel_parser.add_argument("--python", default="",
+                              help="download for this Python instead of the profile's (make test-profile: Debian 12's 3.11)")
 
     sources_parser = commands.add_parser("sources", help="print a profile's sdist file names")
     sources_parser.add_argument("--profile", required=True, help="a folder of profiles/")

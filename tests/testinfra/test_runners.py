@@ -53,14 +53,18 @@ def test_smoke_trains_and_generates(host, smoke_run):
     assert len(host.file(f"{SMOKE}/lora/metrics.jsonl").content_string.splitlines()) == 6
 
 
-def test_smoke_lora_loads_both_ways(host, smoke_run, venv_python):
+def test_smoke_lora_loads_with_the_profiles_loaders(host, smoke_run, venv_python, host_profile):
+    """Upstream's own loader reads the smoke run's LoRA: pipe.load_lora_weights in every profile, and on
+    the attention-processor flow (diffusers 0.20) also unet.load_attn_procs, as the tutorial does."""
     assert smoke_run.rc == 0
+    attn_procs = f"pipe.unet.load_attn_procs('{SMOKE}/lora');" if host_profile["training_flow"] == "attn_processors" else ""
     probe = (
         "from diffusers import StableDiffusionPipeline;"
         f"pipe = StableDiffusionPipeline.from_pretrained('{SMOKE}/fixtures/tiny-sd', safety_checker=None);"
-        f"pipe.unet.load_attn_procs('{SMOKE}/lora');"
+        f"{attn_procs}"
         f"pipe.load_lora_weights('{SMOKE}/lora');"
-        "print(sum('lora' in type(p).__name__.lower() for p in pipe.unet.attn_processors.values()))"
+        # LoRA weights in the UNet: attention processors' (0.20) or peft adapters' (0.29) parameters.
+        "print(sum('lora' in name for name, _ in pipe.unet.named_parameters()))"
     )
     loaded = host.check_output(f"{venv_python} -c \"{probe}\" 2>/dev/null")
     assert int(loaded.strip().splitlines()[-1]) > 0

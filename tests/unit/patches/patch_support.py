@@ -17,9 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PATCHES_DIR = REPO_ROOT / "patches"
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 
-# Where the source archives are: the bundle (make wheelhouse), or the peft flow's venv build (make .venv-ml-peft/.installed).
-SOURCES_DIRS = (REPO_ROOT / "bundle" / "sources", REPO_ROOT / "build" / "peft-sources")
-ACCELERATE_SDIST = REPO_ROOT / "bundle" / "sources" / "accelerate-0.16.0.tar.gz"
+# Where the source archives are: the bundle (make wheelhouse PROFILES=...).
+SOURCES_DIR = REPO_ROOT / "bundle" / "sources"
+ACCELERATE_SDIST = SOURCES_DIR / "accelerate-0.16.0.tar.gz"
 ACCELERATE_PATCH = PATCHES_DIR / "accelerate" / "v0.16.0" / "accelerator.py.patch"
 ACCELERATE_TARGET = "src/accelerate/accelerator.py"
 
@@ -47,10 +47,9 @@ def patch_target(patch: Path) -> str:
 def extract_accelerate(dest: Path, members: str = "src/", version: str = "0.16.0") -> Path:
     """Unpacks the pinned sdist's `members` prefix into `dest` (laid out like the git checkout) or skips."""
     name = f"accelerate-{version}.tar.gz"
-    sdist = next((folder / name for folder in SOURCES_DIRS if (folder / name).is_file()), None)
-    if sdist is None:
-        pytest.skip(f"{name} missing from {' and '.join(map(str, SOURCES_DIRS))} (make wheelhouse or make unit "
-                    "downloads it)")
+    sdist = SOURCES_DIR / name
+    if not sdist.is_file():
+        pytest.skip(f"{name} missing from {SOURCES_DIR} (make unit downloads it)")
     top = f"accelerate-{version}/"
     with tarfile.open(sdist) as archive:
         for member in archive.getmembers():

@@ -36,6 +36,12 @@ def playbook(inventory: Path, name: str, extra: dict) -> subprocess.CompletedPro
                           env=env, cwd=REPO, capture_output=True, text=True)
 
 
+def last_line(result: subprocess.CompletedProcess, prefix: str) -> str:
+    """The tool's summary line, else its last line (pip's warnings come after the summary on stderr)."""
+    lines = (result.stdout + result.stderr).strip().splitlines() or [""]
+    return next((line for line in reversed(lines) if line.startswith(prefix)), lines[-1])
+
+
 def changed(output: str, host: str) -> int:
     match = re.search(rf"^{re.escape(host)}\s*:.*changed=(\d+)", output, re.MULTILINE)
     return int(match.group(1)) if match else -1
@@ -48,6 +54,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = REPO / "build" / "test-profile" / args.profile
+    bundle = work / "bundle"  # nothing else in it: the preflight refuses files the manifest does not list
     record: dict = {"profile": args.profile, "host_python": HOST_PYTHON, "steps": {}}
     started = time.monotonic()
 
@@ -59,14 +66,14 @@ def main() -> int:
     # A bundle of this profile alone (no apt repository: the host uses Debian's mirror), signed with the
     # test bundle's throwaway key, so that site.yml's preflight checks it as it checks a fleet's.
     tool = [sys.executable, str(REPO / "tools" / "sdkit_bundle.py")]
-    download = subprocess.run([*tool, "wheelhouse", "--bundle-dir", str(work), "--profile", args.profile, "--python", HOST_PYTHON],
+    download = subprocess.run([*tool, "wheelhouse", "--bundle-dir", str(bundle), "--profile", args.profile, "--python", HOST_PYTHON],
                               capture_output=True, text=True)
-    if not step("wheelhouse", download.returncode == 0, (download.stdout + download.stderr).strip().splitlines()[-1]):
+    if not step("wheelhouse", download.returncode == 0, last_line(download, "wheelhouse for")):
         return 1
-    bundled = subprocess.run([*tool, "build", "--bundle-dir", str(work), "--profile", args.profile, "--no-apt",
+    bundled = subprocess.run([*tool, "build", "--bundle-dir", str(bundle), "--profile", args.profile, "--no-apt",
                               "--gnupghome", str(TEST_GNUPGHOME), "--hub-timeout", "1", "--git-timeout", "1"],
                              capture_output=True, text=True)
-    if not step("bundle", bundled.returncode == 0, (bundled.stdout + bundled.stderr).strip().splitlines()[-1]):
+    if not step("bundle", bundled.returncode == 0, last_line(bundled, "bundle ")):
         return 1
 
     hosts = HostRun(REPO / "build" / "testhosts" / f"profile-{args.profile}")
@@ -79,7 +86,7 @@ def main() -> int:
             "sophon_sd_hosts": name, "ansible_become": False, "sophon_sd_profile": args.profile,
             # Debian 12's Python, not the profile's 3.10; the wheels above were downloaded for it.
             "sophon_venv_python_version": HOST_PYTHON,
-            "sophon_sd_bundle_dir": str(work), "sophon_upstream_source": "bundle",
+            "sophon_sd_bundle_dir": str(bundle), "sophon_upstream_source": "bundle",
             # No chip and no Sophgo files here: the CPU, and a tiny model the smoke test makes itself.
             "sophon_sd_sophgo_runtime": False, "sophon_sd_stage_assets": False, "sophon_host_env_assets_source": "hub",
             "sophon_sd_bundle_signing_fingerprint": (TEST_GNUPGHOME / "fingerprint").read_text().strip(),

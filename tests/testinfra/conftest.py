@@ -51,7 +51,7 @@ def patch_changed_lines(patch_text: str) -> list[str]:
     return [
         line
         for line in patch_text.splitlines()
-        if line[:1] in "+-" and not line.startswith(("+++ ", "--- "))
+        if line[:1] in ("+", "-") and not line.startswith(("+++ ", "--- "))
     ]
 
 

@@ -75,7 +75,9 @@ def test_checkout_differs_from_upstream_by_exactly_the_patches(host, sources_man
         changed_files = sorted(
             line[4:].split("\t")[0][len(src) + 1:] for line in diff.splitlines() if line.startswith("+++ ")
         )
-    applied = [p for p in sources_manifest["patches"] if p["applied"] and p["library"] == library]
-    assert changed_files == sorted(p["file"] for p in applied)
+    # In path order, as both diffs list files (a profile lists its patches in the order they apply).
+    applied = sorted((p for p in sources_manifest["patches"] if p["applied"] and p["library"] == library),
+                     key=lambda p: p["file"])
+    assert changed_files == [p["file"] for p in applied]
     expected = [line for p in applied for line in patch_changed_lines((REPO / "patches" / p["patch"]).read_text())]
     assert patch_changed_lines(diff) == expected

@@ -272,27 +272,19 @@ def tiny_lora_tensors(model_dir: os.PathLike, rank: int = 4, seed: int = 1) -> D
     return tensors
 
 
-def build_tiny_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4, seed: int = 1) -> Path:
-    """Save random LoRA attention processors for ``model_dir`` (diffusers 0.20's save_attn_procs format;
-    stands in for sayakpaul's LoRA)."""
+def build_tiny_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4, seed: int = 1, peft: bool = False) -> Path:
+    """Save random LoRA weights for ``model_dir`` (stands in for sayakpaul's LoRA): diffusers 0.20's
+    save_attn_procs format, or with ``peft`` the same LoRA in diffusers 0.29's (save_lora_weights' keys)."""
     from safetensors.torch import save_file
+
+    def key(attention: str, projection: str, direction: str) -> str:
+        if peft:
+            return f"unet.{attention}.{'to_out.0' if projection == 'to_out' else projection}.lora.{direction}.weight"
+        return f"{attention}.processor.{projection}_lora.{direction}.weight"
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{attention}.processor.{projection}_lora.{direction}.weight": tensor
-               for (attention, projection, direction), tensor in tiny_lora_tensors(model_dir, rank, seed).items()}
-    save_file(tensors, str(out_dir / "pytorch_lora_weights.safetensors"))
-    return out_dir
-
-
-def build_tiny_peft_lora(model_dir: os.PathLike, out_dir: os.PathLike, rank: int = 4, seed: int = 1) -> Path:
-    """The same LoRA as build_tiny_lora, in diffusers 0.29's peft format (save_lora_weights' keys)."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"unet.{attention}.{'to_out.0' if projection == 'to_out' else projection}.lora.{direction}.weight": tensor
-               for (attention, projection, direction), tensor in tiny_lora_tensors(model_dir, rank, seed).items()}
+    tensors = {key(*name): tensor for name, tensor in tiny_lora_tensors(model_dir, rank, seed).items()}
     save_file(tensors, str(out_dir / "pytorch_lora_weights.safetensors"))
     return out_dir
 
@@ -316,7 +308,7 @@ def build_all(root: os.PathLike, num_images: int = 8, bundle: bool = False) -> D
         parquet = build_tiny_parquet(root / "tiny-pokemon.parquet", num_images)
         imagefolder = build_tiny_imagefolder(root / "tiny-imagefolder", num_images)
         lora = build_tiny_lora(model, root / "tiny-lora")
-    peft_lora = build_tiny_peft_lora(model, root / "tiny-peft-lora")
+    peft_lora = build_tiny_lora(model, root / "tiny-peft-lora", peft=True)
     return {"model": model, "parquet": parquet, "imagefolder": imagefolder, "lora": lora, "peft_lora": peft_lora,
             "bundle": root}
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,29 @@ DIFFUSERS_PEFT_PATCH = PATCHES_DIR / "diffusers" / "v0.29.2" / "train_text_to_im
 DIFFUSERS_PEFT_FIXTURE = FIXTURES_DIR / "train_text_to_image_lora.v0.29.2.py"
 
 PatchRunner = Callable[..., subprocess.CompletedProcess]
+
+
+@dataclass(frozen=True)
+class PatchCase:
+    patch: Path
+    target: str
+    make_checkout: Callable[[Path], Path]
+
+
+def check_applies_cleanly(case: PatchCase, tmp_path: Path, run_patch: PatchRunner) -> None:
+    """The patch applies exactly (no offset, no fuzz), changes its file, and then reads as applied."""
+    checkout = case.make_checkout(tmp_path)
+    original = (checkout / case.target).read_text()
+
+    for flags in (("--dry-run",), ()):
+        result = run_patch(case.patch, checkout, *flags)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "offset" not in result.stdout and "fuzz" not in result.stdout, result.stdout
+    assert (checkout / case.target).read_text() != original
+
+    # The role's idempotence check: a reverse dry run succeeding means "already applied, leave it".
+    assert run_patch(case.patch, checkout, "-R", "--dry-run").returncode == 0
+    assert run_patch(case.patch, checkout, "--forward", "--dry-run").returncode != 0
 
 
 def patch_target(patch: Path) -> str:

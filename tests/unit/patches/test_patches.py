@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import types
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from patch_support import (
     DIFFUSERS_PATCH,
     DIFFUSERS_TARGET,
     FIXTURES_DIR,
+    PatchCase,
     PatchRunner,
+    check_applies_cleanly,
     copy_diffusers_fixture,
     extract_accelerate,
 )
@@ -35,13 +36,6 @@ LORA_LINE_PATCHED = "    lora_layers = AttnProcsLayers(unet.attn_processors).to(
 # --- applying ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PatchCase:
-    patch: Path
-    target: str
-    make_checkout: Callable[[Path], Path]
-
-
 PATCH_CASES = {
     "accelerate": PatchCase(ACCELERATE_PATCH, ACCELERATE_TARGET, lambda d: extract_accelerate(d, ACCELERATE_TARGET)),
     "diffusers": PatchCase(DIFFUSERS_PATCH, DIFFUSERS_TARGET, copy_diffusers_fixture),
@@ -50,18 +44,7 @@ PATCH_CASES = {
 
 @pytest.mark.parametrize("case", PATCH_CASES.values(), ids=PATCH_CASES.keys())
 def test_patch_applies_cleanly_then_reads_as_applied(case: PatchCase, tmp_path: Path, run_patch: PatchRunner) -> None:
-    checkout = case.make_checkout(tmp_path)
-    original = (checkout / case.target).read_text()
-
-    for flags in (("--dry-run",), ()):
-        result = run_patch(case.patch, checkout, *flags)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "offset" not in result.stdout and "fuzz" not in result.stdout, result.stdout
-    assert (checkout / case.target).read_text() != original
-
-    # The role's idempotence check: a reverse dry run succeeding means "already applied, leave it".
-    assert run_patch(case.patch, checkout, "-R", "--dry-run").returncode == 0
-    assert run_patch(case.patch, checkout, "--forward", "--dry-run").returncode != 0
+    check_applies_cleanly(case, tmp_path, run_patch)
 
 
 # --- diffusers: where the lines land, and the import guard ---------------------------------------------------

@@ -21,7 +21,9 @@ from patch_support import (
     DIFFUSERS_PATCH,
     DIFFUSERS_PEFT_PATCH,
     DIFFUSERS_TARGET,
+    PatchCase,
     PatchRunner,
+    check_applies_cleanly,
     copy_diffusers_fixture,
     extract_accelerate,
     patch_target,
@@ -29,7 +31,6 @@ from patch_support import (
 from test_patches import (
     SCALER_KWARGS,
     STAND_IN_SCALER,
-    PatchCase,
     Scenario,
     added_lines,
     assert_subset,
@@ -55,15 +56,7 @@ def test_accelerate_patches_are_the_four_files_sophgos_patch_changes() -> None:
 
 @pytest.mark.parametrize("case", PATCH_CASES.values(), ids=PATCH_CASES.keys())
 def test_patch_applies_cleanly_then_reads_as_applied(case: PatchCase, tmp_path: Path, run_patch: PatchRunner) -> None:
-    checkout = case.make_checkout(tmp_path)
-    original = (checkout / case.target).read_text()
-    for flags in (("--dry-run",), ()):
-        result = run_patch(case.patch, checkout, *flags)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "offset" not in result.stdout and "fuzz" not in result.stdout, result.stdout
-    assert (checkout / case.target).read_text() != original
-    assert run_patch(case.patch, checkout, "-R", "--dry-run").returncode == 0
-    assert run_patch(case.patch, checkout, "--forward", "--dry-run").returncode != 0
+    check_applies_cleanly(case, tmp_path, run_patch)
 
 
 # --- diffusers v0.29.2: the example compiles, imports torch_tpu only for tpu, int32 timesteps on tpu ----------

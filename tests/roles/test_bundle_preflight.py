@@ -46,8 +46,13 @@ class Bundle:
 @pytest.fixture
 def bundle(tmp_path, signing_home) -> Bundle:
     path = tmp_path / "bundle"
-    # The pinned libraries' source archives are the smallest complete bundle (no wheels, no apt).
-    shutil.copytree(REPO / "bundle/sources", path / "sources")
+    # The profile's source archives are the smallest complete bundle (no wheels, no apt); the repo's
+    # bundle/sources also holds the other test profile's, which this manifest would not list.
+    (path / "sources").mkdir(parents=True)
+    names = subprocess.run([sys.executable, str(TOOL), "sources", "--profile", PROFILE],
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in names:
+        shutil.copy2(REPO / "bundle/sources" / name, path / "sources" / name)
     (path / "vendor").mkdir()
     (path / VENDOR).write_bytes(b"the file Sophgo published")
     built = subprocess.run([sys.executable, str(TOOL), "build", "--bundle-dir", str(path), "--profile", PROFILE,

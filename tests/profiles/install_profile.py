@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "hosts"))
+sys.path[:0] = [str(REPO / "tests" / "hosts"), str(REPO / "tests" / "fleet")]
+from fleet_support import recap  # noqa: E402
 from testhosts import HostRun  # noqa: E402
 
 HOST_PYTHON = "3.11"
@@ -43,8 +43,8 @@ def last_line(result: subprocess.CompletedProcess, prefix: str) -> str:
 
 
 def changed(output: str, host: str) -> int:
-    match = re.search(rf"^{re.escape(host)}\s*:.*changed=(\d+)", output, re.MULTILINE)
-    return int(match.group(1)) if match else -1
+    """HOST's changed count in the play recap, -1 when the play never reached it."""
+    return recap(output).get(host, {}).get("changed", -1)
 
 
 def main() -> int:

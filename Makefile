@@ -25,7 +25,7 @@ PEFT_PROFILE := sophgo-peft-cpu
 TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
 
-.PHONY: help setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long test-profile roles test-image clean
+.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -164,6 +164,13 @@ FLOW_TESTS := tests/unit/patches tests/unit/runners/test_train_lora.py tests/uni
 unit: setup $(ML_VENV)/.installed $(PEFT_VENV)/.installed ## Unit tests of the patches, runners, tools and the fleet report (no containers); the flows' tests again in the peft venv
 	$(ML_VENV)/bin/python -m pytest -q tests/unit
 	$(PEFT_VENV)/bin/python -m pytest -q $(FLOW_TESTS)
+
+# Not in CI (no GitHub there): every profile's patches dry-run with --fuzz=0 against the real tags, checked
+# out by hand under UPSTREAM as <library>-<tag> (git checkouts are also compared with the pinned commit).
+UPSTREAM ?=
+patches-upstream: setup ## Every profile's patches against real upstream checkouts in UPSTREAM=dir (<library>-<tag> each): no fuzz, no offset, one line per patch
+	@test -n "$(UPSTREAM)" || { echo "set UPSTREAM=dir: one checkout per library and tag, named <library>-<tag> (e.g. accelerate-v0.30.1)"; exit 2; }
+	$(BIN)/python tools/sdkit_patch_check.py --upstream-dir $(UPSTREAM)
 
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny

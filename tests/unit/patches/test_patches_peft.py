@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from patch_support import (
     ACCELERATE_PEFT_PATCHES,
@@ -21,6 +22,8 @@ from patch_support import (
     DIFFUSERS_PATCH,
     DIFFUSERS_PEFT_PATCH,
     DIFFUSERS_TARGET,
+    FIXTURES_DIR,
+    REPO_ROOT,
     PatchCase,
     PatchRunner,
     check_applies_cleanly,
@@ -70,8 +73,11 @@ def example_patched(tmp_path_factory: pytest.TempPathFactory, run_patch: PatchRu
     return (checkout / DIFFUSERS_TARGET).read_text()
 
 
-def test_patched_example_compiles(example_patched: str) -> None:
-    compile(example_patched, DIFFUSERS_TARGET, "exec")
+def test_patched_example_top_compiles(example_patched: str) -> None:
+    # Up to `logger = ...` the fixture is upstream's real module top; the training loop's lines are a fragment.
+    lines = example_patched.splitlines()
+    end = next(n for n, line in enumerate(lines, 1) if line.startswith("logger = "))
+    compile("\n".join(lines[:end]) + "\n", DIFFUSERS_TARGET, "exec")
     assert "import torch_tpu" in example_patched and "torch.int32" in example_patched
 
 
@@ -136,3 +142,22 @@ def test_patched_accelerate_matches_upstream_off_tpu(name: str, outcomes: dict[s
     upstream, patched = ({k: v for k, v in outcomes[side][name].items() if k != "accelerate_file"}
                          for side in ("upstream", "patched"))
     assert patched == upstream
+
+
+# --- the fixtures stand for the real files: same line numbers, and they name the commit they were cut from ----
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURES_DIR.glob("train_text_to_image_lora.v*.py")), ids=lambda p: p.name)
+def test_fixture_keeps_upstreams_line_numbers_and_names_the_pinned_commit(fixture: Path) -> None:
+    """A patch lands on its fixture exactly where it lands on the real file (checked by make patches-upstream)."""
+    lines = fixture.read_text().splitlines()
+    placeholders = [(n, line) for n, line in enumerate(lines, 1) if line.startswith("# upstream line ")]
+    assert placeholders, f"{fixture.name} has no placeholders: its line numbers are not upstream's"
+    assert all(line == f"# upstream line {n}" for n, line in placeholders)
+    tag = fixture.name.split(".", 1)[1].removesuffix(".py")
+    pins = {str(library["commit"]) for path in (REPO_ROOT / "profiles").glob("*/profile.yml")
+            for library in yaml.safe_load(path.read_text())["libraries"]
+            if library["name"] == "diffusers" and library["tag"] == tag}
+    (pin,) = pins
+    assert re.fullmatch(r"[0-9a-f]{40}", pin) and pin in lines[0], f"{fixture.name}'s header does not name {pin}"
+    assert "placeholder" in "\n".join(lines[:3]), "the header must say what the fixture leaves out"

@@ -73,3 +73,19 @@ def test_the_test_twin_installs_the_same_libraries_and_edits(name):
     assert twin["test_twin"] == "", "a twin is tested itself"
     for key in ("libraries", "patches", "training_flow", "example_packages"):
         assert twin[key] == profile[key], f"{name} and its twin {profile['test_twin']} differ in {key}"
+
+
+# transformers' tags are not pinned yet: its repository was out of reach where the others were checked
+# (README, "The patches"). Its sdist sha256 is pinned, and no patch touches it.
+UNPINNED_COMMITS = {"transformers"}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_patched_library_is_pinned_to_its_tags_commit(name):
+    """The upstream role and make bundle refuse a tag that moved only when the profile names the commit."""
+    profile = load(name)
+    for library in profile["libraries"]:
+        if library["name"] in UNPINNED_COMMITS:
+            assert not any(p["library"] == library["name"] for p in profile["patches"]), library
+            continue
+        assert re.fullmatch(r"[0-9a-f]{40}", str(library["commit"])), f"{name}: pin {library['name']} {library['tag']}"

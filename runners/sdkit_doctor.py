@@ -66,7 +66,7 @@ SOPHGO_MARKER = "sophgo"
 
 # Run by the venv's python: version, author and install record (direct_url.json) of each package.
 PROBE = """
-import json, sys
+import json, os, sys
 from importlib import metadata
 found = {}
 for name in sys.argv[1:]:
@@ -74,8 +74,10 @@ for name in sys.argv[1:]:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
         continue
+    marker = os.path.join(str(dist.locate_file("")), name, "sophgo.py")
     found[name] = {"version": dist.version, "author": dist.metadata.get("Author") or "",
-                   "direct_url": json.loads(dist.read_text("direct_url.json") or "{}")}
+                   "direct_url": json.loads(dist.read_text("direct_url.json") or "{}"),
+                   "sophgo_marker": open(marker).readline() if os.path.isfile(marker) else None}
 print(json.dumps({"python": sys.version.split()[0], "packages": found}))
 """
 
@@ -327,6 +329,42 @@ def check_patches(host: Host) -> List[Check]:
     return checks
 
 
+# --------------------------------------------------------------------------- Sophgo's tpu_apply_all_patch
+
+
+# What torch_tpu's tpu_apply_all_patch patches (its apply_table), and the first line of the kit's marker
+# (roles/sophon_upstream/files/sophgo_markers.py). Sophgo's own marker starts otherwise.
+SOPHGO_PATCHED = {"transformers": "4.41.2", "accelerate": "0.30.1"}
+KIT_MARKER_PREFIX = "# sophon-sd-kit:"
+
+
+def check_sophgo_markers(host: Host, probe: dict) -> List[Check]:
+    """Whether Sophgo's tool sees each library it patches as patched, and by whom.
+
+    Without the kit's marker the tool patches again over the kit's edits (and fails); with Sophgo's own
+    it has already done so, outside the kit's checkout, and the kit's checks no longer describe the host.
+    """
+    checks = []
+    for name, version in SOPHGO_PATCHED.items():
+        package = probe.get("packages", {}).get(name)
+        if package is None or package["version"] != version:
+            continue
+        check = f"sophgo-tool:{name}"
+        marker = package.get("sophgo_marker")
+        if marker is None:
+            checks.append(Check(check, WARN, f"{name} {version} has no sophgo.py marker: Sophgo's tpu_apply_all_patch "
+                                             "would patch it again over the kit's edits, and fail",
+                                reprovision("upstream")))
+        elif marker.startswith(KIT_MARKER_PREFIX):
+            checks.append(Check(check, OK, f"{name} {version} marked as patched by the kit"))
+        else:
+            checks.append(Check(check, FAIL, f"{name} {version} was patched by Sophgo's tpu_apply_all_patch on its own, "
+                                             "not by the kit: the kit's patches and checks no longer describe it",
+                                f"`{host.venv}/bin/pip uninstall -y {name}`, then " + reprovision("upstream")
+                                + f" (it reinstalls {name} from the kit's patched checkout and marks it)"))
+    return checks
+
+
 # --------------------------------------------------------------------------- limits, device, disk
 
 
@@ -408,6 +446,7 @@ def run_checks(host: Host, min_free_gb: float) -> Tuple[List[Check], Dict[str, d
         check_venv(host, probe),
         *(check_package(host, probe, name) for name in PACKAGES),
         *check_patches(host),
+        *check_sophgo_markers(host, probe),
         check_limits_config(host),
         check_limits_in_force(),
         check_device(host),

@@ -326,3 +326,44 @@ def test_bad_root_is_one_clear_message(capsys, tmp_path):
         sdkit_doctor.main(["--root", str(tmp_path / "nowhere")])
     assert info.value.code == 2 and "is not a folder" in capsys.readouterr().err
 
+
+
+# --- Sophgo's tpu_apply_all_patch: the peft pins are the versions it patches -----------------------------------
+
+
+def peft_pins(fake_host: FakeHost) -> None:
+    for name, version in (("transformers", "4.41.2"), ("accelerate", "0.30.1")):
+        fake_host.install(name, version, {"url": f"file://{KIT}/src/{name}", "dir_info": {"editable": True}})
+
+
+def test_sophgo_tool_markers_absent_warn_with_the_fix(fake_host, capsys):
+    peft_pins(fake_host)
+    _, checks = doctor(fake_host, capsys)
+    for name in ("transformers", "accelerate"):
+        check = checks[f"sophgo-tool:{name}"]
+        assert check["status"] == "warn" and "would patch it again" in check["detail"], check
+        assert "--tags upstream" in check["fix"]
+
+
+def test_sophgo_tool_markers_written_by_the_kit_are_ok(fake_host, capsys):
+    peft_pins(fake_host)
+    subprocess.run([sys.executable, str(REPO / "roles/sophon_upstream/files/sophgo_markers.py"), "--site",
+                    str(fake_host.site), "transformers=4.41.2", "accelerate=0.30.1"], check=True, capture_output=True)
+    _, checks = doctor(fake_host, capsys)
+    assert checks["sophgo-tool:accelerate"]["status"] == checks["sophgo-tool:transformers"]["status"] == "ok"
+
+
+def test_host_patched_by_sophgos_tool_on_its_own_fails_with_the_fix(fake_host, capsys):
+    peft_pins(fake_host)
+    # What accelerate-Sophgo.patch leaves: Sophgo's own marker in the installed package.
+    (fake_host.site / "accelerate").mkdir()
+    (fake_host.site / "accelerate" / "sophgo.py").write_text("# ====\n#\n# Copyright (C) 2022 Sophgo Technologies Inc.\n")
+    code, checks = doctor(fake_host, capsys)
+    check = checks["sophgo-tool:accelerate"]
+    assert code != 0 and check["status"] == "fail" and "on its own" in check["detail"], check
+    assert f"{KIT}/venv/bin/pip uninstall -y accelerate" in check["fix"] and "--tags upstream" in check["fix"]
+
+
+def test_tutorial_pins_get_no_sophgo_tool_check(fake_host, capsys):
+    _, checks = doctor(fake_host, capsys)
+    assert not [name for name in checks if name.startswith("sophgo-tool:")]

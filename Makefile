@@ -99,7 +99,8 @@ assets-sums: ## List the checksums of bundle/assets/ (the download share's folde
 
 # Rolling runs: SERIAL hosts at a time (a number or a percentage); a batch with more than MAX_FAIL
 # percent of failed hosts stops the run. TAGS runs only some roles (apt, libsophon, venv, torch_tpu,
-# host_env, upstream, assets, runners, preflight). ANSIBLE_ARGS passes anything else, e.g. --check --diff.
+# host_env, upstream, assets, runners, preflight: the profile checks, sophgo_vendor: Sophgo's files checked on
+# the control node). The bundle check runs under every tag. ANSIBLE_ARGS passes anything else, e.g. --check --diff.
 SERIAL ?= 100%
 MAX_FAIL ?= 100
 TAGS ?= all

@@ -45,6 +45,7 @@ import ast
 import datetime
 import gzip
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -286,12 +287,13 @@ def files_under(bundle: Path, folder: str) -> List[str]:
     return [rel for rel in bundle_files(bundle) if rel.startswith(folder + "/")]
 
 
-def load_manifest(bundle: Path) -> Tuple[dict, Dict[str, Entry]]:
+def load_manifest(bundle: Path, text: Optional[bytes] = None) -> Tuple[dict, Dict[str, Entry]]:
+    """The manifest's header and entries: of TEXT when given (the bytes whose signature was checked), else of the file."""
     path = bundle / MANIFEST
-    if not path.exists():
+    if text is None and not path.exists():
         return {}, {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes() if text is None else text) or {}
         entries = {item["path"]: Entry(**{k: str(item[k]) for k in Entry.__dataclass_fields__ if k != "members"},
                                        members=({str(k): str(v) for k, v in item["members"].items()}
                                                 if item.get("members") is not None else None))
@@ -301,14 +303,29 @@ def load_manifest(bundle: Path) -> Tuple[dict, Dict[str, Entry]]:
     return {k: v for k, v in data.items() if k != "items"}, entries
 
 
+def serial_of(header: dict) -> int:
+    """The manifest's serial, 0 when it has none (a bundle made before serials) or not a positive integer."""
+    serial = header.get("serial")
+    return serial if isinstance(serial, int) and not isinstance(serial, bool) and serial > 0 else 0
+
+
+def next_serial(old_header: dict, now: datetime.datetime) -> int:
+    """Above the previous manifest's serial, and above every serial made before NOW on any control node:
+    hosts refuse a bundle older than the last one they got, also when this one was built where the old
+    manifest never was (a second control node, a fresh clone)."""
+    return max(serial_of(old_header) + 1, int(now.strftime("%Y%m%d%H%M%S")))
+
+
 def write_manifest(bundle: Path, header: dict, entries: Dict[str, Entry]) -> bool:
-    """Write the manifest when its content changed (a rerun that changes nothing keeps the file)."""
+    """Write the manifest when its content changed (a rerun that changes nothing keeps the file and its
+    serial); a new manifest gets the next serial."""
     old_header, old_entries = load_manifest(bundle)
     items = [entries[path].item() for path in sorted(entries)]
-    same_header = {k: v for k, v in old_header.items() if k != "created"} == header
-    if same_header and [old_entries[p].item() for p in sorted(old_entries)] == items:
+    same_header = {k: v for k, v in old_header.items() if k not in ("created", "serial")} == header
+    if same_header and serial_of(old_header) and [old_entries[p].item() for p in sorted(old_entries)] == items:
         return False
-    document = {"created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **header, "items": items}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    document = {"created": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "serial": next_serial(old_header, now), **header, "items": items}
     text = "# Every file of this bundle: written by `make bundle`, checked by `make bundle-verify`.\n"
     text += yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=4096)
     write_text_atomic(bundle / MANIFEST, text)
@@ -956,12 +973,15 @@ def sources(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- verify
 
 
-def check_signature(bundle: Path, fingerprint: str) -> None:
-    """The manifest's signature, made by the key FINGERPRINT names, before anything in it is believed."""
+def check_signature(bundle: Path, fingerprint: str) -> bytes:
+    """The manifest, read once, and its signature made by the key FINGERPRINT names, before anything in it
+    is believed. Returns the bytes checked: what is parsed and reported is what was signed, whatever
+    happens to the file afterwards."""
     where = shown(bundle)
     if not (bundle / MANIFEST).is_file():
         raise BadInput(f"{where}/{MANIFEST} does not exist, so nothing in the bundle can be verified: build the bundle "
                        "with make bundle (or copy the whole bundle/ again)")
+    text = (bundle / MANIFEST).read_bytes()
     if not fingerprint:
         raise BadInput("no signing key fingerprint to check the bundle against: set sophon_sd_bundle_signing_fingerprint in "
                        "the inventory's group_vars/all (make bundle-key prints it), or pass --fingerprint")
@@ -971,7 +991,10 @@ def check_signature(bundle: Path, fingerprint: str) -> None:
         if not (bundle / rel).is_file():
             raise BadInput(f"{where}/{rel} does not exist, so the manifest is not signed: rerun make bundle on the control "
                            "node that holds the signing key (make bundle-key), or copy the whole bundle/ again")
-    found = signer(bundle / PUBLIC_KEY, bundle / SIGNATURE, bundle / MANIFEST)
+    with tempfile.TemporaryDirectory(prefix="sdkit-manifest-") as scratch:
+        checked = Path(scratch) / MANIFEST
+        checked.write_bytes(text)
+        found = signer(bundle / PUBLIC_KEY, bundle / SIGNATURE, checked)
     if not found:
         raise BadInput(f"{where}/{SIGNATURE} is not a good signature of {where}/{MANIFEST} by the key in {PUBLIC_KEY} "
                        "(changed after it was signed?): rerun make bundle on the control node that holds the signing key, "
@@ -980,12 +1003,19 @@ def check_signature(bundle: Path, fingerprint: str) -> None:
         raise BadInput(f"{where}/{MANIFEST} is signed by key {found}, not by {fingerprint} "
                        "(sophon_sd_bundle_signing_fingerprint): use a bundle built with that key, or set the fingerprint "
                        "make bundle-key printed for the key you trust")
+    return text
 
 
 def verify(args: argparse.Namespace) -> int:
     bundle: Path = args.bundle_dir
-    check_signature(bundle, normalize(args.fingerprint))
-    header, entries = load_manifest(bundle)
+    text = check_signature(bundle, normalize(args.fingerprint))
+    header, entries = load_manifest(bundle, text)
+    serial = serial_of(header)
+    if not serial:
+        # Hosts refuse a bundle older than the last they got by this number: without it, any old signed
+        # bundle (with the packages a newer one replaced) would pass.
+        raise BadInput(f"{shown(bundle)}/{MANIFEST} has no serial (a bundle made before serials): rebuild it with make bundle "
+                       "on the control node that holds the signing key, which numbers and signs it")
     problems = []
     size = 0
     where = shown(bundle)
@@ -1017,7 +1047,9 @@ def verify(args: argparse.Namespace) -> int:
     missing = header.get("missing") or []
     note = f"; not in it: {', '.join(item['name'] for item in missing)}" if missing else ""
     print(f"bundle OK: {len(entries)} files, {size / 2**20:.0f} MiB match {bundle}/{MANIFEST}, signed by "
-          f"{normalize(args.fingerprint)} (profiles {' '.join(header.get('profiles') or {}) or 'none'}){note}")
+          f"{normalize(args.fingerprint)}, serial {serial} (profiles {' '.join(header.get('profiles') or {}) or 'none'}){note}")
+    if args.facts:
+        print(json.dumps({"sha256": hashlib.sha256(text).hexdigest(), "serial": serial}))
     return 0
 
 
@@ -1078,6 +1110,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     verify_parser.add_argument("--fingerprint", default="",
                                help="the fingerprint of the key that must have signed the manifest "
                                     "(sophon_sd_bundle_signing_fingerprint; make bundle-key prints it)")
+    verify_parser.add_argument("--facts", action="store_true",
+                               help="on success, end with one JSON line: the sha256 of the manifest bytes that were "
+                                    "verified and its serial (playbooks/preflight.yml records them; the roles that push "
+                                    "from the bundle compare the manifest they find with that sha256)")
     return parser.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ state afterwards.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -31,6 +32,28 @@ KIT_VENV = "/opt/sophon-sd/venv"
 # The profile the test hosts run (profiles/tutorial-2023-cpu: Debian 12's Python 3.11, torch 2.13.0 CPU),
 # the one make test-bundle builds the wheelhouse for.
 TEST_PROFILE = "tutorial-2023-cpu"
+# The key make test-bundle signs the repo's bundle with: the playbooks check the bundle against it.
+TEST_GNUPGHOME = REPO / "build" / "test-bundle-gnupg"
+BUNDLE_TOOL = REPO / "tools" / "sdkit_bundle.py"
+
+
+def bundle_fingerprint() -> str:
+    return (TEST_GNUPGHOME / "fingerprint").read_text().strip()
+
+
+def build_bundle(path: Path, gnupghome: Path = TEST_GNUPGHOME, profile: str = TEST_PROFILE) -> Path:
+    """A small signed bundle in PATH for PROFILE: its source archives (from the repo's bundle), whatever the
+    caller already put in PATH (an apt/ and apt.tar, vendor files), no wheels; built and signed as make bundle does."""
+    (path / "sources").mkdir(parents=True, exist_ok=True)
+    names = subprocess.run([sys.executable, str(BUNDLE_TOOL), "sources", "--profile", profile],
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in names:
+        shutil.copy2(REPO / "bundle/sources" / name, path / "sources" / name)
+    built = subprocess.run([sys.executable, str(BUNDLE_TOOL), "build", "--bundle-dir", str(path), "--profile", profile,
+                            "--no-wheelhouse", "--no-apt", "--accept-changes", "--gnupghome", str(gnupghome)],
+                           capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return path
 
 
 @dataclass
@@ -64,11 +87,14 @@ class SshHost:
         subprocess.run(["scp", "-q", "-r", "-F", str(self.hosts.ssh_config), str(local), f"{self.name}:{remote}"],
                        check=True, capture_output=True)
 
-    def play(self, playbook: str | Path, extra_vars: dict | None = None, tags: str | None = None) -> PlayResult:
-        """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins."""
+    def play(self, playbook: str | Path, extra_vars: dict | None = None, tags: str | None = None,
+             skip_tags: str | None = None) -> PlayResult:
+        """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins
+        and the test bundle's signing key."""
         inventory = self.hosts.run_dir / f"{self.name}.json"
         inventory.write_text(json.dumps({"all": {"hosts": {self.name: self.hosts.inventory_vars(self.name)}}}))
-        variables = {"ansible_become": False, "sophon_sd_profile": TEST_PROFILE, **(extra_vars or {})}
+        variables = {"ansible_become": False, "sophon_sd_profile": TEST_PROFILE,
+                     "sophon_sd_bundle_signing_fingerprint": bundle_fingerprint(), **(extra_vars or {})}
         command = [
             "ansible-playbook", str(REPO / "playbooks" / playbook),  # an absolute path stays as it is
             "-i", str(inventory),
@@ -77,6 +103,8 @@ class SshHost:
         ]
         if tags:
             command += ["--tags", tags]
+        if skip_tags:
+            command += ["--skip-tags", skip_tags]
         env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         return PlayResult(result.returncode, result.stdout + result.stderr)

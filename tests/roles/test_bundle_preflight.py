@@ -7,13 +7,13 @@ checked on the control node too (an unknown name, a profile the bundle was not b
 """
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import build_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools/sdkit_bundle.py"
@@ -45,21 +45,12 @@ class Bundle:
 
 @pytest.fixture
 def bundle(tmp_path, signing_home) -> Bundle:
-    path = tmp_path / "bundle"
     # The profile's source archives are the smallest complete bundle (no wheels, no apt); the repo's
     # bundle/sources also holds the other test profile's, which this manifest would not list.
-    (path / "sources").mkdir(parents=True)
-    names = subprocess.run([sys.executable, str(TOOL), "sources", "--profile", PROFILE],
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in names:
-        shutil.copy2(REPO / "bundle/sources" / name, path / "sources" / name)
-    (path / "vendor").mkdir()
+    path = tmp_path / "bundle"
+    (path / "vendor").mkdir(parents=True)
     (path / VENDOR).write_bytes(b"the file Sophgo published")
-    built = subprocess.run([sys.executable, str(TOOL), "build", "--bundle-dir", str(path), "--profile", PROFILE,
-                            "--no-wheelhouse", "--no-apt", "--gnupghome", str(signing_home)],
-                           capture_output=True, text=True, check=False)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return Bundle(path, (signing_home / "fingerprint").read_text().strip())
+    return Bundle(build_bundle(path, signing_home, PROFILE), (signing_home / "fingerprint").read_text().strip())
 
 
 def stopped_before_any_host(result: subprocess.CompletedProcess, *expected: str) -> None:

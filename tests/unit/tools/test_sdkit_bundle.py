@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -477,3 +479,49 @@ def test_links_special_files_and_dot_files_inside_the_tars_are_refused(with_whee
     assert (f"{with_wheels.bundle}/{tar_name}: member {member[2:]} is {why}; fix: rerun make bundle "
             f"(it writes {tar_name} from plain files only)") in result.stdout.splitlines()
     assert "unsigned until the problems are fixed" in result.stdout
+
+
+# --------------------------------------------------------------------------- serial (issue 21, item 7)
+
+
+def test_each_new_manifest_gets_a_higher_serial_and_a_rerun_keeps_it(built):
+    """Hosts refuse a bundle whose serial is below the last one they got: it must only go up."""
+    first = built.manifest()["serial"]
+    assert isinstance(first, int) and first >= 20250101000000
+    assert built.build().returncode == 0
+    assert built.manifest()["serial"] == first
+    (built.bundle / "vendor/sophon-libsophon_0.5.1_amd64.deb").write_bytes(b"a newer deb")
+    assert built.build("--accept-changes").returncode == 0
+    assert built.manifest()["serial"] > first
+
+
+def test_a_bundle_rebuilt_without_its_old_manifest_still_gets_a_higher_serial(built):
+    """Another control node (or a fresh clone) has no old manifest to count from: the clock still moves it up."""
+    first = built.manifest()["serial"]
+    for rel in ("manifest.yml", "manifest.yml.asc"):
+        (built.bundle / rel).unlink()
+    time.sleep(1.1)
+    assert built.build().returncode == 0
+    assert built.manifest()["serial"] > first
+
+
+def test_verify_refuses_a_signed_manifest_without_a_serial(built):
+    """A bundle made before serials cannot be ordered against what hosts have, so it is refused, not waved through."""
+    manifest = built.bundle / "manifest.yml"
+    manifest.write_text("".join(line for line in manifest.read_text().splitlines(keepends=True) if not line.startswith("serial:")))
+    sign = ["gpg", "--homedir", str(built.gnupghome), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*sign, "--yes", "--armor", "--local-user", built.fingerprint, "--detach-sign", "--output",
+                    str(built.bundle / "manifest.yml.asc"), str(manifest)], check=True, capture_output=True)
+    result = built.verify()
+    assert result.returncode == 2
+    assert f"{built.bundle}/manifest.yml has no serial (a bundle made before serials): rebuild it with make bundle" \
+        in result.stderr
+
+
+def test_verify_reports_the_sha256_and_serial_of_the_manifest_it_verified(built):
+    """The preflight records these; the roles refuse to push unless the manifest they find has that sha256."""
+    result = run("verify", "--bundle-dir", str(built.bundle), "--fingerprint", built.fingerprint, "--facts")
+    assert result.returncode == 0, result.stdout + result.stderr
+    facts = json.loads(result.stdout.splitlines()[-1])
+    assert facts == {"sha256": sha256(built.bundle / "manifest.yml"), "serial": built.manifest()["serial"]}
+    assert f", serial {facts['serial']} " in result.stdout

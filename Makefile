@@ -42,9 +42,10 @@ profiles/%/profile.yml:
 # The profile's constraints.txt is the whole, closed dependency set: tools/sdkit_bundle.py wheelhouse
 # downloads each entry with --no-deps, for the Python of its profile.yml rather than this machine's, into
 # bundle/wheelhouse/<profile>/ and bundle/wheelhouse-<profile>.tar (what that profile's hosts get). It
-# refuses a profile without a resolved set (profile.yml's wheelhouse_blocked, or no constraints.txt).
+# refuses a profile without a resolved set (profile.yml's wheelhouse_blocked, or no constraints.txt). A profile's
+# torch_index (a name in profiles/torch-indexes.yml) is where its torch and torchvision come from.
 .SECONDEXPANSION:
-$(BUNDLE)/.wheelhouse-%: profiles/%/profile.yml $$(wildcard profiles/$$*/constraints.txt) | $(VENV)/.installed
+$(BUNDLE)/.wheelhouse-%: profiles/%/profile.yml $$(wildcard profiles/$$*/constraints.txt) profiles/torch-indexes.yml | $(VENV)/.installed
 	$(BIN)/python tools/sdkit_bundle.py wheelhouse --bundle-dir $(BUNDLE) --profile $*
 	touch $@
 

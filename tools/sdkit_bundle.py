@@ -71,6 +71,9 @@ from sdkit_signing import FINGERPRINT, SigningError, create_key, export_public, 
 
 ROLES = REPO / "roles"
 PROFILES = REPO / "profiles"
+# Where a profile's torch_index name finds its URL (the one home of those URLs), and what comes from there.
+TORCH_INDEXES = PROFILES / "torch-indexes.yml"
+TORCH_PROJECTS = ("torch", "torchvision")
 MANIFEST = "manifest.yml"
 # The manifest's detached signature and the public half of the key that made it (tools/sdkit_signing.py).
 SIGNATURE = "manifest.yml.asc"
@@ -111,6 +114,14 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()) or {}
 
 
+def in_kit(path: Path) -> str:
+    """PATH as messages name it: relative to the repository when inside it (profiles/x/profile.yml)."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def profile_names() -> List[str]:
     return sorted(path.parent.name for path in PROFILES.glob("*/profile.yml"))
 
@@ -119,14 +130,14 @@ def load_profile(name: str) -> dict:
     """profiles/NAME/profile.yml; an unknown name is the operator's to fix, with the names that exist."""
     path = PROFILES / name / "profile.yml"
     if not path.is_file():
-        raise BadInput(f"no profile {name!r} (no {path.relative_to(REPO)}): the profiles are {', '.join(profile_names())}; "
+        raise BadInput(f"no profile {name!r} (no {in_kit(path)}): the profiles are {', '.join(profile_names())}; "
                        "fix: pass one of them (make ... PROFILE=<name> or PROFILES='<name> ...')")
     try:
         profile = yaml.safe_load(path.read_text()) or {}
         for key in ("python", "torch", "libraries"):
             profile[key]  # noqa: B018 - present, or the KeyError below names it
     except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise BadInput(f"{path.relative_to(REPO)} is not a profile ({exc}): fix it as profiles/tutorial-2023/profile.yml is written") from None
+        raise BadInput(f"{in_kit(path)} is not a profile ({exc}): fix it as profiles/tutorial-2023/profile.yml is written") from None
     return profile
 
 
@@ -921,6 +932,58 @@ def sdist_names(profile: dict) -> List[str]:
     return [f"{library['name']}-{library['version']}.tar.gz" for library in profile["libraries"]]
 
 
+def torch_index(name: str, profile: dict) -> str:
+    """The simple index (PEP 503 root) the profile's torch and torchvision come from, or '' for pip's own index.
+
+    A profile names its index (torch_index: pytorch-cpu) and TORCH_INDEXES maps each name to its URL, so that
+    the URL has one home that the operator points at a mirror. Plain http only on the loopback: a wheelhouse
+    is signed as downloaded, so a torch swapped in transit would be signed too."""
+    key = str(profile.get("torch_index") or "")
+    if not key:
+        return ""
+    where = in_kit(PROFILES / name / "profile.yml")
+    try:
+        indexes = yaml.safe_load(TORCH_INDEXES.read_text()) or {}
+        url = str(indexes[key]).rstrip("/")
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise BadInput(f"{where} takes torch from the index {key!r}, which {in_kit(TORCH_INDEXES)} does not map to a URL "
+                       f"({type(exc).__name__}: {exc}). Fix: add `{key}: <the index's simple URL>` there, or drop "
+                       f"torch_index from {where}") from None
+    parts = urllib.parse.urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if not (parts.scheme == "https" and parts.hostname) and not (parts.scheme == "http" and loopback):
+        raise BadInput(f"{in_kit(TORCH_INDEXES)}: {key} is {url!r}, not an https URL (plain http only on 127.0.0.1, a local "
+                       "mirror): the wheels downloaded from it are signed into the bundle as they arrive. Fix: give its https URL")
+    return url
+
+
+def torch_index_answers(url: str, key: str) -> None:
+    """Ask the index for torch's page before pip does: pip retries an unreachable index for minutes and ends
+    with 'no matching distribution', which reads like a wrong pin."""
+    try:
+        urllib.request.urlopen(f"{url}/torch/", timeout=15).close()
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"the torch index {key} ({url}, {in_kit(TORCH_INDEXES)}) did not answer for torch ({exc}). Fix: run "
+                       f"make wheelhouse on a control node that reaches it, or point {key} in {in_kit(TORCH_INDEXES)} at a "
+                       "mirror of it (a PEP 503 simple index)") from None
+
+
+def torch_pip_env() -> Dict[str, str]:
+    """pip's environment for the download from a profile's torch index: no config files and no other index or
+    find-links, so that the named index is the only place torch can come from (an extra index with a higher
+    torch would otherwise win). A CA for that index goes in PIP_CERT, which stays."""
+    dropped = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CONSTRAINT")
+    return {**{key: value for key, value in os.environ.items() if key not in dropped}, "PIP_CONFIG_FILE": os.devnull}
+
+
+def split_torch_pins(pins: List[str]) -> Tuple[List[str], List[str]]:
+    """(torch and torchvision pins, the others) of constraints.txt's lines."""
+    def project(line: str) -> str:
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else ""
+    return [line.strip() for line in pins if project(line) in TORCH_PROJECTS], [line for line in pins if project(line) not in TORCH_PROJECTS]
+
+
 def download_wheelhouse(args: argparse.Namespace) -> int:
     """wheelhouse/<profile>/ from the profile's constraints.txt (the whole closed set, so --no-deps downloads
     exactly what the hosts install, for the profile's Python rather than this machine's), the libraries'
@@ -941,15 +1004,25 @@ def download_wheelhouse(args: argparse.Namespace) -> int:
         raise BadInput(f"profiles/{name}/constraints.txt {'has no pins' if constraints.is_file() else 'does not exist'}: the "
                        f"profile {name} has no resolved dependency set yet. Fix: resolve it for Python {profile['python']} "
                        "(pip install --dry-run --report, see the README's profile table) and commit it; or pick another profile")
+    index = torch_index(name, profile)
+    torch_pins, other_pins = split_torch_pins(pins) if index else ([], pins)
+    if index:
+        torch_index_answers(index, str(profile["torch_index"]))
     folder = bundle / "wheelhouse" / name
     folder.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     python = args.python or str(profile["python"])
-    subprocess.run([*pip, "--only-binary=:all:", "--dest", str(folder), "--python-version", python,
-                    "--implementation", "cp", *platforms, "-r", str(constraints)], check=True)
+    wheels = [*pip, "--only-binary=:all:", "--dest", str(folder), "--python-version", python, "--implementation", "cp", *platforms]
+    if torch_pins:
+        subprocess.run([*wheels, "--index-url", index, *torch_pins], check=True, env=torch_pip_env())
+    with tempfile.NamedTemporaryFile("w", prefix="sdkit-constraints-", suffix=".txt") as others:
+        others.write("".join(line + "\n" for line in other_pins))
+        others.flush()
+        subprocess.run([*wheels, "-r", others.name], check=True)
     specs = [f"{library['name']}=={library['version']}" for library in profile["libraries"]]
-    subprocess.run([*pip, "--no-binary=:all:", "--dest", str(bundle / "sources"), *specs], check=True)
+    if specs:
+        subprocess.run([*pip, "--no-binary=:all:", "--dest", str(bundle / "sources"), *specs], check=True)
     wheels = sorted(path for path in folder.iterdir() if path.is_file())
     partial = bundle / f".{wheelhouse_tar(name)}.partial"
     with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
@@ -1094,6 +1167,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     wheel_parser.add_argument("--profile", required=True, help="a folder of profiles/ (PROFILE of make wheelhouse)")
     wheel_parser.add_argument("--python", default="",
                               help="download for this Python instead of the profile's (make test-profile: Debian 12's 3.11)")
+    wheel_parser.add_argument("--profiles-dir", type=Path, default=PROFILES,
+                              help="the folder of profiles and torch-indexes.yml (default: the repo's profiles/)")
 
     sources_parser = commands.add_parser("sources", help="print a profile's sdist file names")
     sources_parser.add_argument("--profile", required=True, help="a folder of profiles/")
@@ -1136,6 +1211,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.gnupghome = args.gnupghome.resolve()
     if getattr(args, "assets_from", None) is not None:
         args.assets_from = args.assets_from.resolve()
+    if getattr(args, "profiles_dir", None) is not None:
+        global PROFILES, TORCH_INDEXES  # noqa: PLW0603 - one run reads one folder of profiles
+        PROFILES, TORCH_INDEXES = args.profiles_dir.resolve(), args.profiles_dir.resolve() / TORCH_INDEXES.name
     try:
         return {"build": build, "verify": verify, "key": key, "wheelhouse": download_wheelhouse,
                 "sources": sources}[args.command](args)

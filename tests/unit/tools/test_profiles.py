@@ -61,8 +61,9 @@ def test_constraints_pin_the_profiles_torch_and_the_patches_exist(name):
         pytest.skip(f"{name} is unresolved (no constraints.txt)")
     assert "wheelhouse_blocked" not in profile, f"{name} has a constraints.txt: drop wheelhouse_blocked"
     pinned = pins(name)
-    assert pinned.get("torch") == profile["torch"]
-    assert pinned.get("torchvision", "") == profile["torchvision"]
+    # The local label (+cpu) names the build; the roles and the preflight compare the public version.
+    assert pinned.get("torch", "").split("+")[0] == profile["torch"]
+    assert pinned.get("torchvision", "").split("+")[0] == profile["torchvision"]
     for patch in profile["patches"]:
         assert (REPO / "patches" / patch["patch"]).is_file(), f"{name}: patches/{patch['patch']} missing"
 
@@ -89,3 +90,22 @@ def test_every_patched_library_is_pinned_to_its_tags_commit(name):
             assert not any(p["library"] == library["name"] for p in profile["patches"]), library
             continue
         assert re.fullmatch(r"[0-9a-f]{40}", str(library["commit"])), f"{name}: pin {library['name']} {library['tag']}"
+
+
+TORCH_INDEXES = yaml.safe_load((REPO / "profiles" / "torch-indexes.yml").read_text())
+REAL_PROFILES = [name for name in PROFILES if load(name)["python"] == "3.10"]
+
+
+@pytest.mark.parametrize("name", REAL_PROFILES)
+def test_the_real_profiles_take_the_cpu_build_of_torch_from_the_named_index(name):
+    """A BM1684X host runs torch on the CPU beside torch_tpu: the CUDA build's nvidia-* wheels are 2.5 GB it
+    cannot use. Sophgo installs torch==X+cpu from PyTorch's CPU index; so do the real profiles."""
+    profile = load(name)
+    assert profile.get("torch_index") in TORCH_INDEXES, f"{name}: name an index of profiles/torch-indexes.yml"
+    assert TORCH_INDEXES[profile["torch_index"]].startswith("https://")
+    constraints = REPO / "profiles" / name / "constraints.txt"
+    if constraints.is_file():
+        pinned = pins(name)
+        assert pinned["torch"] == f"{profile['torch']}+cpu"
+        assert pinned["torchvision"] == f"{profile['torchvision']}+cpu"
+        assert not [pin for pin in pinned if pin.startswith("nvidia-") or pin == "triton"], f"{name} pins CUDA packages"

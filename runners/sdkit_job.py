@@ -535,7 +535,8 @@ def describe(status: dict) -> str:
     if status["state"] != "absent":
         step, total = count(status.get("step")), count(status.get("total_steps"))
         parts.append(f"step {'?' if step is None else step}/{total or '?'}")
-        loss, elapsed, attempts = number(status.get("loss")), number(status.get("elapsed_s")), count(status.get("attempts"))
+        loss, elapsed = number(status.get("loss")), number(status.get("elapsed_s"))
+        attempts = count(status.get("attempts"))
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         parts.append(f"{elapsed:.0f} s" if elapsed is not None else "? s")

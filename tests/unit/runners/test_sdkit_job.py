@@ -454,7 +454,7 @@ def test_root_works_on_the_runs_folder_only_as_the_runner_user(tmp_path):
     assert list(root_only.iterdir()) == []
 
 
-# --------------------------------------------------------------------------- what the runner user writes (issue 21 item 9)
+# --------------------------------------------------------------------------- the runner user's files (issue 21 item 9)
 
 
 def forged_job(job_dir, metrics=None, attempt=None):

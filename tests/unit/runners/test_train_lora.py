@@ -633,7 +633,8 @@ HERE.parent.joinpath("script-ran").write_text("yes")
 
 class Scripted(datasets.GeneratorBasedBuilder):
     def _info(self):
-        return datasets.DatasetInfo(features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}))
+        features = {"image": datasets.Image(), "text": datasets.Value("string")}
+        return datasets.DatasetInfo(features=datasets.Features(features))
 
     def _split_generators(self, dl_manager):
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]

@@ -146,7 +146,8 @@ def test_fifos_and_oversized_files_from_a_host_neither_hang_nor_count(run_dir):
     for name in ("metrics.jsonl", "run.json"):
         (job / name).unlink()
         os.mkfifo(job / name)
-    (run_dir / "host-b" / "status.json").write_text(json.dumps({"state": "finished", "jobs": [], "pad": "x" * (2 << 20)}))
+    oversized = {"state": "finished", "jobs": [], "pad": "x" * (2 << 20)}
+    (run_dir / "host-b" / "status.json").write_text(json.dumps(oversized))
     out = subprocess.run([sys.executable, str(REPORT), str(run_dir)], capture_output=True, text=True, timeout=30,
                          check=True).stdout
     assert row(out, "host-a", "cpu")[:4] == ["host-a", "cpu", "finished", "no metrics"]

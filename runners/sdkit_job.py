@@ -460,7 +460,8 @@ def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
 def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
     """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run."""
     records = {d: read_json(d / "job.json") or {} for d in job_dirs}
-    queued = {d: r for d, r in records.items() if r.get("scheduler") == "slurm" and r.get("attempts")}
+    queued = {d: r for d, r in records.items()
+              if r.get("scheduler") == "slurm" and r.get("attempts") and isinstance(r.get("slurm_name"), str)}
     units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
     live = {d: systemd_live(units[unit_name(d)]) for d in job_dirs if d not in queued}
     try:

@@ -524,3 +524,10 @@ def test_a_huge_metrics_file_is_read_from_its_end_only(job_tool):
         handle.write("x" * (64 << 20) + "\n" + json.dumps({"step": 7, "loss": 0.25}) + "\n")
     job = only_job(status_within(job_tool, seconds=10))
     assert (job["step"], job["loss"]) == (7, 0.25)
+
+
+def test_a_slurm_record_without_its_name_does_not_crash_status(job_tool):
+    forged_job(job_tool.job_dir)
+    record = json.loads((job_tool.job_dir / "job.json").read_text())
+    (job_tool.job_dir / "job.json").write_text(json.dumps({**record, "scheduler": "slurm", "slurm_name": ["x"]}))
+    assert only_job(status_within(job_tool))["state"] == "finished"

@@ -7,11 +7,16 @@ them together after the recap, so an operator sees which hosts to fix and why wi
 It also shows progress while a task polls with until/retries (playbooks/tasks/train_poll.yml): when
 a round's output is a JSON object with `lines`, those lines are printed for the host each round,
 where Ansible itself only says how many retries are left.
+
+Both come from the hosts, so both go through sdkit_files.printable first: an escape sequence in a
+job's name or a failure message would otherwise reach the operator's terminal.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 DOCUMENTATION = """
     name: sophon_fleet_report
@@ -26,6 +31,10 @@ DOCUMENTATION = """
 
 from ansible.plugins.callback import CallbackBase
 
+# The runners' stdlib-only helpers (as tools/sdkit_report.py uses them).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runners"))
+from sdkit_files import printable  # noqa: E402
+
 MESSAGE_LIMIT = 300
 
 
@@ -39,7 +48,7 @@ def summarize(result: dict) -> str:
     detail = module_error or (summarize(failed_item) if failed_item else "")
     if detail:
         message = f"{message}: {detail}" if message else detail
-    message = " ".join(str(message).split())
+    message = " ".join(printable(message).split())
     return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 3] + "..."
 
 
@@ -73,7 +82,7 @@ class CallbackModule(CallbackBase):
         if isinstance(progress, dict) and isinstance(progress.get("lines"), list):
             host = result._host.get_name()
             for line in progress["lines"]:
-                self._display.display(f"  [{host}] {line}")
+                self._display.display(f"  [{host}] {printable(line)}")
 
     def v2_runner_item_on_failed(self, result) -> None:
         # Items are summed up by v2_runner_on_failed for the whole loop; nothing to do per item.

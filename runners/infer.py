@@ -18,9 +18,9 @@ Examples::
 Noise is drawn from a generator on the device seeded with ``--seed``, so the same seed on
 the same device gives the same pixels.
 
-LoRA weights are read from ``.safetensors`` only: a ``.bin`` is a pickle, and loading one runs
-whatever code it holds (torch 2.1's ``torch.load``). ``--allow_pickle`` lets the operator load a
-``.bin`` they trust, such as the tutorial's sayakpaul/sd-model-finetuned-lora-t4. Weights made for
+Base-model and LoRA weights are read from ``.safetensors`` only: a ``.bin`` is a pickle, and loading
+one runs whatever code it holds (torch 2.1's ``torch.load``). ``--allow_pickle`` lets the operator
+load a ``.bin`` they trust, such as the tutorial's sayakpaul/sd-model-finetuned-lora-t4. Weights made for
 another base model are refused before generation starts, with the first layer that does not fit.
 """
 
@@ -62,7 +62,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--prompt", action="append", default=None,
                         help=f"Prompt; repeat for several prompts (default {DEFAULT_PROMPT!r}).")
     parser.add_argument("--allow_pickle", action="store_true",
-                        help="Also load LoRA weights saved as a pickle (.bin, e.g. the tutorial's "
+                        help="Also load LoRA and base-model weights saved as a pickle (.bin, e.g. the tutorial's "
                              "sayakpaul/sd-model-finetuned-lora-t4). Loading a pickle can run code hidden in it: "
                              "pass this only for files whose origin you trust.")
     parser.add_argument("--num_images", type=int, default=1, help="Images per prompt.")
@@ -202,6 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = sdkit_env.resolve_dtype(args.dtype, device)
     assets = sdkit_env.assets_root(args.assets)
     model_dir = sdkit_env.resolve_model_dir(args.model, assets)
+    sdkit_env.check_model_weights(model_dir, args.allow_pickle)
     lora_source = sdkit_env.resolve_source(args.lora, assets) if args.lora else None
     sdkit_env.configure_offline(model_dir, lora_source)
     sdkit_env.apply_hub_token()
@@ -216,7 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Global seeding as the tutorial does, for anything not driven by the generator below.
     sdkit_env.seed_everything(args.seed)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(model_dir, revision=None, torch_dtype=dtype)
+        pipe = StableDiffusionPipeline.from_pretrained(model_dir, revision=None, torch_dtype=dtype,
+                                                       **sdkit_env.safe_weights(args.allow_pickle))
     except (OSError, ValueError) as exc:
         if os.path.isdir(model_dir):
             raise RunnerError(f"cannot load the Stable Diffusion pipeline in '{model_dir}': {exc}") from None

@@ -188,7 +188,8 @@ def build_pipeline(out_dir: os.PathLike, shapes: PipelineShapes = TINY, seed: in
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir)
+    # safetensors whatever the library's default: the runners load no pickled base model without --allow_pickle.
+    pipe.save_pretrained(out_dir, safe_serialization=True)
     shutil.rmtree(tokenizer_dir)
     return out_dir
 
@@ -259,7 +260,7 @@ def tiny_lora_tensors(model_dir: os.PathLike, rank: int = 4, seed: int = 1) -> D
     """
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", use_safetensors=True)
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, (hidden, cross) in sdkit_env.attention_dims(unet).items():

@@ -8,10 +8,16 @@ does for PIL images too, so the pixels match upstream's pipeline.
 Randomness (crop offset, flip) comes from a generator seeded by (seed, epoch, row): the
 same row in the same epoch always gets the same augmentation, which is what lets a
 resumed run repeat an uninterrupted one exactly.
+
+A dataset that ships a loading script (``<name>.py``) is Python that datasets would import, as the
+runner user; datasets 2.14 does so without asking. Such a dataset is refused unless the operator
+passes ``--allow_dataset_script``. Local parquet files, image folders and save_to_disk folders are
+read as data only.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import os
@@ -28,6 +34,9 @@ from sdkit_env import RunnerError, assets_root, hub_error, resolve_source
 logger = logging.getLogger("sdkit")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+ALLOW_SCRIPT_FLAG = "--allow_dataset_script"
+# Where datasets keeps the builders it ships (parquet, imagefolder, ...): data readers, no hub code.
+PACKAGED_MODULES = "datasets.packaged_modules."
 
 
 def _load_local(path: Path, cache_dir: Optional[str]):
@@ -61,12 +70,44 @@ def _load_local_split(path: Path, cache_dir: Optional[str]):
     )
 
 
+def local_script(path: Path) -> Optional[Path]:
+    """The loading script of a local dataset, where datasets would look for one: the path itself when it
+    is a .py file, else <folder>/<folder>.py."""
+    if path.is_file():
+        return path if path.suffix == ".py" else None
+    script = path / f"{path.name}.py"
+    return script if script.is_file() else None
+
+
+def script_refused(dataset_name: str, script: str) -> RunnerError:
+    return RunnerError(f"dataset '{dataset_name}' ships a loading script ({script}): Python that would run as this "
+                       f"user. Use a parquet or image-folder copy of it, or pass {ALLOW_SCRIPT_FLAG} if you trust "
+                       "where it came from")
+
+
+def trust_kwargs(function, allow_script: bool) -> Dict[str, bool]:
+    """datasets >= 2.16 asks before it runs a script (trust_remote_code); 2.14 has no such argument."""
+    return {"trust_remote_code": allow_script} if "trust_remote_code" in inspect.signature(function).parameters else {}
+
+
+def hub_script(source: str, cache_dir: Optional[str]) -> Optional[str]:
+    """The module a hub (or hub cache) dataset resolves to, when it is a loading script rather than one of
+    datasets' own readers. Resolving copies the script into the modules cache; nothing imports it."""
+    from datasets.load import dataset_module_factory
+
+    cache = {"cache_dir": cache_dir} if cache_dir else {}
+    # Trusted here only so that 2.16+ resolves the module instead of refusing: it is refused below.
+    module = dataset_module_factory(source, **cache, **trust_kwargs(dataset_module_factory, True))
+    return None if module.module_path.startswith(PACKAGED_MODULES) else module.module_path
+
+
 def load_train_split(dataset_name: Optional[str], train_data_dir: Optional[str], dataset_config_name: Optional[str] = None,
-                     cache_dir: Optional[str] = None, assets: Optional[Path] = None):
+                     cache_dir: Optional[str] = None, assets: Optional[Path] = None, allow_script: bool = False):
     """Return the training split as a ``datasets.Dataset``.
 
     ``--dataset_name`` may be a hub name (mapped to the download share when SOPHON_SD_ASSETS
-    is set), a local parquet file or folder; ``--train_data_dir`` is an imagefolder.
+    is set), a local parquet file or folder; ``--train_data_dir`` is an imagefolder. One that ships
+    a loading script only with ``allow_script``.
     """
     import datasets
 
@@ -75,10 +116,21 @@ def load_train_split(dataset_name: Optional[str], train_data_dir: Optional[str],
     if dataset_name is not None:
         source = resolve_source(dataset_name, assets)
         if os.path.exists(source):
-            return _load_local(Path(source), cache_dir)
+            script = local_script(Path(source))
+            if script is None:
+                return _load_local(Path(source), cache_dir)
+            if not allow_script:
+                raise script_refused(dataset_name, str(script))
         try:
-            loaded = datasets.load_dataset(source, dataset_config_name, cache_dir=cache_dir, data_dir=train_data_dir)
+            script = None if allow_script else hub_script(source, cache_dir)
         except Exception as exc:  # hub unreachable, dataset removed (pokemon was taken down in 2024), typo
+            raise hub_error("dataset", dataset_name, exc) from None
+        if script:
+            raise script_refused(dataset_name, script)
+        try:
+            loaded = datasets.load_dataset(source, dataset_config_name, cache_dir=cache_dir, data_dir=train_data_dir,
+                                           **trust_kwargs(datasets.load_dataset, allow_script))
+        except Exception as exc:
             raise hub_error("dataset", dataset_name, exc) from None
         return loaded["train"]
     folder = Path(train_data_dir)
@@ -261,7 +313,8 @@ def check_captions(dataset, caption_column: str) -> None:
 def load_rows(args, seed: int):
     """The training rows described by the trainer's arguments, checked: columns, rows, captions, images."""
     assets = assets_root(getattr(args, "assets", None))
-    dataset = load_train_split(args.dataset_name, args.train_data_dir, args.dataset_config_name, args.cache_dir, assets)
+    dataset = load_train_split(args.dataset_name, args.train_data_dir, args.dataset_config_name, args.cache_dir, assets,
+                               getattr(args, "allow_dataset_script", False))
     check_columns(dataset, args.image_column, args.caption_column)
     dataset = undecoded(dataset, args.image_column)
     if args.max_train_samples is not None:

@@ -10,6 +10,7 @@ The runners are plain scripts deployed next to this file (for example under
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -345,6 +346,47 @@ def resolve_model_dir(name_or_path: str, assets: Optional[Path]) -> str:
             "folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
         )
     return source
+
+
+# Weights that torch.load unpickles (torch 2.1 with a full unpickler: a file can run any code), and the
+# names under which diffusers and transformers look for safetensors first, whole or sharded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFE_WEIGHTS = tuple(f"{stem}.safetensors{index}" for stem in ("diffusion_pytorch_model", "model")
+                     for index in ("", ".index.json"))
+ALLOW_PICKLE_FLAG = "--allow_pickle"
+
+
+def safe_weights(allow_pickle: bool) -> Dict[str, Optional[bool]]:
+    """from_pretrained's keyword for a base model: safetensors only, unless the operator allowed pickles
+    (then the libraries' own choice, which still prefers safetensors where both are there)."""
+    return {"use_safetensors": None if allow_pickle else True}
+
+
+def check_model_weights(model_dir: str, allow_pickle: bool) -> None:
+    """Refuse a local pipeline folder whose UNet, VAE, text encoder (or any component) has its weights only as
+    a pickle, before anything loads.
+
+    Checked here rather than left to use_safetensors=True: transformers (4.29 and 4.41) still loads a
+    local pytorch_model.bin with it, and diffusers 0.20's pipeline passes it on to no component.
+    A hub id is left to use_safetensors=True, which the libraries do honour for downloads.
+    """
+    folder = Path(model_dir)
+    if allow_pickle or not folder.is_dir():
+        return
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return  # resolve_model_dir found it; the pipeline's own loader says what is wrong with it
+    components = [folder / name for name, value in sorted(index.items())
+                  if not name.startswith("_") and isinstance(value, list) and (folder / name).is_dir()]
+    for component in components:
+        if any((component / name).is_file() for name in SAFE_WEIGHTS):
+            continue
+        pickles = sorted(p.name for p in component.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise RunnerError(f"model folder '{folder}' has {component.name} weights only as a pickle ({pickles[0]}), "
+                              f"and loading one can run code hidden in it: convert the model to safetensors, or "
+                              f"pass {ALLOW_PICKLE_FLAG} if you trust where it came from")
 
 
 def apply_hub_token(cli_token: Optional[str] = None) -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -90,17 +92,88 @@ class EnvFile:
         return value
 
 
-def read_json(path: PathLike) -> Optional[Dict[str, Any]]:
-    """The JSON object in ``path``; None when it is missing, unreadable, cut short or not an object.
+# How much of a run-folder file a reader takes: job.json, run.json and status.json are a few KiB.
+JSON_LIMIT = 1 << 20
+# ESC followed by a CSI/OSC/DCS/... sequence (up to its terminator), a lone ESC with the next
+# character, or any other C0 (but tab and newline), DEL or C1 character. The sequences go whole, so
+# that no "]0;title" is left behind to read as text.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[\]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|.?)"
+                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]", re.DOTALL)
+
+
+def printable(value: Any, newlines: bool = False) -> str:
+    """``value`` as text that cannot steer a terminal: escape sequences (which can fake a state, set
+    the title or write the clipboard) and control characters go; tab and, when ``newlines``, newline
+    stay. For anything that came from a host (file and folder names, metrics, logs) before it is
+    printed."""
+    text = _ESCAPES.sub("", str(value))
+    return text if newlines else text.replace("\n", " ")
+
+
+def read_limited(path: PathLike, limit: int, tail: bool = False) -> Optional[bytes]:
+    """Up to ``limit`` bytes of the regular file ``path`` (its last ones with ``tail``); None when it is
+    missing, unreadable, a link, or not a regular file.
+
+    The files of a run folder are written by the runner user, who loads untrusted models: a FIFO
+    put in place of job.json would block a reader forever and a device or a huge file would have
+    it read without end. So: no link followed (O_NOFOLLOW), no blocking on open (O_NONBLOCK, which
+    a FIFO without a writer would otherwise do), fstat of what was opened, and a bounded read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if tail and info.st_size > limit:
+            os.lseek(fd, info.st_size - limit, os.SEEK_SET)
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_json(path: PathLike, limit: int = JSON_LIMIT) -> Optional[Dict[str, Any]]:
+    """The JSON object in ``path``; None when it is missing, unreadable, cut short, too long, not a
+    regular file or not an object.
 
     Callers poll files that other processes write or that a kill may have truncated: absent
     and unusable mean the same to them ("nothing recorded yet").
     """
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    data = read_limited(path, limit + 1)
+    if data is None or len(data) > limit:
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        parsed = json.loads(data)
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def number(value: Any) -> Optional[float]:
+    """``value`` when it is a finite int or float read from JSON (not a bool, string or NaN), else None:
+    what a host wrote may be of any type, and a report shows "unknown" rather than crash on it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value == value and abs(value) != float("inf") else None
+
+
+def count(value: Any) -> Optional[int]:
+    """A count read from a run's files (steps, attempts): a whole number of at least 0, else None."""
+    found = number(value)
+    return int(found) if found is not None and found >= 0 and found == int(found) else None
 
 
 def read_hub_token(environ: Mapping[str, str]) -> Optional[str]:

@@ -46,10 +46,14 @@ JSON state) with the doctor.
 Values reach the trainer as argv, never through a shell: the trainer's command is stored in
 job.json and read back by the supervisor (not put into the unit's ExecStart, where systemd would
 expand $VARIABLES). --model and --dataset must be a hub id or an absolute path. A ``--hub_token``
-among the trainer's flags is taken out of its command line (which every local user can read in the
-process list) and out of everything this tool writes or prints; the supervisor reads it from a
-0600 file in the job's folder, deletes that file and gives it to the trainer as HF_TOKEN, unless the
-env file names a token file (SOPHON_SD_HUB_TOKEN_FILE), which wins.
+among the trainer's flags is refused: by the time this tool sees it, it is already in this tool's
+own command line, which every local user can read in the process list and execve audit logs keep.
+The token reaches the trainer from the file the env file names (SOPHON_SD_HUB_TOKEN_FILE, role
+sophon_host_env's sophon_host_env_hub_token), which train_lora.py reads itself.
+
+Everything read back from a run folder is the runner user's to write: it is read with
+sdkit_files.read_limited (regular files only, no blocking, bounded), values of the wrong type count
+as unknown, and every line printed goes through sdkit_files.printable.
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import sdkit_slurm
-from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, read_json,
-                         write_json_atomic, write_text_atomic)
+from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, count,
+                         number, printable, read_json, read_limited, write_json_atomic, write_text_atomic)
 from sdkit_slurm import SlurmError
 
 RUNS_SUBDIR = "runs"  # under SOPHON_SD_STATE_DIR
@@ -104,12 +108,13 @@ STATUS_PAUSE_S = 3.0
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 SOURCE_FLAGS = {"model": "--pretrained_model_name_or_path", "dataset": "--dataset_name"}
-# The --hub_token given on start's command line, for the supervisor only (never in job.json).
-HUB_TOKEN_HANDOVER = ".hub-token"
 # argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
 HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
-HUB_TOKEN_TEXT = re.compile(r"(--hub_t(?:o(?:k(?:en?)?)?)?(?:=|\s+))('[^']*'|\"[^\"]*\"|\S+)")
-REDACTED = "<redacted>"
+# How much of a job's files status reads: metrics.jsonl from its end (its last line is wanted), the
+# start of train.log (where the step count is logged), and the small files (pid, exit_status).
+METRICS_TAIL = 4096
+LOG_HEAD = 1 << 18
+SMALL_FILE = 64
 # The trainer records the step count in run.json once it is known (it follows from
 # --num_train_epochs and the dataset size); before that, and for trainers that do not, its log
 # line at start-up is read.
@@ -195,28 +200,13 @@ def with_sources(train_args: List[str], sources: Dict[str, Optional[str]]) -> Li
 
 def check_train_args(train_args: List[str]) -> None:
     for arg in train_args:
+        if arg.partition("=")[0] in HUB_TOKEN_FLAGS:
+            raise JobError(f"--hub_token in the trainer's flags (TRAIN_ARGS) would be in every process list: take "
+                           f"it out, and give the token to the role sophon_host_env as sophon_host_env_hub_token "
+                           f"(it writes the file the env file names as {HUB_TOKEN_FILE_KEY})")
         if CONTROL_CHARACTERS.search(arg):
-            raise JobError(f"trainer flag {redact(arg)!r} (TRAIN_ARGS) contains a control character: "
+            raise JobError(f"trainer flag {printable(arg)!r} (TRAIN_ARGS) contains a control character: "
                            "give each flag on one line, without tabs or escapes")
-
-
-def split_hub_token(train_args: List[str]) -> Tuple[List[str], Optional[str]]:
-    """The trainer's flags without any --hub_token (``--hub_token X`` or ``--hub_token=X``), and the token."""
-    kept: List[str] = []
-    token: Optional[str] = None
-    args = iter(train_args)
-    for arg in args:
-        flag, equals, value = arg.partition("=")
-        if flag in HUB_TOKEN_FLAGS:
-            token = value if equals else next(args, "")
-        else:
-            kept.append(arg)
-    return kept, token
-
-
-def redact(text: str) -> str:
-    """``text`` with the value of every --hub_token flag in it replaced, for whatever is written or printed."""
-    return HUB_TOKEN_TEXT.sub(lambda found: found.group(1) + REDACTED, text)
 
 
 def attempt_argv(argv: List[str], resuming: bool) -> List[str]:
@@ -413,28 +403,26 @@ def alive(pid: Optional[int], ticks: Optional[int]) -> bool:
 
 def last_metrics(path: Path) -> Optional[dict]:
     """The last line of metrics.jsonl, read from the end (the file grows by one line per step)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 4096))
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
+    for line in reversed((read_limited(path, METRICS_TAIL, tail=True) or b"").splitlines()):
         try:
-            return json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue  # the first line of the window may be cut, the last one half-written
+        return record if isinstance(record, dict) else None
     return None
 
 
 def total_steps(log: Path) -> Optional[int]:
-    try:
-        with log.open("rb") as handle:
-            found = TOTAL_STEPS_PATTERN.search(handle.read(1 << 18))
-    except OSError:
-        return None
+    found = TOTAL_STEPS_PATTERN.search(read_limited(log, LOG_HEAD) or b"")
     return int(found.group(1)) if found else None
+
+
+def read_small_int(path: Path) -> Optional[int]:
+    """The whole number in a file of a few bytes (pid, exit_status); None when absent or not a number."""
+    text = (read_limited(path, SMALL_FILE) or b"").strip()
+    return int(text) if re.fullmatch(rb"-?[0-9]{1,12}", text) else None
+
+
 
 
 def latest_checkpoint(output_dir: Path) -> Optional[str]:
@@ -443,10 +431,7 @@ def latest_checkpoint(output_dir: Path) -> Optional[str]:
 
 
 def read_pid(job_dir: Path) -> Optional[int]:
-    try:
-        return int((job_dir / "pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return read_small_int(job_dir / "pid")
 
 
 def systemd_live(unit: Dict[str, str]) -> dict:
@@ -475,7 +460,8 @@ def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
 def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
     """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run."""
     records = {d: read_json(d / "job.json") or {} for d in job_dirs}
-    queued = {d: r for d, r in records.items() if r.get("scheduler") == "slurm" and r.get("attempts")}
+    queued = {d: r for d, r in records.items()
+              if r.get("scheduler") == "slurm" and r.get("attempts") and isinstance(r.get("slurm_name"), str)}
     units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
     live = {d: systemd_live(units[unit_name(d)]) for d in job_dirs if d not in queued}
     try:
@@ -499,9 +485,10 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
               "log": str(job_dir / "train.log"), "unit": unit_name(job_dir), "state": "absent", "step": None,
               "total_steps": None, "loss": None, "elapsed_s": None, "exit_status": None, "attempts": 0,
               "checkpoint": None}
-    if not job or not job.get("attempts"):
+    attempts = job.get("attempts") if job else None
+    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
         return status
-    attempt = job["attempts"][-1]
+    attempt = attempts[-1]
     live = live or live_states([job_dir])[job_dir]
     status.update(device=attempt.get("device", job.get("device")), attempts=len(job["attempts"]),
                   pid=read_pid(job_dir), scheduler=job.get("scheduler", "systemd"))
@@ -511,12 +498,13 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     ended_at = None
     # The supervisor's pid, where the scheduler may no longer know the job while it still runs: a Slurm
     # task winding down after scancel, or a job the kit started before its jobs were systemd units.
-    supervisor_running = alive(attempt.get("supervisor_pid"), attempt.get("supervisor_ticks"))
+    supervisor_running = alive(count(attempt.get("supervisor_pid")), count(attempt.get("supervisor_ticks")))
     if live["state"] in ("running", "queued") or supervisor_running:
         status["state"] = "running" if supervisor_running else live["state"]
         status["reason"] = live.get("reason")
     elif exit_file.is_file():
-        code = int(exit_file.read_text().strip() or 1)
+        code = read_small_int(exit_file)
+        code = 1 if code is None else code  # empty or garbled: the supervisor did not finish writing it
         ended_at = exit_file.stat().st_mtime
         status["exit_status"] = code
         status["state"] = "finished" if code == 0 else "stopped" if code == INTERRUPTED else "failed"
@@ -527,36 +515,46 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
         if live.get("signal"):
             status["exit_status"] = -live["signal"]
     metrics = last_metrics(job_dir / "output" / "metrics.jsonl")
-    if metrics:
-        status.update(step=metrics.get("step"), loss=metrics.get("loss"))
+    if metrics:  # the trainer's to write, the runner user's to forge: of the wrong type, unknown
+        status.update(step=count(metrics.get("step")), loss=number(metrics.get("loss")))
     run = read_json(job_dir / "output" / "run.json") or {}
-    status["total_steps"] = run.get("total_steps") or total_steps(job_dir / "train.log")
+    status["total_steps"] = count(run.get("total_steps")) or total_steps(job_dir / "train.log")
     status["checkpoint"] = latest_checkpoint(job_dir / "output")
-    status["elapsed_s"] = round((ended_at or time.time()) - attempt.get("ran_at", attempt["started"]), 1)
+    started = number(attempt.get("ran_at")) or number(attempt.get("started"))
+    status["elapsed_s"] = round((ended_at or time.time()) - started, 1) if started else None
     return status
 
 
 def describe(status: dict) -> str:
-    """One line per job for people: what the playbook prints at each poll."""
+    """One line per job for people: what the playbook prints at each poll.
+
+    The job's name is a folder name the runner user chose and the numbers come from its files:
+    the line is made printable, and a number of the wrong type shows as '?'."""
     parts = [f"{status['job']}: {status['state']}"]
     if status["state"] == "queued":
-        return f"{parts[0]} in Slurm ({status.get('reason') or 'waiting'}), {status['unit']}"
+        return printable(f"{parts[0]} in Slurm ({status.get('reason') or 'waiting'}), {status['unit']}")
     if status["state"] != "absent":
-        parts.append(f"step {status['step'] or 0}/{status['total_steps'] or '?'}")
-        if status["loss"] is not None:
-            parts.append(f"loss {status['loss']:.4f}")
-        parts.append(f"{status['elapsed_s']:.0f} s")
-        if status["attempts"] > 1:
-            parts.append(f"attempt {status['attempts']}")
+        step, total = count(status.get("step")), count(status.get("total_steps"))
+        parts.append(f"step {'?' if step is None else step}/{total or '?'}")
+        loss, elapsed = number(status.get("loss")), number(status.get("elapsed_s"))
+        attempts = count(status.get("attempts"))
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        parts.append(f"{elapsed:.0f} s" if elapsed is not None else "? s")
+        if attempts and attempts > 1:
+            parts.append(f"attempt {attempts}")
         if status["state"] in ("failed", "stopped"):
             parts.append(f"exit {status['exit_status']}, log {status['log']}"
                          if status["exit_status"] is not None else f"no exit status recorded, log {status['log']}")
-    return ", ".join(parts)
+    return printable(", ".join(parts))
 
 
 def run_job_dirs(run_dir: Path) -> List[Path]:
-    """The folders of a run's jobs: those with a job.json."""
-    return [d for d in sorted(run_dir.iterdir()) if (d / "job.json").is_file()] if run_dir.is_dir() else []
+    """The folders of a run's jobs: those with a job.json and a name this tool gives a job (another
+    name, such as one holding escape sequences, was not made by it and is no job of the run)."""
+    if not run_dir.is_dir():
+        return []
+    return [d for d in sorted(run_dir.iterdir()) if JOB_NAME_PATTERN.fullmatch(d.name) and (d / "job.json").is_file()]
 
 
 def run_status(run_dir: Path) -> dict:
@@ -569,14 +567,13 @@ def run_status(run_dir: Path) -> dict:
     state = "running" if "queued" in states else next(
         (s for s in ("running", "failed", "stopped", "finished") if s in states), "absent")
     return {"run_id": run_dir.name, "run_dir": str(run_dir), "state": state, "jobs": jobs,
-            "lines": [describe(j) for j in jobs] or [f"{run_dir.name}: no jobs on this host"]}
+            "lines": [describe(j) for j in jobs] or [printable(f"{run_dir.name}: no jobs on this host")]}
 
 
 # --------------------------------------------------------------------------- start, as the runner user
 
 
-def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str],
-                scheduler: Optional[Dict[str, str]] = None) -> List[dict]:
+def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, str]] = None) -> List[dict]:
     """Record a new attempt of each job that must (re)start; say what happens to each (runner user).
 
     ``scheduler``: what a new job's record keeps of its scheduler (default: a systemd unit)."""
@@ -616,12 +613,6 @@ def prepare_run(run_dir: Path, jobs: List[Job], hub_token: Optional[str],
         resuming = bool(record["attempts"])
         job.dir.mkdir(exist_ok=True)
         (job.dir / "exit_status").unlink(missing_ok=True)  # the previous attempt's
-        handover = job.dir / HUB_TOKEN_HANDOVER
-        handover.unlink(missing_ok=True)
-        if hub_token:
-            fd = os.open(handover, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(hub_token)
         attempt = {"started": time.time(), "argv": attempt_argv(job.argv, resuming)}
         if record.get("scheduler", "systemd") == "systemd":
             attempt["unit"] = job.unit
@@ -662,16 +653,6 @@ def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
     attempt = record["attempts"][-1]
     argv = attempt["argv"]
     env = {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
-    handover = job_dir / HUB_TOKEN_HANDOVER
-    try:
-        fd = os.open(handover, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as handle:
-            token = handle.read().strip()
-        handover.unlink()
-        if token and not env.get(HUB_TOKEN_FILE_KEY):
-            env["HF_TOKEN"] = token  # the environment is readable by the runner account and root only
-    except FileNotFoundError:
-        pass
     log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     for fd, target in ((null, 0), (log, 1), (log, 2)):
@@ -688,7 +669,7 @@ def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
     signal.signal(signal.SIGTERM, pass_on)
     code = 1
     try:
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {redact(shlex.join(argv))}", flush=True)
+        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {shlex.join(argv)}", flush=True)
         try:
             trainer.append(subprocess.Popen(argv, env=env))
         except OSError as exc:
@@ -750,14 +731,11 @@ def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads:
 
 
 def slurm_job_of(job_dir: Path) -> str:
-    try:
-        return (job_dir / SLURM_JOB_FILE).read_text().strip()
-    except OSError:
-        return ""
+    return (read_limited(job_dir / SLURM_JOB_FILE, SMALL_FILE) or b"").decode(errors="replace").strip()
 
 
 def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, devices: List[str], python: str,
-                   train_args: List[str], hub_token: Optional[str]) -> Tuple[List[Job], List[dict]]:
+                   train_args: List[str]) -> Tuple[List[Job], List[dict]]:
     """Queue the run's jobs that must (re)start, as the runner user (whom Slurm then runs them as)."""
     node = sdkit_slurm.node_name()
     chips = sdkit_slurm.node_chips(node, args.slurm_gres)
@@ -767,7 +745,7 @@ def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, d
     jobs, chips_per_job = plan_slurm_jobs(run_dir, args.mode, devices, chips, python, args.trainer, train_args)
     threads = share_cpus(jobs, chips, args.cpu_threads, env_file)
     name = sdkit_slurm.job_name(run_dir.name, node)
-    plans = prepare_run(run_dir, jobs, hub_token, {"scheduler": "slurm", "slurm_name": name})
+    plans = prepare_run(run_dir, jobs, {"scheduler": "slurm", "slurm_name": name})
     queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
     if queued:
         submit_to_slurm(run_dir, queued, chips_per_job, threads, name, node, args.slurm_gres,
@@ -831,36 +809,31 @@ def cmd_start(args: argparse.Namespace) -> int:
         train_args = train_args + shlex.split(args.extra_args)
     except ValueError as exc:
         raise JobError(f"--extra-args is not valid shell quoting ({exc})") from None
-    train_args, cli_token = split_hub_token(train_args)
     check_train_args(train_args)
     train_args = with_sources(train_args, {"model": args.model, "dataset": args.dataset})
     if "--output_dir" in train_args or any(a.startswith("--output_dir=") for a in train_args):
         raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
     run_dir = run_dir_of(args)
     account = runner_account(args.user)
-    notes = []
-    if cli_token and env_file.get(HUB_TOKEN_FILE_KEY):
-        notes.append(f"--hub_token ignored: the token file named by {HUB_TOKEN_FILE_KEY} is used")
-        cli_token = None
     if args.scheduler == "slurm":
         if account:
             become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
         try:
-            jobs, plans = start_in_slurm(args, env_file, run_dir, devices, python, train_args, cli_token)
+            jobs, plans = start_in_slurm(args, env_file, run_dir, devices, python, train_args)
         except SlurmError as exc:
             raise JobError(str(exc)) from None
         statuses = jobs_status(jobs)
     else:
         jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
         share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)
-        plans = as_user(account, prepare_run, run_dir, jobs, cli_token)
+        plans = as_user(account, prepare_run, run_dir, jobs)
         for job, plan in zip(jobs, plans):
             if plan["launch"]:
                 launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout)
         statuses = as_user(account, jobs_status, jobs)
     results = [{"job": plan["job"], "action": plan["action"], "status": status}
                for plan, status in zip(plans, statuses)]
-    lines = notes + [f"{result['job']}: {result['action']}" for result in results]
+    lines = [f"{result['job']}: {result['action']}" for result in results]
     print(json.dumps({"run_id": args.run_id, "jobs": results, "lines": lines}, sort_keys=True) if args.json
           else "\n".join(lines))
     return 0
@@ -957,9 +930,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="Start the run's jobs; leave running or finished ones alone; resume dead or stopped ones "
              "with --resume_from_checkpoint latest.",
         description="Everything after -- goes to the trainer (train_lora.py flags), except --output_dir, "
-                    "which is <runs-dir>/<run-id>/<job>/output, and --hub_token, which reaches the trainer as "
-                    f"HF_TOKEN in its environment and is written nowhere else (a token file named by "
-                    f"{HUB_TOKEN_FILE_KEY} in the env file wins over it).")
+                    "which is <runs-dir>/<run-id>/<job>/output, and --hub_token, which would be in every process "
+                    f"list: the trainer reads the token from the file the env file names as {HUB_TOKEN_FILE_KEY}.")
     start.add_argument("--mode", default="per_chip", choices=MODES,
                        help="per_chip: one independent training per chip; data_parallel: one accelerate launch "
                             "over all chips. A host without chips has one CPU job either way.")
@@ -1024,7 +996,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (JobError, EnvFileError) as exc:
-        print(f"error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
+        print(f"error: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
 
 

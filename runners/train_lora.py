@@ -84,6 +84,8 @@ NOT_IDENTITY_FLAGS = (
     # Same weights, other speed or memory (no_cache and gradient checkpointing are tested to match).
     "dataloader_num_workers", "no_cache", "gradient_checkpointing", "enable_xformers_memory_efficient_attention",
     "allow_tf32", "push_to_hub", "hub_token", "hub_model_id",
+    # Whether a pickled model or a dataset's script may load: the same files give the same weights.
+    "allow_pickle", "allow_dataset_script",
 )
 # What a run writes into --output_dir, and so what --overwrite_output_dir removes (nothing else).
 RUN_OUTPUTS = ("run.json", "metrics.jsonl", "pytorch_lora_weights.safetensors", "validation")
@@ -99,11 +101,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help="Hub id (e.g. CompVis/stable-diffusion-v1-4) or local pipeline folder with model_index.json. "
                             "With --assets / SOPHON_SD_ASSETS the tutorial's hub ids map to the download share.")
     group.add_argument("--revision", type=str, default=None, help="Hub revision of the pretrained model.")
+    group.add_argument("--allow_pickle", action="store_true",
+                       help="Also load base-model weights saved as a pickle (.bin) where a component has no "
+                            ".safetensors. Loading a pickle can run code hidden in it: pass this only for a model "
+                            "whose origin you trust.")
     group.add_argument("--dataset_name", type=str, default=None,
                        help="Hub dataset name, or a local parquet file/folder (pokemon-blip-captions layout: image, text).")
     group.add_argument("--dataset_config_name", type=str, default=None, help="Hub dataset config, if it has several.")
     group.add_argument("--train_data_dir", type=str, default=None,
                        help="Image folder with metadata.jsonl (file_name, text); used when --dataset_name is not given.")
+    group.add_argument("--allow_dataset_script", action="store_true",
+                       help="Also load a --dataset_name that ships a loading script (<name>.py), which runs as this "
+                            "user: pass this only for a dataset whose origin you trust.")
     group.add_argument("--image_column", type=str, default="image", help="Dataset column holding the images.")
     group.add_argument("--caption_column", type=str, default="text", help="Dataset column holding the captions.")
     group.add_argument("--max_train_samples", type=int, default=None,
@@ -221,17 +230,19 @@ def check_flag_values(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def load_models(model_dir: str, revision: Optional[str]):
-    """Load the five pipeline components the trainer needs, turning hub/IO failures into one line."""
+def load_models(model_dir: str, revision: Optional[str], allow_pickle: bool = False):
+    """Load the five pipeline components the trainer needs, turning hub/IO failures into one line.
+    Weights come from safetensors only unless ``allow_pickle`` (sdkit_env.check_model_weights)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    safe = sdkit_env.safe_weights(allow_pickle)
     try:
         noise_scheduler = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler", revision=revision)
         tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer", revision=revision)
-        text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", revision=revision)
-        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", revision=revision)
-        unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", revision=revision)
+        text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", revision=revision, **safe)
+        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", revision=revision, **safe)
+        unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", revision=revision, **safe)
     except (OSError, ValueError, EnvironmentError) as exc:
         if os.path.isdir(model_dir):
             raise RunnerError(f"cannot load the Stable Diffusion pipeline in '{model_dir}': {exc}") from None
@@ -596,6 +607,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     assets = sdkit_env.assets_root(args.assets)
     model_dir = sdkit_env.resolve_model_dir(args.pretrained_model_name_or_path, assets)
+    sdkit_env.check_model_weights(model_dir, args.allow_pickle)
     dataset_source = sdkit_env.resolve_source(args.dataset_name, assets) if args.dataset_name else None
     sdkit_env.configure_offline(model_dir, dataset_source or args.train_data_dir)
 
@@ -657,7 +669,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_run_json(output_dir, run)
 
-    noise_scheduler, tokenizer, text_encoder, vae, unet = load_models(model_dir, args.revision)
+    noise_scheduler, tokenizer, text_encoder, vae, unet = load_models(model_dir, args.revision, args.allow_pickle)
     unet.requires_grad_(False)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)

@@ -7,6 +7,10 @@ jobs), writes ``runs/<run-id>/report.html`` (a table of hosts and jobs, a loss p
 as inline SVG, the validation images linked relatively so the folder can be moved or served as
 is) and prints the table as text. Standard library only: it runs on the control node with any
 Python 3.
+
+Everything read here came from a host, where the runner user (who loads untrusted models) writes it:
+files are read with sdkit_files.read_limited (regular files only, no blocking, bounded), numbers of
+the wrong type count as unknown, and every cell is made printable before it reaches a terminal.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from typing import Dict, List, Optional, Tuple
 
 # The runners' stdlib-only helpers, shared with the job tool whose status.json this reads.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runners"))
-from sdkit_files import read_json  # noqa: E402
+from sdkit_files import count, number, printable, read_json, read_limited  # noqa: E402
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 WEIGHTS = "pytorch_lora_weights.safetensors"
+# metrics.jsonl grows by about 100 bytes a step: its last 64 MiB are the last half million steps or so.
+METRICS_LIMIT = 64 << 20
 
 
 @dataclass
@@ -71,18 +77,18 @@ def read_metrics(path: Path) -> Tuple[Dict[int, float], float]:
     line wins, as those are the steps the final weights come from.
     """
     by_step: Dict[int, dict] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}, 0.0
-    for line in lines:
+    for line in (read_limited(path, METRICS_LIMIT, tail=True) or b"").splitlines():
         try:
             record = json.loads(line)
-            by_step[int(record["step"])] = record
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
-    losses = {step: float(r["loss"]) for step, r in sorted(by_step.items()) if r.get("loss") is not None}
-    return losses, sum(float(r.get("step_time_s") or 0) for r in by_step.values())
+        except ValueError:
+            continue  # a line cut short by a kill (or by the limit, at the start)
+        step = count(record.get("step")) if isinstance(record, dict) else None
+        if step is not None:
+            by_step[step] = record
+    # NaN and inf losses are kept (the plot says which it leaves out); a loss that is no number is not one.
+    losses = {step: float(r["loss"]) for step, r in sorted(by_step.items())
+              if isinstance(r.get("loss"), (int, float)) and not isinstance(r.get("loss"), bool)}
+    return losses, sum(number(r.get("step_time_s")) or 0.0 for r in by_step.values())
 
 
 def collect(run_dir: Path) -> List[JobResult]:
@@ -90,21 +96,24 @@ def collect(run_dir: Path) -> List[JobResult]:
     results = []
     for host_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
         status = read_json(host_dir / "status.json") or {}
-        status_jobs = {j.get("job"): j for j in status.get("jobs", [])}
+        jobs = status.get("jobs")
+        status_jobs = {j.get("job"): j for j in (jobs if isinstance(jobs, list) else []) if isinstance(j, dict)}
+        status_jobs = {name: j for name, j in status_jobs.items() if isinstance(name, str) and "/" not in name}
         job_dirs = sorted(p for p in host_dir.iterdir() if p.is_dir())
         names = sorted({p.name for p in job_dirs} | set(status_jobs))
         if not names:
-            results.append(JobResult(host_dir.name, "-", None, state=status.get("state", "no results")))
+            results.append(JobResult(host_dir.name, "-", None, state=str(status.get("state", "no results"))))
         for name in names:
             folder = host_dir / name
-            result = JobResult(host_dir.name, name, folder if folder.is_dir() else None)
+            # The name is the host's folder name: shown on the console and the page, made printable once.
+            result = JobResult(host_dir.name, printable(name), folder if folder.is_dir() else None)
             result.losses, result.train_s = read_metrics(folder / "metrics.jsonl")
             job_status = status_jobs.get(name, {})
             run = read_json(folder / "run.json") or {}
-            result.state = job_status.get("state") or ("finished" if run.get("finished") else "?")
-            result.total_steps = job_status.get("total_steps")
-            result.wall_s = job_status.get("elapsed_s")
-            result.attempts = job_status.get("attempts")
+            result.state = str(job_status.get("state") or ("finished" if run.get("finished") is True else "?"))
+            result.total_steps = count(job_status.get("total_steps"))
+            result.wall_s = number(job_status.get("elapsed_s"))
+            result.attempts = count(job_status.get("attempts"))
             result.images = sorted((folder / "validation").glob("*.png"))
             result.weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else None
             results.append(result)
@@ -127,7 +136,8 @@ def table_rows(results: List[JobResult]) -> List[List[str]]:
             wall += f" (last of {r.attempts} attempts)"
         rows.append([r.host, r.job, r.state, steps, f"{r.final_loss:.4f}", f"{r.train_s:.1f} s",
                      f"{r.steps_per_s:.2f}" if r.steps_per_s else "", wall])
-    return rows
+    # Host and job names, states: from the host, to a terminal and a page.
+    return [[printable(cell) for cell in row] for row in rows]
 
 
 def text_table(rows: List[List[str]]) -> str:

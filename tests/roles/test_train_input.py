@@ -47,3 +47,16 @@ def test_an_unknown_scheduler_is_refused(tmp_path):
     result = make_train(tmp_path, RUN_ID="r1", SCHEDULER="pbs")
     assert result.returncode != 0
     assert "sophon_sd_train_scheduler (SCHEDULER) is 'pbs': use systemd or slurm" in result.stdout, result.stdout[-3000:]
+
+
+def test_a_hub_token_in_train_args_is_refused_before_any_host(tmp_path):
+    """Issue 21 item 4: TRAIN_ARGS='--hub_token=X' put the token into root's argv on every host (the job
+    tool's command line), where every local user and execve audit logs see it. Quotes do not hide it."""
+    token = "hf_sdkitTrainArgsToken0123"
+    result = make_train(tmp_path, RUN_ID="r1", TRAIN_ARGS=f"--seed=1 --hub_to'ken' {token}")
+    assert result.returncode != 0
+    assert "sophon_sd_train_args (TRAIN_ARGS) holds --hub_token: a token on a command line is in every process " \
+           "list of the host" in result.stdout, result.stdout[-3000:]
+    assert "SOPHON_SD_HUB_TOKEN_FILE" in result.stdout
+    assert token not in result.stdout + result.stderr
+    assert "unreachable=1" not in result.stdout, "a host was contacted"

@@ -38,7 +38,7 @@ PLAYBOOK = """
             msg: rescued
     - name: A loop where one item fails
       ansible.builtin.fail:
-        msg: "item {{ item }} is broken"
+        msg: "item {{ item }} is broken\\e]0;owned\\a"
       loop: [1, 2]
       when: inventory_hostname == 'node-loop' and item == 2
     - name: A second failure on a host that already failed is not its cause
@@ -86,3 +86,8 @@ def test_the_unreachable_host_is_named_with_the_connection_error(report):
 def test_completed_hosts_and_rescued_failures_are_not_reported(report):
     assert "1 of 4 hosts completed." in report
     assert "node-ok:" not in report and "rescued" not in report
+
+
+def test_escape_sequences_in_a_hosts_message_do_not_reach_the_terminal(report):
+    """Issue 21 item 9: a failure message is the host's text; an OSC sequence in it set the terminal's title."""
+    assert "\x1b" not in report and "\x07" not in report

@@ -31,6 +31,17 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_pickled(tiny, tmp_path_factory):
+    """The tiny model saved the old way: every component's weights as a pickle (.bin) only."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("pickled") / "tiny-sd"
+    StableDiffusionPipeline.from_pretrained(str(tiny["model"])).save_pretrained(folder, safe_serialization=False)
+    assert not list(folder.rglob("*.safetensors")) and list(folder.rglob("*.bin"))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """The same fixtures laid out like Sophgo's download share (for SOPHON_SD_ASSETS)."""
     import make_tiny_fixtures

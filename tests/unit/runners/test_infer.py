@@ -155,3 +155,13 @@ def test_peft_lora_diffusers_020_cannot_express_is_one_line(tiny, tmp_path, run_
                               "--output_dir", tmp_path / "out"])
     err = capsys.readouterr().err
     assert rc == 2 and "peft format" in err and "sophgo-peft" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_pickled_base_model_needs_allow_pickle(tiny_pickled, tmp_path, run_runner, capsys):
+    """Issue 21 item 5: --allow_pickle covered LoRA files only; the base model's .bin weights were unpickled."""
+    common = ["--model", tiny_pickled, "--output_dir", tmp_path, "--steps", "2", "--dtype", "fp32"]
+    assert run_runner("infer", common) == 2
+    err = capsys.readouterr().err
+    assert "weights only as a pickle" in err and "--allow_pickle" in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("*.png"))
+    assert run_runner("infer", common + ["--allow_pickle"]) == 0

@@ -57,3 +57,10 @@ def test_cached_build_is_reused_while_complete_and_rebuilt_when_interrupted(tmp_
     make_tiny_fixtures.build_cached(tmp_path / "cache", make_tiny_fixtures.TINY, num_images=2)
     make_tiny_fixtures.build_cached(tmp_path / "cache", make_tiny_fixtures.TINY, num_images=3)  # other settings
     assert len(built) == 3
+
+
+def test_the_tiny_model_is_saved_as_safetensors(tiny):
+    """The runners load no pickled base model without --allow_pickle, make smoke and the tests included."""
+    model = Path(tiny["model"])
+    assert {p.parent.name for p in model.rglob("*.safetensors")} == {"unet", "vae", "text_encoder"}
+    assert not [p for p in model.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdkit_files import (HUB_TOKEN_FILE_KEY, ROOT_KEY, EnvFile, EnvFileError, fsync_tree, parse_env, read_hub_token,
-                         read_json, write_json_atomic, write_text_atomic)
+from sdkit_files import (HUB_TOKEN_FILE_KEY, ROOT_KEY, EnvFile, EnvFileError, count, fsync_tree, number, parse_env,
+                         printable, read_hub_token, read_json, read_limited, write_json_atomic, write_text_atomic)
 
 # What the role sophon_host_env writes (roles/sophon_host_env/templates/env.j2), plus the edge cases.
 ENV_TEXT = """\
@@ -136,3 +136,52 @@ def test_the_module_is_stdlib_only():
     imported = {line.split()[1].split(".")[0] for line in source.splitlines()
                 if line.startswith(("import ", "from ")) and "__future__" not in line}
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+# --------------------------------------------------------------------------- host data (issue 21 item 9)
+
+
+def test_read_limited_takes_regular_files_only_and_never_blocks(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # opened without O_NONBLOCK, this would wait for a writer for ever
+    (tmp_path / "file").write_bytes(b"0123456789")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    assert read_limited(tmp_path / "fifo", 10) is None
+    assert read_limited(tmp_path / "link", 10) is None
+    assert read_limited(tmp_path / "missing", 10) is None
+    assert read_limited(tmp_path, 10) is None
+    assert read_limited(tmp_path / "file", 4) == b"0123"
+    assert read_limited(tmp_path / "file", 4, tail=True) == b"6789"
+    assert read_limited(tmp_path / "file", 40, tail=True) == b"0123456789"
+
+
+def test_read_json_refuses_a_file_over_its_limit(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"pad": "x" * 100}))
+    assert read_json(path, limit=50) is None and read_json(path)["pad"] == "x" * 100
+    os.unlink(path)
+    os.mkfifo(path)
+    assert read_json(path) is None
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("a\x1b]0;title\x07b", "ab"),  # OSC: the terminal's title
+    ("a\x1b]52;c;cm0gLXJmIH4=\x1b\\b", "ab"),  # OSC 52: the clipboard, ended by ST
+    ("a\x1b[2K\r\x1b[1Afinished", "afinished"),  # CSI: erase the line, move up
+    ("a\x9b31mb\x7f\x00c", "a31mbc"),  # C1 CSI, DEL and NUL go; what follows them is harmless text
+    ("tab\there\nnext", "tab\there next"),
+    (3.5, "3.5"),
+])
+def test_printable_strips_what_steers_a_terminal(text, shown):
+    assert printable(text) == shown
+
+
+def test_printable_keeps_newlines_when_asked():
+    assert printable("one\n\x1b[31mtwo", newlines=True) == "one\ntwo"
+
+
+@pytest.mark.parametrize("value, as_number, as_count", [
+    (3, 3.0, 3), (0.5, 0.5, None), ("3", None, None), (True, None, None), (float("nan"), None, None),
+    (float("inf"), None, None), (-1, -1.0, None), (None, None, None), ([1], None, None),
+])
+def test_numbers_of_the_wrong_type_are_unknown(value, as_number, as_count):
+    assert number(value) == as_number and count(value) == as_count

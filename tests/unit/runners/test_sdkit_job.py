@@ -392,43 +392,24 @@ def test_bad_extra_args_quoting_is_one_line(job_tool):
     assert result.returncode == 2 and result.stderr.startswith("error: --extra-args is not valid shell quoting")
 
 
-@pytest.mark.parametrize("text", [
-    "--hub_token hf_SECRET", "--hub_token=hf_SECRET", "--hub_tok=hf_SECRET", "--hub_t  hf_SECRET",
-    "--hub_token 'hf_SECRET'", 'x --hub_token="hf_SECRET" --seed 1',
+@pytest.mark.parametrize("where", [
+    ["--extra-args=--hub_token SECRET"], ["--extra-args=--seed 1 --hub_tok=SECRET"], ["--", "--hub_t", "SECRET"],
+    ["--", "--hub_token=SECRET"], ["--extra-args=--hub_to'k'en SECRET"],
 ])
-def test_redact_hides_every_form_of_the_token(text):
-    """Issue 9 item 6 (tokens): whatever this tool prints or writes goes through redact()."""
-    redacted = sdkit_job.redact(text)
-    assert "SECRET" not in redacted and "<redacted>" in redacted and "--hub_t" in redacted
+def test_a_hub_token_among_the_trainers_flags_is_refused(job_tool, where):
+    """Issue 21 item 4: a --hub_token in TRAIN_ARGS was in root's argv (and the supervisor's file); now the
+    job tool refuses it in every form argparse would take, names the token file instead, and starts nothing."""
+    result = job_tool("start", *where, check=False)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("error: --hub_token in the trainer's flags (TRAIN_ARGS) would be in every "
+                                    "process list") and "SOPHON_SD_HUB_TOKEN_FILE" in result.stderr
+    assert "SECRET" not in result.stderr + result.stdout and len(result.stderr.splitlines()) == 1
+    assert not job_tool.job_dir.exists()
 
 
-def test_split_hub_token_takes_it_out_of_the_trainers_command():
-    assert sdkit_job.split_hub_token(["--seed", "1", "--hub_token", "A", "--hub_tok=B", "--rank", "4"]) == (
-        ["--seed", "1", "--rank", "4"], "B")
-    assert sdkit_job.split_hub_token(["--hub_model_id", "x"]) == (["--hub_model_id", "x"], None)
-
-
-def test_hub_token_never_reaches_job_json_the_log_or_the_output(job_tool):
-    """Issue 9 item 6: --hub_token in TRAIN_ARGS used to land in job.json, train.log and the task output."""
-    started = job_tool("start", "--extra-args=--hub_tok=SECRET-B", "--", "--max_train_steps=2", "--hub_token",
-                       "SECRET-A", check=False)
-    assert started.returncode == 0, started.stderr
-    wait_for(job_tool, lambda s: s["state"] != "running")
-    status = job_tool("status", check=False)
-    written = [p.read_text() for p in job_tool.job_dir.rglob("*") if p.is_file()]
-    for text in [started.stdout, started.stderr, status.stdout, status.stderr, *written]:
-        assert "SECRET" not in text
-    assert "HF_TOKEN set, token file absent" in (job_tool.job_dir / "train.log").read_text()
-
-
-def test_the_token_file_wins_over_hub_token(job_tool, tmp_path):
-    token_file = tmp_path / "hub_token"
-    token_file.write_text("from-file\n")
-    job_tool.env_file.write_text(job_tool.env_file.read_text() + f"SOPHON_SD_HUB_TOKEN_FILE={token_file}\n")
-    started = job_tool("start", "--", "--max_train_steps=2", "--hub_token=SECRET")
-    assert "--hub_token ignored: the token file named by SOPHON_SD_HUB_TOKEN_FILE is used" in started["lines"]
-    wait_for(job_tool, lambda s: s["state"] != "running")
-    assert f"HF_TOKEN absent, token file {token_file}" in (job_tool.job_dir / "train.log").read_text()
+def test_hub_model_id_is_not_taken_for_a_token(job_tool):
+    assert job_tool("start", "--extra-args=--hub_model_id=x --max_train_steps=2")["jobs"][0]["action"] == "started"
+    wait_for(job_tool, lambda status: status["state"] != "running")
 
 
 def test_a_resumed_attempt_does_not_start_over():
@@ -471,3 +452,82 @@ def test_root_works_on_the_runs_folder_only_as_the_runner_user(tmp_path):
                                        r"folder must exist and belong to that user"):
         sdkit_job.as_user(nobody, sdkit_job.prepare_run, root_only / "r1", jobs, None)
     assert list(root_only.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the runner user's files (issue 21 item 9)
+
+
+def forged_job(job_dir, metrics=None, attempt=None):
+    """A job folder as the runner user could leave it: job.json, exit_status and metrics of its choosing."""
+    (job_dir / "output").mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"job": job_dir.name, "device": "cpu", "argv": ["x"], "env": {},
+                                                  "attempts": [attempt or {"started": time.time() - 5}]}))
+    (job_dir / "exit_status").write_text("0\n")
+    if metrics is not None:
+        (job_dir / "output" / "metrics.jsonl").write_text(json.dumps(metrics) + "\n")
+
+
+def status_within(job_tool, seconds=15):
+    """status as the playbook runs it, failing the test (not hanging it) when it blocks."""
+    runs = job_tool.job_dir.parent.parent
+    result = subprocess.run([sys.executable, str(JOB_TOOL), "status", "--run-id", "r1", "--runs-dir", str(runs),
+                             "--json", "--user", ""], capture_output=True, text=True, timeout=seconds,
+                            env=job_tool.env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_fifos_in_a_job_folder_do_not_block_status(job_tool):
+    """A FIFO without a writer blocks open() for ever: root's status poll hung on one named metrics.jsonl,
+    run.json, train.log or pid (and on job.json swapped in after the is_file check)."""
+    forged_job(job_tool.job_dir)
+    for name in ("output/metrics.jsonl", "output/run.json", "train.log", "pid", "slurm_job"):
+        os.mkfifo(job_tool.job_dir / name)
+    job = only_job(status_within(job_tool))
+    assert job["state"] == "finished" and job["step"] is None and job["total_steps"] is None
+
+
+def test_job_json_that_is_a_fifo_is_no_job(tmp_path):
+    os.mkfifo(tmp_path / "job.json")
+    assert sdkit_job.read_json(tmp_path / "job.json") is None
+
+
+def test_escape_sequences_in_a_job_folder_and_its_metrics_do_not_reach_the_terminal(job_tool):
+    """An OSC sequence sets the terminal's title or writes its clipboard; CSI moves the cursor to fake a line."""
+    forged_job(job_tool.job_dir, {"step": 3, "loss": 0.5})
+    forged_job(job_tool.job_dir.with_name("cpu\x1b]52;c;cm0gLXJmIH4=\x07"), {"step": 1, "loss": 0.1})
+    status = status_within(job_tool)
+    assert status["lines"] == [f"cpu: finished, step 3/?, loss 0.5000, {status['jobs'][0]['elapsed_s']:.0f} s"]
+
+
+@pytest.mark.parametrize("metrics", [
+    {"step": "3\x1b[2K\x1b[1Afinished", "loss": "0.1\x1b]0;owned\x07"}, {"step": True, "loss": float("nan")},
+    {"step": [1], "loss": {"a": 1}}, ["not", "an", "object"],
+])
+def test_metrics_of_the_wrong_type_show_as_unknown(job_tool, metrics):
+    """A string loss used to crash describe() (format ':.4f'), and its escapes reached the terminal."""
+    forged_job(job_tool.job_dir, metrics, attempt={"started": "yesterday"})
+    (job_tool.job_dir / "output" / "run.json").write_text(json.dumps({"total_steps": "10\x1b[31m"}))
+    [line] = status_within(job_tool)["lines"]
+    assert line == "cpu: finished, step ?/?, ? s"
+
+
+def test_describe_takes_any_type_without_crashing():
+    line = sdkit_job.describe({"job": "cpu\x9b31m", "state": "running", "step": "3", "total_steps": "10",
+                               "loss": "0.5", "elapsed_s": "12", "attempts": "2"})
+    assert line == "cpu31m: running, step ?/?, ? s"
+
+
+def test_a_huge_metrics_file_is_read_from_its_end_only(job_tool):
+    forged_job(job_tool.job_dir)
+    with open(job_tool.job_dir / "output" / "metrics.jsonl", "w") as handle:
+        handle.write("x" * (64 << 20) + "\n" + json.dumps({"step": 7, "loss": 0.25}) + "\n")
+    job = only_job(status_within(job_tool, seconds=10))
+    assert (job["step"], job["loss"]) == (7, 0.25)
+
+
+def test_a_slurm_record_without_its_name_does_not_crash_status(job_tool):
+    forged_job(job_tool.job_dir)
+    record = json.loads((job_tool.job_dir / "job.json").read_text())
+    (job_tool.job_dir / "job.json").write_text(json.dumps({**record, "scheduler": "slurm", "slurm_name": ["x"]}))
+    assert only_job(status_within(job_tool))["state"] == "finished"

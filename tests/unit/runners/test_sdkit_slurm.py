@@ -127,10 +127,10 @@ def test_slurm_job_states(tmp_path, monkeypatch, queue, attempt, exit_status, st
 
 def test_a_run_keeps_its_scheduler(tmp_path):
     jobs = sdkit_job.plan_jobs(tmp_path / "r1", "per_chip", [], "/py", "/t.py", [])
-    sdkit_job.prepare_run(tmp_path / "r1", jobs, None)
+    sdkit_job.prepare_run(tmp_path / "r1", jobs)
     slurm_jobs, _ = sdkit_job.plan_slurm_jobs(tmp_path / "r1", "per_chip", [], 1, "/py", "/t.py", [])
     with pytest.raises(sdkit_job.JobError, match="started with SCHEDULER=systemd, not slurm"):
-        sdkit_job.prepare_run(tmp_path / "r1", slurm_jobs, None, {"scheduler": "slurm", "slurm_name": "n"})
+        sdkit_job.prepare_run(tmp_path / "r1", slurm_jobs, {"scheduler": "slurm", "slurm_name": "n"})
 
 
 def test_an_array_task_asks_for_its_chips_by_its_own_id(monkeypatch):

@@ -596,3 +596,86 @@ def test_sdpa_lora_matches_v0_20_processor_and_saves_the_same_keys(tiny, tmp_pat
     for key in grads_classic:
         torch.testing.assert_close(grads_sdpa[key], grads_classic[key], rtol=1e-4, atol=1e-6)
     assert lora_tensors(tmp_path / "True").keys() == lora_tensors(tmp_path / "False").keys()
+
+
+# --------------------------------------------------------------------------- what loads code (issue 21 item 5)
+
+
+def test_a_pickled_base_model_is_refused_before_anything_loads(tiny, tiny_pickled, tmp_path, run_runner, capsys,
+                                                               monkeypatch):
+    """A model folder with .bin weights only was loaded with torch.load's full unpickler: transformers loads a
+    local pytorch_model.bin even with use_safetensors=True, so the runner checks the folder itself."""
+    import sdkit_data
+
+    def no_data(*args):
+        raise AssertionError("the dataset was loaded before the model's weights were checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sdkit_data, "load_rows", no_data)
+        argv = base_argv(tiny, tmp_path / "o", "--max_train_steps", "1")
+        argv[1] = tiny_pickled
+        assert run_runner("train_lora", argv) == 2
+    error = one_error(capsys.readouterr().err)
+    assert "text_encoder weights only as a pickle (pytorch_model.bin)" in error and "--allow_pickle" in error
+    assert not (tmp_path / "o").exists()
+    assert run_runner("train_lora", argv + ["--allow_pickle"]) == 0
+
+
+# Writes a file when datasets imports it: the proof that the script ran. FOLDER is the dataset's folder
+# (datasets imports a copy of the script from its modules cache, so __file__ is not there).
+DATASET_SCRIPT = '''
+from pathlib import Path
+import datasets
+import pyarrow.parquet as pq
+HERE = Path("FOLDER")
+HERE.parent.joinpath("script-ran").write_text("yes")
+
+
+class Scripted(datasets.GeneratorBasedBuilder):
+    def _info(self):
+        features = {"image": datasets.Image(), "text": datasets.Value("string")}
+        return datasets.DatasetInfo(features=datasets.Features(features))
+
+    def _split_generators(self, dl_manager):
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN)]
+
+    def _generate_examples(self):
+        for i, row in enumerate(pq.read_table(str(HERE / "rows.parquet")).to_pylist()):
+            yield i, row
+'''
+
+
+@pytest.fixture
+def scripted_dataset(tiny, tmp_path):
+    """A local dataset folder that ships a loading script (<folder>/<folder>.py), as hub datasets did."""
+    folder = tmp_path / "scripted"
+    folder.mkdir()
+    (folder / "scripted.py").write_text(DATASET_SCRIPT.replace("FOLDER", str(folder)))
+    shutil.copy(tiny["parquet"], folder / "rows.parquet")
+    return folder
+
+
+def test_a_dataset_with_a_loading_script_is_refused_unless_allowed(scripted_dataset, tmp_path, tiny, run_runner,
+                                                                   capsys):
+    """datasets 2.14 imports a dataset's script without asking; the runner now refuses it in one line."""
+    argv = base_argv(tiny, tmp_path / "o", "--max_train_steps", "1")
+    argv[3] = scripted_dataset
+    assert run_runner("train_lora", argv) == 2
+    error = one_error(capsys.readouterr().err)
+    assert f"ships a loading script ({scripted_dataset / 'scripted.py'})" in error
+    assert "--allow_dataset_script" in error
+    assert not (tmp_path / "script-ran").exists()
+    assert run_runner("train_lora", argv + ["--allow_dataset_script"]) == 0
+    assert (tmp_path / "script-ran").exists()
+
+
+def test_a_hub_dataset_that_resolves_to_a_script_is_found_without_running_it(scripted_dataset, tmp_path):
+    """hub_script resolves what datasets would load (the hub, or its cache offline) without importing it."""
+    import sdkit_data
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(scripted_dataset / "rows.parquet", plain)
+    assert sdkit_data.hub_script(str(scripted_dataset), str(tmp_path / "cache"))
+    assert sdkit_data.hub_script(str(plain), str(tmp_path / "cache")) is None
+    assert not (tmp_path / "script-ran").exists()

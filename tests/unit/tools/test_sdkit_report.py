@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -106,3 +107,48 @@ def test_a_nan_loss_leaves_the_other_points_and_curves_drawn(run_dir):
     assert [len(points.split()) for points in lines] == [6, 6]
     assert "nan" not in " ".join(lines).lower()
     assert "2 non-finite loss values" in page
+
+
+# --------------------------------------------------------------------------- what a host sends (issue 21 item 9)
+
+
+def test_escape_sequences_from_a_host_do_not_reach_the_console(run_dir):
+    """Folder names, states and numbers come from the hosts: an OSC sequence could set the title or write the
+    clipboard, a CSI one erase the line and fake 'finished'."""
+    write_metrics(run_dir / "host-a" / "tpu9\x1b]52;c;cm0gLXJmIH4=\x07", [{"step": 1, "loss": 0.5}])
+    status = json.loads((run_dir / "host-b" / "status.json").read_text())
+    status["jobs"][1]["state"] = "failed\x1b[2K\rfinished\x9b1A"
+    (run_dir / "host-b" / "status.json").write_text(json.dumps(status))
+    out = run_report(run_dir).stdout
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out)
+    assert row(out, "host-a", "tpu9")[:3] == ["host-a", "tpu9", "?"]
+    assert row(out, "host-b", "tpu1")[:3] == ["host-b", "tpu1", "failedfinished1A"]
+    assert "\x1b" not in (run_dir / "report.html").read_text()
+
+
+def test_values_of_the_wrong_type_show_as_unknown(run_dir):
+    """A string loss or total_steps used to crash the report (float('x'), ':.0f' of a string)."""
+    write_metrics(run_dir / "host-b" / "tpu0", [{"step": 1, "loss": "x", "step_time_s": "fast"},
+                                                {"step": True, "loss": 0.9}, {"step": "2", "loss": 0.8},
+                                                ["a list"], {"step": 3, "loss": 0.5, "step_time_s": 1.0}])
+    status = json.loads((run_dir / "host-b" / "status.json").read_text())
+    status["jobs"][0].update(total_steps="8", elapsed_s="3 s", attempts=[2])
+    (run_dir / "host-b" / "status.json").write_text(json.dumps(status))
+    (run_dir / "host-c" / "status.json").write_text(json.dumps({"state": "failed", "jobs": "none"}))
+    out = run_report(run_dir).stdout
+    assert row(out, "host-b", "tpu0") == ["host-b", "tpu0", "finished", "3", "0.5000", "1.0 s", "3.00"]
+    assert row(out, "host-c", "-") == ["host-c", "-", "failed", "no metrics"]
+
+
+def test_fifos_and_oversized_files_from_a_host_neither_hang_nor_count(run_dir):
+    """A FIFO blocks a plain open() for ever; a status.json over the limit is not read."""
+    job = run_dir / "host-a" / "cpu"
+    for name in ("metrics.jsonl", "run.json"):
+        (job / name).unlink()
+        os.mkfifo(job / name)
+    oversized = {"state": "finished", "jobs": [], "pad": "x" * (2 << 20)}
+    (run_dir / "host-b" / "status.json").write_text(json.dumps(oversized))
+    out = subprocess.run([sys.executable, str(REPORT), str(run_dir)], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+    assert row(out, "host-a", "cpu")[:4] == ["host-a", "cpu", "finished", "no metrics"]
+    assert row(out, "host-b", "tpu1")[:3] == ["host-b", "tpu1", "?"]

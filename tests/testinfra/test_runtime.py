@@ -8,6 +8,7 @@ its chips in /etc/sophon-standin/chips; a real one must show them to torch_tpu a
 import json
 
 import pytest
+from conftest import not_roots
 
 LIBSOPHON_CURRENT = "/opt/sophon/libsophon-current"
 ENV_FILE = "/etc/sophon-sd/env"
@@ -211,3 +212,10 @@ def test_roots_login_shells_get_none_of_the_runner_environment(host, env_file):
     """HF_HOME is the runner user's cache: root's Hugging Face tools would follow its planted links and
     load its pickles (issue 21, item 8). Root's make targets read the env file themselves (tests/roles/test_host_boundaries.py)."""
     assert login_environment(host, sorted(env_file), "root") == {}
+
+
+def test_runtime_kit_root_is_roots_after_torch_tpus_first_import(host):
+    """torch_tpu's first import writes into its own site-packages; it runs as root at provisioning, so
+    the venv stays root's and writable by root only (issue 21, item 2)."""
+    assert host.file(f"{VENV}/bin/python").exists
+    assert not_roots(host) == []

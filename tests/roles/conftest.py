@@ -64,8 +64,10 @@ class SshHost:
         subprocess.run(["scp", "-q", "-r", "-F", str(self.hosts.ssh_config), str(local), f"{self.name}:{remote}"],
                        check=True, capture_output=True)
 
-    def play(self, playbook: str | Path, extra_vars: dict | None = None, tags: str | None = None) -> PlayResult:
-        """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins."""
+    def play(self, playbook: str | Path, extra_vars: dict | None = None, tags: str | None = None,
+             check: bool = False) -> PlayResult:
+        """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins;
+        CHECK: in check mode (--check --diff)."""
         inventory = self.hosts.run_dir / f"{self.name}.json"
         inventory.write_text(json.dumps({"all": {"hosts": {self.name: self.hosts.inventory_vars(self.name)}}}))
         variables = {"ansible_become": False, "sophon_sd_profile": TEST_PROFILE, **(extra_vars or {})}
@@ -77,6 +79,8 @@ class SshHost:
         ]
         if tags:
             command += ["--tags", tags]
+        if check:
+            command += ["--check", "--diff"]
         env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         return PlayResult(result.returncode, result.stdout + result.stderr)

@@ -107,10 +107,10 @@ def test_runner_command_from_roots_make_gets_no_terminal(host):
     found = json.loads(re.search(r"PROBE (\{.*\})", shown).group(1))
 
     assert found["user"] == int(host.check_output(f"id -u {USER}"))
-    # Root's make still gives the command the runner environment, from the env file.
-    assert found["hf_home"] == HF_HOME and found["stdin"] == "/dev/null"
     assert [found[f"tiocsti{fd}"] for fd in (0, 1, 2)] == ["Inappropriate ioctl for device"] * 3, found
     assert found["dev_tty"] == "No such device or address", found
+    # Root's make still gives the command the runner environment, from the env file.
+    assert found["hf_home"] == HF_HOME and found["stdin"] == "/dev/null"
 
 
 def test_ctrl_c_at_roots_terminal_stops_the_runner_command_and_its_children(host):

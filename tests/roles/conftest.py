@@ -88,9 +88,9 @@ class SshHost:
                        check=True, capture_output=True)
 
     def play(self, playbook: str | Path, extra_vars: dict | None = None, tags: str | None = None,
-             skip_tags: str | None = None) -> PlayResult:
+             skip_tags: str | None = None, check: bool = False) -> PlayResult:
         """Run a playbook (a name in playbooks/, or a path) against this host only, with the test profile's pins
-        and the test bundle's signing key."""
+        and the test bundle's signing key; CHECK: in check mode (--check --diff)."""
         inventory = self.hosts.run_dir / f"{self.name}.json"
         inventory.write_text(json.dumps({"all": {"hosts": {self.name: self.hosts.inventory_vars(self.name)}}}))
         variables = {"ansible_become": False, "sophon_sd_profile": TEST_PROFILE,
@@ -105,6 +105,8 @@ class SshHost:
             command += ["--tags", tags]
         if skip_tags:
             command += ["--skip-tags", skip_tags]
+        if check:
+            command += ["--check", "--diff"]
         env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         return PlayResult(result.returncode, result.stdout + result.stderr)

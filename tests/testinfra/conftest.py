@@ -16,6 +16,14 @@ KIT_ROOT = "/opt/sophon-sd"
 ENV_FILE = "/etc/sophon-sd/env"
 
 
+def not_roots(host, root: str = KIT_ROOT) -> list[str]:
+    """Whatever under ROOT is not root:root, or is group- or other-writable (a link's own mode means
+    nothing): root and every job run this code, so anyone who could write it could become root."""
+    found = host.check_output(f"find {root} \\( ! -user root -o ! -group root -o \\( ! -type l -perm /022 \\) \\) "
+                              "-printf '%u:%g %m %p\\n' | head -20")
+    return found.splitlines()
+
+
 @pytest.fixture(scope="module")
 def sources_manifest(host) -> dict:
     manifest = host.file(f"{KIT_ROOT}/src/sources.json")

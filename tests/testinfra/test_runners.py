@@ -35,7 +35,8 @@ def test_train_targets_use_the_tutorials_flags(host):
                  '--lr_scheduler="constant"', "--lr_warmup_steps=0", "--seed=42",
                  '--validation_prompt="cute dragon creature"', "sd-pokemon-model-lora_fp16"]:
         assert flag in dry_run
-    assert "runuser -u sophon-sd" in dry_run, "root must run the targets as the runner user"
+    assert f"python3 {KIT_ROOT}/runners/sdkit_as_runner.py sophon-sd -- env" in dry_run, \
+        "root must run the targets as the runner user, with no terminal"
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ its chips in /etc/sophon-standin/chips; a real one must show them to torch_tpu a
 import json
 
 import pytest
+from conftest import not_roots
 
 LIBSOPHON_CURRENT = "/opt/sophon/libsophon-current"
 ENV_FILE = "/etc/sophon-sd/env"
@@ -194,9 +195,27 @@ def test_env_file_sets_library_path_and_hugging_face(env_file):
         assert not any(c in value for c in " \"'$`\\"), f"{key}={value} cannot be read by systemd and make alike"
 
 
-def test_profile_script_exports_the_same_environment(host, env_file):
-    keys = sorted(env_file)
-    shown = host.check_output("bash -lc 'for k in %s; do printf \"%%s=%%s\\n\" $k \"${!k}\"; done'" % " ".join(keys))
-    assert dict(line.split("=", 1) for line in shown.splitlines()) == env_file
-    twice = host.check_output(f"bash -c '. {PROFILE_SCRIPT}; . {PROFILE_SCRIPT}; echo $LD_LIBRARY_PATH'")
+def login_environment(host, keys: list[str], user: str) -> dict[str, str]:
+    """What a login shell of USER sets of KEYS (unset keys left out)."""
+    shown = host.check_output("runuser -u %s -- bash -lc 'for k in %s; do [ -n \"${!k+x}\" ] && printf \"%%s=%%s\\n\" "
+                              "$k \"${!k}\"; done; true' </dev/null" % (user, " ".join(keys)))
+    return dict(line.split("=", 1) for line in shown.splitlines())
+
+
+def test_profile_script_exports_the_same_environment_to_the_runner_user(host, env_file):
+    assert login_environment(host, sorted(env_file), USER) == env_file
+    twice = host.check_output(f"runuser -u {USER} -- bash -c '. {PROFILE_SCRIPT}; . {PROFILE_SCRIPT}; echo $LD_LIBRARY_PATH'")
     assert twice == f"{LIBSOPHON_CURRENT}/lib"
+
+
+def test_roots_login_shells_get_none_of_the_runner_environment(host, env_file):
+    """HF_HOME is the runner user's cache: root's Hugging Face tools would follow its planted links and
+    load its pickles (issue 21, item 8). Root's make targets read the env file themselves (tests/roles/test_host_boundaries.py)."""
+    assert login_environment(host, sorted(env_file), "root") == {}
+
+
+def test_runtime_kit_root_is_roots_after_torch_tpus_first_import(host):
+    """torch_tpu's first import writes into its own site-packages; it runs as root at provisioning, so
+    the venv stays root's and writable by root only (issue 21, item 2)."""
+    assert host.file(f"{VENV}/bin/python").exists
+    assert not_roots(host) == []

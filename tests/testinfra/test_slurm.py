@@ -83,3 +83,23 @@ def test_slurm_sinfo_shows_every_compute_host_idle_with_its_chips(host):
         pytest.skip("sinfo is read on the controller")
     nodes = {line.split()[0]: line.split()[1:] for line in host.check_output("sinfo -N -h -o '%N %G %t'").splitlines()}
     assert nodes == {name: [gres, "idle"] for name, gres in node_gres(host).items()}
+
+
+RUNNER_GROUP = yaml.safe_load((REPO / "roles/sophon_host_env/defaults/main.yml").read_text())["sophon_host_env_group"]
+RUNNER_USER = yaml.safe_load((REPO / "roles/sophon_host_env/defaults/main.yml").read_text())["sophon_host_env_user"]
+OUTSIDER = "sdkit-outsider"
+
+
+def test_slurm_partition_admits_only_the_runners_group(host):
+    """Any local user of a node could reach the chips through an open partition (issue 21, item 6): one
+    outside the runner's group is refused at submission, by sbatch and srun alike; the runner user is not."""
+    if not is_controller(host):
+        pytest.skip("the partition is read and jobs are submitted on the controller")
+    assert re.search(r"^PartitionName=\S+ AllowGroups=(\S+) ", slurm_conf(host), re.MULTILINE).group(1) == RUNNER_GROUP
+    assert f"AllowGroups={RUNNER_GROUP} " in host.check_output("scontrol show partition")
+    host.check_output(f"id -u {OUTSIDER} || useradd --system --no-create-home {OUTSIDER}")
+    for submit in ("sbatch --test-only --wrap=true", "srun --test-only true"):
+        refused = host.run(f"runuser -u {OUTSIDER} -- {submit} </dev/null")
+        assert refused.rc != 0 and "not permitted to use this partition" in refused.stderr, (submit, refused.stderr)
+        admitted = host.run(f"runuser -u {RUNNER_USER} -- {submit} </dev/null")
+        assert admitted.rc == 0, (submit, admitted.stderr)

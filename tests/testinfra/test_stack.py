@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import REPO, patch_changed_lines
+from conftest import REPO, not_roots, patch_changed_lines
 
 IMPORT_PROBE = (
     "import json, torch, diffusers, transformers, accelerate;"
@@ -81,3 +81,10 @@ def test_checkout_differs_from_upstream_by_exactly_the_patches(host, sources_man
     assert changed_files == [p["file"] for p in applied]
     expected = [line for p in applied for line in patch_changed_lines((REPO / "patches" / p["patch"]).read_text())]
     assert patch_changed_lines(diff) == expected
+
+
+def test_whole_kit_root_is_roots_and_writable_by_root_only(host, sources_manifest):
+    """Sources, venv, runners, vendor files: an sdist unpacked with its maker's 1000:1000 and 0664 let
+    whoever had that uid edit code that every job imports and root reinstalls (issue 21, item 2)."""
+    assert sources_manifest["source"] in ("git", "bundle")
+    assert not_roots(host) == [], f"{sources_manifest['source']} host"

@@ -514,7 +514,8 @@ table.settings th{background:none;font-weight:normal;color:#555}
 .finished{background:#d7f0d7}.log{font-family:monospace;font-size:.9em;max-width:60em;overflow-wrap:anywhere}
 details{border:1px solid #ddd;border-radius:4px;margin:3px 0;padding:2px 8px}
 details[open]{padding-bottom:8px}summary{cursor:pointer;padding:3px 0}summary .host{font-weight:bold;
-display:inline-block;min-width:12em}figure{display:inline-block;margin:4px}
+display:inline-block;min-width:10em}figure{display:inline-block;margin:2px 4px}
+table.jobs td{white-space:nowrap}table.jobs td:last-child{white-space:normal}
 img{width:128px;height:128px;image-rendering:pixelated;background:#eee}figcaption{font-size:.8em}
 svg text{font-size:12px}.note{color:#555}
 """
@@ -614,28 +615,32 @@ def host_section(host: str, anchor: str, jobs: List[JobResult], link) -> List[st
     states = ", ".join(f"{n} {state_badge(state)}" for state, n in state_counts(jobs))
     speeds = spread(r.steps_per_s for r in jobs if r.steps_per_s)
     finals = spread(r.final_loss for r in jobs if r.final_loss is not None and math.isfinite(r.final_loss))
-    summary = [f'<span class="host">{esc(host)}</span>', f"{plural(len(jobs), 'job')}: {states}"]
+    summary = [f"{plural(len(jobs), 'job')}: {states}"]
     if speeds:
         summary.append(f"median {speeds[1]:.2f} steps/s")
     if finals:
         summary.append(f"final loss {finals[1]:.4f}" if len(jobs) == 1 else
                        f"final loss median {finals[1]:.4f}")
-    part = [f'<details id="{anchor}"><summary>{" &middot; ".join(summary)}</summary>', "<table>",
-            cells([esc(h) for h in HEADER + ["LoRA weights", "last log line"]], "th")]
+    part = [f'<details id="{anchor}"><summary><span class="host">{esc(host)}</span> {" &middot; ".join(summary)}'
+            "</summary>", '<table class="jobs">', cells([esc(h) for h in HEADER[1:] + ["LoRA weights", "last log line"]], "th")]
     for r in jobs:
-        weights = f'<a href="{link(r.weights)}">{WEIGHTS}</a>' if r.weights else ""
-        row = [esc(c) for c in job_row(r)]
-        row[2] = state_badge(r.state)
+        weights = f'<a href="{link(r.weights)}">safetensors</a>' if r.weights else ""
+        row = [esc(c) for c in job_row(r)[1:]]  # the host is the section's
+        row[1] = state_badge(r.state)
         log = f'<span class="log">{esc(failure_text(r))}</span>' if not r.fine else ""
         part.append(cells(row + [weights, log]))
     part.append("</table>")
     part.append(host_plot(jobs))
-    for r in jobs:
-        if r.images:
-            part.append(f"<h4>{esc(r.job)}: validation images</h4><div>")
-            part += [f'<figure><a href="{link(p)}"><img src="{link(p)}" loading="lazy" alt="{esc(printable(p.name))}">'
-                     f"</a><figcaption>{esc(printable(p.name))}</figcaption></figure>" for p in r.images]
-            part.append("</div>")
+    with_images = [r for r in jobs if r.images]
+    if with_images:
+        # A row of images per job: eight jobs of a few images each stay within a screen.
+        part.append('<table class="images"><tr><th>job</th><th>validation images</th></tr>')
+        for r in with_images:
+            figures = "".join(f'<figure><a href="{link(p)}"><img src="{link(p)}" loading="lazy" '
+                              f'alt="{esc(printable(p.name))}"></a><figcaption>{esc(printable(p.name))}</figcaption>'
+                              "</figure>" for p in r.images)
+            part.append(f"<tr><td>{esc(r.job)}</td><td>{figures}</td></tr>")
+        part.append("</table>")
     part.append("</details>")
     return part
 

@@ -413,7 +413,8 @@ def skipped_losses(results: List[JobResult]) -> Optional[str]:
         return None
     total = sum(len(steps) for _, steps in skipped)
     where = "; ".join(f"{r.host}/{r.job} at step{'s' if len(steps) > 1 else ''} "
-                      f"{', '.join(map(str, steps[:5]))}{', ...' if len(steps) > 5 else ''}" for r, steps in skipped[:10])
+                      f"{', '.join(map(str, steps[:5]))}{', ...' if len(steps) > 5 else ''}"
+                      for r, steps in skipped[:10])
     if len(skipped) > 10:
         where += f"; {len(skipped) - 10} more jobs"
     return f"{total} non-finite loss value{'s' if total > 1 else ''} (NaN or inf) left out of the plot: {where}"
@@ -622,7 +623,8 @@ def host_section(host: str, anchor: str, jobs: List[JobResult], link) -> List[st
         summary.append(f"final loss {finals[1]:.4f}" if len(jobs) == 1 else
                        f"final loss median {finals[1]:.4f}")
     part = [f'<details id="{anchor}"><summary><span class="host">{esc(host)}</span> {" &middot; ".join(summary)}'
-            "</summary>", '<table class="jobs">', cells([esc(h) for h in HEADER[1:] + ["LoRA weights", "last log line"]], "th")]
+            "</summary>", '<table class="jobs">',
+            cells([esc(h) for h in HEADER[1:] + ["LoRA weights", "last log line"]], "th")]
     for r in jobs:
         weights = f'<a href="{link(r.weights)}">safetensors</a>' if r.weights else ""
         row = [esc(c) for c in job_row(r)[1:]]  # the host is the section's

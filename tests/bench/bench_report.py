@@ -6,7 +6,8 @@ host's status.json), with a few jobs failed, stopped, running, slow or of anothe
 report on it and prints how long it took and how large report.html is. Look at the page in a browser:
     python tests/bench/bench_report.py [--hosts 100] [--jobs 8] [--steps 2000] [--run-dir build/report-run/sim]
         [--out build/bench-report.json]
-    chromium --headless --screenshot=/tmp/report.png --window-size=1400,2000 file://$PWD/build/report-run/sim/report.html
+    chromium --headless --screenshot=/tmp/report.png --window-size=1400,2000 \
+        file://$PWD/build/report-run/sim/report.html
 The unit tests build small runs with make_run().
 """
 
@@ -43,7 +44,8 @@ def make_run(run_dir: Path, hosts: int = 100, jobs: int = 8, steps: int = 2000, 
     host-011 tpu2 failed before its first step, host-042 tpu0 was stopped, host-077's jobs still run,
     host-050 tpu7 is three times slower than the rest, and host-090 trained at another resolution."""
     rng = random.Random(seed)
-    settings = {"model": "/var/lib/sophon-sd/assets/stable-diffusion-v1-4", "dataset": "lambdalabs/pokemon-blip-captions",
+    settings = {"model": "/var/lib/sophon-sd/assets/stable-diffusion-v1-4",
+                "dataset": "lambdalabs/pokemon-blip-captions",
                 "profile": "tutorial-2023", "mixed_precision": "fp16", "resolution": 512, "learning_rate": 1e-4,
                 "train_batch_size": 1, "total_steps": steps, "num_processes": 1, "rank": 4, "lora": "attn_procs",
                 "seed": 42, "validation_prompt": "cute dragon creature"}
@@ -59,7 +61,8 @@ def make_run(run_dir: Path, hosts: int = 100, jobs: int = 8, steps: int = 2000, 
                 state, done, code = "failed", steps // 3, 1
                 log += "RuntimeError: TPU memory allocation failed (bm_malloc_device_byte: 1073741824 bytes)\n"
             elif (h, j) == (11, 2):
-                state, done, code, log = "failed", 0, 2, "error: dataset 'pokemon' not found under /var/lib/sophon-sd/assets\n"
+                state, done, code = "failed", 0, 2
+                log = "error: dataset 'pokemon' not found under /var/lib/sophon-sd/assets\n"
             elif (h, j) == (42, 0):
                 state, done, code, log = "stopped", steps // 2, 3, "interrupted: checkpoint-1000 saved\n"
             elif h == 77:

@@ -163,7 +163,8 @@ def test_fifos_and_oversized_files_from_a_host_neither_hang_nor_count(run_dir):
 
 # --------------------------------------------------------------------------- at 100 hosts (issue 20)
 
-TINY_RUN = {"model": "/var/lib/sophon-sd/fixtures/tiny-sd", "dataset": "/var/lib/sophon-sd/fixtures/tiny-pokemon.parquet",
+TINY_RUN = {"model": "/var/lib/sophon-sd/fixtures/tiny-sd",
+            "dataset": "/var/lib/sophon-sd/fixtures/tiny-pokemon.parquet",
             "profile": "tutorial-2023-cpu", "mixed_precision": "no", "resolution": 16, "learning_rate": 0.0001,
             "validation_prompt": "cute dragon creature", "step": 6, "finished": True}
 
@@ -174,7 +175,8 @@ def test_the_run_settings_are_shown_and_where_jobs_differ_how(run_dir):
     (run_dir / "host-b" / "tpu0" / "run.json").write_text(json.dumps({**TINY_RUN, "resolution": 512}))
     out = run_report(run_dir).stdout
     for label, value in [("model", "/var/lib/sophon-sd/fixtures/tiny-sd"), ("profile", "tutorial-2023-cpu"),
-                         ("precision", "no"), ("learning rate", "0.0001"), ("validation prompt", "cute dragon creature"),
+                         ("precision", "no"), ("learning rate", "0.0001"),
+                         ("validation prompt", "cute dragon creature"),
                          ("resolution", "differs: 16 (1 job); 512 (1 job)")]:
         assert re.search(rf"^  {label} +{re.escape(value)}$", out, re.MULTILINE), (label, out)
     assert "2 of 4 jobs recorded no settings in run.json" in out

@@ -159,7 +159,8 @@ def read_json(path: PathLike, limit: int = JSON_LIMIT) -> Optional[Dict[str, Any
         return None
     try:
         parsed = json.loads(data)
-    except ValueError:  # UnicodeDecodeError is one
+    # UnicodeDecodeError is a ValueError; a file of 100000 "[" (the runner user's to write) a RecursionError.
+    except (ValueError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
 

@@ -119,13 +119,13 @@ def json_lines(data: bytes) -> List[Any]:
         values = json.loads(b"[" + b",".join(lines) + b"]")
         if len(values) == len(lines):  # else a line held two values: read line by line, as the fallback does
             return values
-    except ValueError:  # UnicodeDecodeError is one
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; "[" * 100000 a RecursionError
         pass
     values = []
     for line in lines:
         try:
             values.append(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     return values
 

@@ -147,6 +147,16 @@ def test_values_of_the_wrong_type_show_as_unknown(run_dir):
     assert row(out, "host-c", "-") == ["host-c", "-", "failed", "no metrics"]
 
 
+def test_json_nested_too_deep_for_the_parser_counts_as_unreadable(run_dir):
+    """json.loads raises RecursionError, no ValueError, on 100000 "[": a host's file crashed the report."""
+    job = run_dir / "host-b" / "tpu0"
+    with (job / "metrics.jsonl").open("a") as metrics:
+        metrics.write("[" * 100000 + "\n")
+    (job / "run.json").write_text('{"model": ' + "[" * 100000)
+    out = run_report(run_dir).stdout
+    assert row(out, "host-b", "tpu0") == ["host-b", "tpu0", "finished", "8/8", "0.5000", "2.0 s", "4.00", "3 s"]
+
+
 def test_fifos_and_oversized_files_from_a_host_neither_hang_nor_count(run_dir):
     """A FIFO blocks a plain open() for ever; a status.json over the limit is not read."""
     job = run_dir / "host-a" / "cpu"

@@ -25,7 +25,7 @@ PEFT_PROFILE := sophgo-peft-cpu
 TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
 
-.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet molecule host-tests test-inputs test-long test-profile roles test-image clean
+.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet bench-report molecule host-tests test-inputs test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -182,6 +182,9 @@ bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain
 
 bench-threads: $(ML_VENV)/.installed ## Tiny trainers side by side with torch's default threads and with the kit's share (OMP_NUM_THREADS); writes build/bench-threads.json
 	$(ML_VENV)/bin/python tests/bench/bench_threads.py --out build/bench-threads.json
+
+bench-report: ## The run report on a simulated 100 hosts x 8 jobs x 2000 steps (build/report-run/sim/): time, size; writes build/bench-report.json
+	python3 tests/bench/bench_report.py --run-dir build/report-run/sim --out build/bench-report.json
 
 bench-fleet: setup test-image test-bundle ## Fleet control plane over SSH: converge 2 hosts from the bundle, rerun and --check on 1, rerun on 8 copies (linear, free, Mitogen if installed); writes build/bench-fleet.json
 	python tests/bench/bench_fleet.py --out build/bench-fleet.json

@@ -27,6 +27,8 @@ STATE_DIR_KEY = "SOPHON_SD_STATE_DIR"
 # What the operator provisioned the host to run on: "sophgo" (its BM1684X chips) or "none" (no chips).
 RUNTIME_KEY = "SOPHON_SD_RUNTIME"
 RUNTIMES = ("sophgo", "none")
+# The stack the host was provisioned with (profiles/<name>/profile.yml); train_lora.py records it in run.json.
+PROFILE_KEY = "SOPHON_SD_PROFILE"
 # Names the file holding a Hugging Face token (0640 root:sophon-sd). The token itself never goes
 # into the env file: that one is world-readable and sourced by every login shell.
 HUB_TOKEN_FILE_KEY = "SOPHON_SD_HUB_TOKEN_FILE"
@@ -157,7 +159,8 @@ def read_json(path: PathLike, limit: int = JSON_LIMIT) -> Optional[Dict[str, Any
         return None
     try:
         parsed = json.loads(data)
-    except ValueError:  # UnicodeDecodeError is one
+    # UnicodeDecodeError is a ValueError; a file of 100000 "[" (the runner user's to write) a RecursionError.
+    except (ValueError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
 

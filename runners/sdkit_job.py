@@ -406,7 +406,7 @@ def last_metrics(path: Path) -> Optional[dict]:
     for line in reversed((read_limited(path, METRICS_TAIL, tail=True) or b"").splitlines()):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a RecursionError: a line of thousands of "[", the runner user's
             continue  # the first line of the window may be cut, the last one half-written
         return record if isinstance(record, dict) else None
     return None

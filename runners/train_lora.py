@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sdkit_env  # noqa: E402
 import sdkit_lora  # noqa: E402
 from sdkit_env import RunnerError  # noqa: E402
-from sdkit_files import fsync_dir, fsync_tree, read_json, write_json_atomic  # noqa: E402
+from sdkit_files import PROFILE_KEY, fsync_dir, fsync_tree, read_json, write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("sdkit.train")
 
@@ -297,6 +297,12 @@ def fingerprint(args, model_dir: str, mixed_precision: str, num_processes: int) 
         "num_processes": num_processes,
         **{name: getattr(args, name) for name in IDENTITY_FLAGS},
     }
+
+
+def described(args) -> Dict[str, Any]:
+    """What run.json records for the report (tools/sdkit_report.py) beside the fingerprint: settings that do
+    not change the weights, so a resume never compares them."""
+    return {"validation_prompt": args.validation_prompt, "profile": os.environ.get(PROFILE_KEY) or None}
 
 
 def read_run_json(folder: Path) -> Optional[Dict[str, Any]]:
@@ -661,6 +667,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         seed = int(broadcast(drawn).item()) if accelerator.num_processes > 1 else int(drawn.item())
         logger.info("no --seed given: using %d (recorded in run.json)", seed)
     run["seed"] = seed
+    run.update(described(args))  # after the comparisons with an earlier run.json: a new prompt may resume
     set_seed(seed)
     # The data is checked before the models load (minutes for SD v1.4) and before run.json claims the folder.
     with accelerator.main_process_first():

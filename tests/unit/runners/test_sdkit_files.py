@@ -69,7 +69,8 @@ def test_unreadable_env_file_says_why(tmp_path):
         EnvFile.read(env_file)
 
 
-@pytest.mark.parametrize("content", [None, "", '{"step": 3', "[1, 2]", "not json"])
+# The last: nested deeper than the parser recurses, which raised RecursionError (no ValueError) out of the reader.
+@pytest.mark.parametrize("content", [None, "", '{"step": 3', "[1, 2]", "not json", '{"a": ' + "[" * 100000])
 def test_read_json_is_none_for_anything_but_an_object(tmp_path, content):
     path = tmp_path / "state.json"
     if content is not None:

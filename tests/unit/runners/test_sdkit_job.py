@@ -531,3 +531,10 @@ def test_a_slurm_record_without_its_name_does_not_crash_status(job_tool):
     record = json.loads((job_tool.job_dir / "job.json").read_text())
     (job_tool.job_dir / "job.json").write_text(json.dumps({**record, "scheduler": "slurm", "slurm_name": ["x"]}))
     assert only_job(status_within(job_tool))["state"] == "finished"
+
+
+def test_last_metrics_skips_a_line_nested_too_deep_for_the_parser(tmp_path):
+    """json.loads raises RecursionError, no ValueError, on a line of 4000 "[": the status of the job crashed."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 3, "loss": 0.5}\n' + "[" * 4000 + "\n")
+    assert sdkit_job.last_metrics(metrics) == {"step": 3, "loss": 0.5}

@@ -94,10 +94,13 @@ def seed_fp32_run(tiny, tmp_path_factory, reset_accelerate):
     cwd = os.getcwd()
     os.chdir(workdir)  # the tutorial's relative --output_dir lands here
     reset_accelerate()
+    # As the job tool's units get it from the env file (EnvironmentFile=): run.json records it for the report.
+    os.environ["SOPHON_SD_PROFILE"] = "tutorial-2023-cpu"
     try:
         argv = seed_argv(SEED_FP32, tiny["model"], tiny["parquet"]) + SMALL
         rc = sdkit_env.run_main(train_lora.main, argv)
     finally:
+        del os.environ["SOPHON_SD_PROFILE"]
         os.chdir(cwd)
         reset_accelerate()
         os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
@@ -122,6 +125,8 @@ def test_run_json_records_the_settings_and_the_total_steps(seed_fp32_run):
     run = json.loads((seed_fp32_run / "run.json").read_text())
     assert run["total_steps"] == 2 and run["finished"] is True
     assert (run["learning_rate"], run["train_batch_size"], run["seed"], run["resolution"]) == (1e-4, 1, 42, 16)
+    # What the report shows of a run besides the fingerprint (issue 20: a TINY run's report showed no settings).
+    assert (run["validation_prompt"], run["profile"]) == ("cute dragon creature", "tutorial-2023-cpu")
 
 
 def has_lora(unet) -> bool:

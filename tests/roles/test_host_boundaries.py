@@ -19,7 +19,7 @@ import re
 
 import pytest
 
-from conftest import ML_SITE_MOUNT, borrow_ml_venv
+from conftest import ML_SITE_MOUNT, REPO, borrow_ml_venv
 
 PODMAN_OPTIONS = ML_SITE_MOUNT
 HOST_ENV_ONLY = {"sophon_sd_sophgo_runtime": False, "sophon_host_env_assets_source": "hub"}
@@ -56,23 +56,8 @@ while time.monotonic() < deadline:
     output += chunk
 sys.stdout.write(output.decode(errors="replace"))
 """
-# What a hostile runner command tries with root's terminal, and what it runs as and with.
-PROBE = """#!/usr/bin/python3
-import fcntl, json, os, termios
-found = {"user": os.getuid(), "hf_home": os.environ.get("HF_HOME"), "stdin": os.readlink("/proc/self/fd/0")}
-for fd in (0, 1, 2):
-    try:
-        fcntl.ioctl(fd, termios.TIOCSTI, b"x")
-        found[f"tiocsti{fd}"] = "typed"
-    except OSError as error:
-        found[f"tiocsti{fd}"] = error.strerror
-try:
-    os.close(os.open("/dev/tty", os.O_RDWR))
-    found["dev_tty"] = "opened"
-except OSError as error:
-    found["dev_tty"] = error.strerror
-print("PROBE " + json.dumps(found))
-"""
+# What a hostile runner command tries with root's terminal (shared with the unit test of sdkit_as_runner.py).
+PROBE = (REPO / "tests" / "standins" / "terminal_probe.py").read_text()
 # A runner command that starts a child and waits: the child's pid goes to the flag file.
 SLEEPER = """#!/usr/bin/python3
 import subprocess

@@ -27,22 +27,7 @@ shift 3
 exec "$@"
 """
 # Tries what a hostile command would: type into the terminal on fds 0-2, and open /dev/tty.
-PROBE = """
-import fcntl, json, os, sys, termios
-found = {"sid_is_own": os.getsid(0) == os.getpid(), "stdin": os.readlink("/proc/self/fd/0")}
-for fd in (0, 1, 2):
-    try:
-        fcntl.ioctl(fd, termios.TIOCSTI, b"x")
-        found[f"tiocsti{fd}"] = "typed"
-    except OSError as error:
-        found[f"tiocsti{fd}"] = error.strerror
-try:
-    os.close(os.open("/dev/tty", os.O_RDWR))
-    found["dev_tty"] = "opened"
-except OSError as error:
-    found["dev_tty"] = error.strerror
-print(json.dumps(found))
-"""
+PROBE = str(Path(__file__).resolve().parents[2] / "standins" / "terminal_probe.py")
 
 
 @pytest.fixture
@@ -80,14 +65,14 @@ def probe_result(output: str) -> dict:
 
 def test_plain_runuser_stand_in_lets_the_command_type_into_the_terminal(env):
     """The check below is meaningful: run as today's Makefile did, the probe types into the terminal."""
-    found = probe_result(in_a_terminal(["runuser", "-u", "nobody", "--", sys.executable, "-c", PROBE], env))
+    found = probe_result(in_a_terminal(["runuser", "-u", "nobody", "--", sys.executable, PROBE], env))
     if found["tiocsti0"] != "typed":
         pytest.skip(f"this kernel refuses TIOCSTI to everyone ({found['tiocsti0']})")
     assert found["dev_tty"] == "opened"
 
 
 def test_command_has_its_own_session_and_no_terminal(env):
-    found = probe_result(in_a_terminal([sys.executable, str(WRAPPER), "nobody", "--", sys.executable, "-c", PROBE], env))
+    found = probe_result(in_a_terminal([sys.executable, str(WRAPPER), "nobody", "--", sys.executable, PROBE], env))
 
     assert found["sid_is_own"] and found["stdin"] == "/dev/null"
     assert all(found[f"tiocsti{fd}"] != "typed" for fd in (0, 1, 2)), found

@@ -13,7 +13,7 @@ import re
 from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, borrow_ml_venv
 
 WHEELS = REPO / "bundle" / "wheelhouse" / TEST_PROFILE
-PODMAN_OPTIONS = ["-v", f"{WHEELS}:/srv/wheels:ro", *ML_SITE_MOUNT]
+PODMAN_OPTIONS = ["-v", f"{WHEELS}:/srv/wheels:ro", "-v", f"{REPO / 'bundle' / 'apt'}:/srv/mirror/apt:ro", *ML_SITE_MOUNT]
 SERVED = f"/srv/mirror/wheelhouse/{TEST_PROFILE}"
 MIRROR = {"sophon_sd_bundle_transport": "mirror", "sophon_sd_bundle_mirror_url": "http://127.0.0.1:8080"}
 # The smallest wheel: the one the mirror serves changed.
@@ -77,3 +77,16 @@ def test_the_mirror_put_right_installs_and_a_rerun_changes_nothing(throwaway_hos
     # The wheelhouse alone is hundreds of MB; a mirror host gets module code and a manifest's worth of small files.
     assert mirror_bytes * 20 < push_bytes, (mirror_bytes, push_bytes)
     assert re.search(r"changed=[1-9]", recap(first.output))
+
+
+def test_apt_reads_the_bundle_repository_from_the_mirror(throwaway_host):
+    variables = {**MIRROR, "sophon_apt_source": "bundle"}
+    result = throwaway_host.play("apt.yml", variables)
+    assert not result.failed, result.output[-3000:]
+    source = throwaway_host.check_output("cat /etc/apt/sources.list.d/sophon-sd-bundle.sources")
+    assert "URIs: http://127.0.0.1:8080/apt/" in source and "Signed-By: /etc/apt/keyrings/sophon-sd-bundle.asc" in source
+    assert not throwaway_host.exists("/opt/sophon-sd/apt.tar")
+    # apt took the index from the mirror, checked by the bundle's key.
+    assert "127.0.0.1:8080/apt" in throwaway_host.check_output("apt-cache policy git")
+    rerun = throwaway_host.play("apt.yml", variables)
+    assert not rerun.failed and "changed=0" in recap(rerun.output), rerun.output[-3000:]

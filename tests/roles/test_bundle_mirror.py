@@ -13,7 +13,8 @@ import re
 from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, borrow_ml_venv
 
 WHEELS = REPO / "bundle" / "wheelhouse" / TEST_PROFILE
-PODMAN_OPTIONS = ["-v", f"{WHEELS}:/srv/wheels:ro", "-v", f"{REPO / 'bundle' / 'apt'}:/srv/mirror/apt:ro", *ML_SITE_MOUNT]
+PODMAN_OPTIONS = ["-v", f"{WHEELS}:/srv/wheels:ro", "-v", f"{REPO / 'bundle' / 'apt'}:/srv/mirror/apt:ro",
+                  "-v", f"{REPO / 'bundle' / 'sources'}:/srv/sources:ro", *ML_SITE_MOUNT]
 SERVED = f"/srv/mirror/wheelhouse/{TEST_PROFILE}"
 MIRROR = {"sophon_sd_bundle_transport": "mirror", "sophon_sd_bundle_mirror_url": "http://127.0.0.1:8080"}
 # The smallest wheel: the one the mirror serves changed.
@@ -41,13 +42,26 @@ def test_a_wheel_changed_on_the_mirror_is_refused_and_named(throwaway_host):
         "2>/dev/null && break; sleep 0.2; done")
     result = throwaway_host.play("stack.yml", MIRROR, tags="venv")
     assert result.failed
-    message = [line for line in result.output.splitlines() if "did not serve" in line]
+    message = [line for line in result.output.splitlines() if "did not serve" in line and "file(s)" in line]
     assert message, result.output[-3000:]
     assert f"wheelhouse/{TEST_PROFILE}/{CHANGED}" in message[0] and "changed file" in message[0]
     # Only the changed wheel is named; the others downloaded and matched.
-    assert "1 wheel(s)" in message[0]
+    assert "1 file(s)" in message[0]
     assert not throwaway_host.exists(f"{HOST_WHEELHOUSE}/{CHANGED}")
     assert not throwaway_host.exists("/opt/sophon-sd/venv")
+
+
+def test_a_source_archive_changed_on_the_mirror_is_refused_and_named(throwaway_host):
+    archive = "accelerate-0.16.0.tar.gz"
+    throwaway_host.check_output(f"mkdir -p /srv/mirror/sources && ln -sf /srv/sources/* /srv/mirror/sources/ && "
+                                f"rm /srv/mirror/sources/{archive} && cp /srv/sources/{archive} /srv/mirror/sources/ && "
+                                f"printf x >> /srv/mirror/sources/{archive}")
+    result = throwaway_host.play("stack.yml", {**MIRROR, "sophon_upstream_source": "bundle"}, tags="upstream")
+    assert result.failed
+    message = [line for line in result.output.splitlines() if "did not serve" in line and "file(s)" in line]
+    assert message, result.output[-3000:]
+    assert f"sources/{archive}" in message[0] and "changed file" in message[0] and "1 file(s)" in message[0]
+    assert not throwaway_host.exists(f"/opt/sophon-sd/src/.archives/{archive}")
 
 
 def test_the_mirror_put_right_installs_and_a_rerun_changes_nothing(throwaway_host):

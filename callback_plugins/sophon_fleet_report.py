@@ -41,6 +41,9 @@ MESSAGE_LIMIT = 300
 def summarize(result: dict) -> str:
     """The one line an operator needs from a failed task's result."""
     message = result.get("msg") or result.get("stderr") or ""
+    # A command that failed says only "non-zero return code"; its stderr says why (the job tool's one line).
+    if result.get("stderr") and message != result["stderr"]:
+        message = f"{message}: {result['stderr']}"
     # A module that crashed says only that its output was not JSON; its stderr says why.
     module_error = next((line for line in str(result.get("module_stderr", "")).splitlines() if line.strip()), "")
     # A loop says only that an item failed; the first failed item says why.

@@ -2,12 +2,15 @@
 """Start, watch and stop LoRA training jobs on this host as systemd services of the runner user.
 
 ``playbooks/train.yml`` drives this over SSH: a fine-tune runs for hours, and the SSH connection
-(or the control node) must be free to go away meanwhile. So ``start`` hands each job to systemd
-(``systemd-run``): a transient service ``sdkit-train-<run-id>-<job>.service`` that runs as the
-runner user with the kit's env file (EnvironmentFile=), outside any login session, so that
-``systemctl status``, ``systemctl stop`` and ``journalctl -u`` work and the job outlives the
-operator's logout. The service runs this tool's ``supervise`` command, which runs the trainer
-and records how it ended. Everything about a run lives on the host, under
+(or the control node) must be free to go away meanwhile. So ``start`` hands each job to systemd: a
+service ``sdkit-train-<run-id>-<job>.service`` that runs as the runner user with the kit's env file
+(EnvironmentFile=), outside any login session, so that ``systemctl status``, ``systemctl stop`` and
+``journalctl -u`` work and the job outlives the operator's logout. The service runs this tool's
+``supervise`` command, which runs the trainer and records how it ended. Its unit file is written by
+root into /etc/systemd/system (from validated paths only) and enabled for boot: a host that reboots
+mid-run starts the job again by itself, and ``supervise`` resumes it from its latest checkpoint (a
+transient unit of systemd-run would be gone after the reboot). ``stop`` disables the unit, so a
+cancelled job stays stopped; the next ``start`` disables the units of finished jobs. Everything about a run lives on the host, under
 ``<runs-dir>/<run-id>/<job>/``:
 
     job.json      the command, its environment overrides and every attempt (unit, start time)
@@ -107,6 +110,11 @@ STATUS_PAUSE_S = 3.0
 # --model and --dataset: a hub id (owner/name, or a download-share folder name) or an absolute path.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# What root writes into a unit file as a path: nothing that systemd would read as quoting, a specifier
+# (%), a variable ($) or a new setting (newline).
+UNIT_VALUE = re.compile(r"/[A-Za-z0-9/._+-]*")
+# The job units' folder: files written here by root, from validated values only.
+UNIT_DIR = "/etc/systemd/system"
 SOURCE_FLAGS = {"model": "--pretrained_model_name_or_path", "dataset": "--dataset_name"}
 # argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
 HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
@@ -365,21 +373,63 @@ def unit_states(units: List[str]) -> Dict[str, Dict[str, str]]:
     return {unit: states.get(unit, {"ActiveState": "inactive"}) for unit in units}
 
 
-def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int) -> None:
-    """Start the job's transient service: ``supervise`` of its folder, as the runner user."""
-    systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
-    command = ["systemd-run", "--quiet", f"--unit={job.unit}", f"--description=sophon-sd-kit training job {job.dir}",
-               "--property=Type=exec", f"--property=EnvironmentFile={env_file}",
-               # SIGTERM to the supervisor only, which passes it to the trainer once (a second one aborts).
-               "--property=KillMode=mixed", "--property=KillSignal=SIGTERM",
-               f"--property=TimeoutStopSec={stop_timeout}", f"--property=SuccessExitStatus={INTERRUPTED}"]
+def unit_value(what: str, value: str) -> str:
+    """A path as root writes it into a unit file: only characters that systemd takes literally (no spaces,
+    quotes, '%' specifiers, '$' or newlines, which would add settings of their own)."""
+    if not UNIT_VALUE.fullmatch(value):
+        raise JobError(f"{what} {value!r} cannot go into a systemd unit: use an absolute path of letters, digits, "
+                       "'/', '.', '_', '+' or '-'")
+    return value
+
+
+def unit_text(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int) -> str:
+    """The job's service: ``supervise`` of its folder as the runner user, enabled for boot, so that a job
+    that a reboot cut short comes back by itself and resumes from its latest checkpoint (supervise adds
+    the resumed attempt). A unit of systemd-run would be transient: gone after the reboot."""
+    lines = ["[Unit]", f"Description=sophon-sd-kit training job {unit_value('job folder', str(job.dir))}",
+             # sshd waits for the job to be started: once a host answers again after a reboot, the playbook's
+             # poll sees the job running, not ended.
+             "Before=ssh.service sshd.service",
+             "", "[Service]", "Type=exec", f"EnvironmentFile={unit_value('--env-file', env_file)}",
+             # SIGTERM to the supervisor only, which passes it to the trainer once (a second one aborts).
+             "KillMode=mixed", "KillSignal=SIGTERM", f"TimeoutStopSec={int(stop_timeout)}",
+             f"SuccessExitStatus={INTERRUPTED}"]
     if account:
-        command += [f"--uid={account.pw_name}", f"--gid={grp.getgrgid(account.pw_gid).gr_name}"]
-    command += ["--", sys.executable, str(Path(__file__).resolve()), "supervise", "--job-dir", str(job.dir)]
-    result = systemd(*command)
-    if result.returncode != 0:
-        raise JobError(f"job {job.name} did not start: systemd-run: {' '.join(result.stderr.split())}; "
-                       f"see journalctl -u {job.unit}")
+        lines += [f"User={account.pw_name}", f"Group={grp.getgrgid(account.pw_gid).gr_name}"]
+    tool = [unit_value("python", sys.executable), unit_value("job tool", str(Path(__file__).resolve()))]
+    lines += [f"ExecStart={' '.join(tool)} supervise --job-dir {job.dir}", "", "[Install]",
+              "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def write_unit(unit_dir: Path, unit: str, text: str) -> None:
+    """Root writes the unit file in systemd's root-owned folder, atomically (a new file renamed over the old)."""
+    path = unit_dir / unit
+    temporary = unit_dir / f".{unit}.{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int,
+                unit_dir: Path) -> None:
+    """Write the job's unit, enable it for boot and start it."""
+    write_unit(unit_dir, job.unit, unit_text(job, account, env_file, stop_timeout))
+    systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
+    for command in (["daemon-reload"], ["enable", "--now", "--", job.unit]):
+        result = systemd("systemctl", *command)
+        if result.returncode != 0:
+            raise JobError(f"job {job.name} did not start: systemctl {command[0]}: {' '.join(result.stderr.split())}; "
+                           f"see journalctl -u {job.unit}")
+
+
+def disable_units(units: List[str]) -> None:
+    """Keep the units of stopped or finished jobs from starting at boot (start enables them again)."""
+    if units:
+        result = systemd("systemctl", "disable", "--", *units)
+        if result.returncode != 0:
+            raise JobError(f"systemctl disable failed: {' '.join(result.stderr.split())}")
 
 
 # --------------------------------------------------------------------------- state on disk
@@ -633,13 +683,16 @@ def jobs_status(jobs: List[Job]) -> List[dict]:
 # --------------------------------------------------------------------------- the unit's process
 
 
-def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
+def supervise(job_dir: Path, forward_sigterm: bool = True, unit: bool = True) -> int:
     """What the unit runs, as the runner user: the trainer with the log as its output, then its exit status.
 
     systemd sends SIGTERM here only (KillMode=mixed); it goes on to the trainer once, which saves a
     checkpoint and exits 130, and this process lives to record that, not die first and leave a
     "failed" job. The trainer's exit code becomes the unit's (a signal N as 128+N), so that
     ``systemctl status`` shows a failure too; 130 counts as success (SuccessExitStatus).
+
+    A unit (``unit``) that starts again after its attempt ran was started by the boot, not by ``start``:
+    it adds a resumed attempt (``--resume_from_checkpoint latest``), or does nothing for a finished job.
 
     Under Slurm (``forward_sigterm`` false) every process of the task gets Slurm's SIGTERM itself,
     the trainer included: passing it on would be the second one, which aborts the trainer.
@@ -651,6 +704,16 @@ def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
         print(f"error: {job_dir / 'job.json'} has no attempt to run", file=sys.stderr)
         return 2
     attempt = record["attempts"][-1]
+    if unit and "ran_at" in attempt:
+        # The unit started again without `start` (the host rebooted): resume from the latest checkpoint,
+        # unless the job had finished.
+        if read_small_int(job_dir / "exit_status") == 0:
+            return 0
+        attempt = {"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True), "unit": unit_name(job_dir)}
+        record["attempts"].append(attempt)
+    if unit:
+        attempt["ran_at"] = time.time()
+        write_json_atomic(job_dir / "job.json", record)
     argv = attempt["argv"]
     env = {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
     log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
@@ -785,7 +848,7 @@ def cmd_slurm_task(args: argparse.Namespace) -> int:
         device = f"tpu:{chips[0]}"  # tpu:N is chip N as bm-smi numbers it, as gres.conf's File= does
     attempt.update(device=device, chips=chips, env={"ACCELERATE_TORCH_DEVICE": device})
     write_json_atomic(job_dir / "job.json", record)
-    return supervise(job_dir, forward_sigterm=False)
+    return supervise(job_dir, forward_sigterm=False, unit=False)
 
 
 # --------------------------------------------------------------------------- commands
@@ -829,7 +892,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         plans = as_user(account, prepare_run, run_dir, jobs)
         for job, plan in zip(jobs, plans):
             if plan["launch"]:
-                launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout)
+                launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout, Path(args.unit_dir))
+        disable_units([job.unit for job, plan in zip(jobs, plans) if plan["action"] == "already finished"])
         statuses = as_user(account, jobs_status, jobs)
     results = [{"job": plan["job"], "action": plan["action"], "status": status}
                for plan, status in zip(plans, statuses)]
@@ -876,6 +940,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     account = runner_account(args.user)
     units = run_units(args.run_id)
     if units:
+        disable_units(units)  # a cancelled job stays stopped through a reboot
         result = systemd("systemctl", "stop", "--no-block", "--", *units)
         if result.returncode != 0:
             raise JobError(f"systemctl stop failed: {' '.join(result.stderr.split())}")
@@ -953,6 +1018,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help="systemd: the jobs run here as systemd services (no controller needed); slurm: they "
                             "queue in the Slurm cluster (role sophon_slurm), one array task per chip, pinned to "
                             "this host, which keeps their checkpoints.")
+    start.add_argument("--unit-dir", default=UNIT_DIR,
+                       help=f"Where the jobs' units are written, enabled for boot (default {UNIT_DIR}).")
     start.add_argument("--slurm-gres", default="tpu",
                        help="The generic resource that the cluster's slurm.conf names the chips by (default tpu).")
     start.add_argument("--cpu-threads", type=thread_count, default=None,

@@ -4,9 +4,9 @@ Ansible's recap counts failures per host; on a fleet the reason is scrolled far 
 callback keeps the failure (task and message) or unreachable error that stopped each host, and prints
 them together after the recap, so an operator sees which hosts to fix and why without searching.
 
-It also shows progress while a task polls with until/retries (playbooks/tasks/train_poll.yml): when
-a round's output is a JSON object with `lines`, those lines are printed for the host each round,
-where Ansible itself only says how many retries are left.
+It also shows progress while a task polls with until/retries: when a retry's output is a JSON object
+with `lines`, those lines are printed for the host, where Ansible itself only says how many retries are
+left. (train.yml's poll is a play in rounds instead, which prints each host's lines with a debug task.)
 
 Both come from the hosts, so both go through sdkit_files.printable first: an escape sequence in a
 job's name or a failure message would otherwise reach the operator's terminal.

@@ -492,9 +492,11 @@ def systemd_live(unit: Dict[str, str]) -> dict:
     return {"state": "gone", "signal": int(unit.get("ExecMainStatus") or 0) if killed else None}
 
 
-def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
-    """Each Slurm job's state in the queue: queued (with Slurm's reason), running, or gone (ended)."""
-    queues: Dict[str, Dict[str, Dict[str, str]]] = {}
+def slurm_live(records: Dict[Path, dict], given: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
+               ) -> Dict[Path, dict]:
+    """Each Slurm job's state in the queue: queued (with Slurm's reason), running, or gone (ended).
+    ``given``: the queue of these names as the playbook's one squeue of the round found it."""
+    queues: Dict[str, Dict[str, Dict[str, str]]] = dict(given or {})
     live = {}
     for job_dir, record in records.items():
         name = record["slurm_name"]
@@ -507,7 +509,8 @@ def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
     return live
 
 
-def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
+def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
+                ) -> Dict[Path, dict]:
     """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run."""
     records = {d: read_json(d / "job.json") or {} for d in job_dirs}
     queued = {d: r for d, r in records.items()
@@ -515,7 +518,7 @@ def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
     units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
     live = {d: systemd_live(units[unit_name(d)]) for d in job_dirs if d not in queued}
     try:
-        live.update(slurm_live(queued))
+        live.update(slurm_live(queued, slurm_queue))
     except SlurmError as exc:
         raise JobError(str(exc)) from None
     return live
@@ -542,6 +545,8 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     live = live or live_states([job_dir])[job_dir]
     status.update(device=attempt.get("device", job.get("device")), attempts=len(job["attempts"]),
                   pid=read_pid(job_dir), scheduler=job.get("scheduler", "systemd"))
+    if status["scheduler"] == "slurm" and isinstance(job.get("slurm_name"), str):
+        status["slurm_name"] = printable(job["slurm_name"])  # the playbook's one squeue of a round asks for it
     if status["scheduler"] == "slurm":
         status["unit"] = f"slurm job {slurm_job_of(job_dir)}"
     exit_file = job_dir / "exit_status"
@@ -607,10 +612,10 @@ def run_job_dirs(run_dir: Path) -> List[Path]:
     return [d for d in sorted(run_dir.iterdir()) if JOB_NAME_PATTERN.fullmatch(d.name) and (d / "job.json").is_file()]
 
 
-def run_status(run_dir: Path) -> dict:
+def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None) -> dict:
     """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
     job_dirs = run_job_dirs(run_dir)
-    live = live_states(job_dirs)
+    live = live_states(job_dirs, slurm_queue)
     jobs = [job_status(d, live[d]) for d in job_dirs]
     states = {j["state"] for j in jobs}
     # A queued job counts as running: it will run, and polling must go on.
@@ -683,16 +688,13 @@ def jobs_status(jobs: List[Job]) -> List[dict]:
 # --------------------------------------------------------------------------- the unit's process
 
 
-def supervise(job_dir: Path, forward_sigterm: bool = True, unit: bool = True) -> int:
+def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
     """What the unit runs, as the runner user: the trainer with the log as its output, then its exit status.
 
     systemd sends SIGTERM here only (KillMode=mixed); it goes on to the trainer once, which saves a
     checkpoint and exits 130, and this process lives to record that, not die first and leave a
     "failed" job. The trainer's exit code becomes the unit's (a signal N as 128+N), so that
     ``systemctl status`` shows a failure too; 130 counts as success (SuccessExitStatus).
-
-    A unit (``unit``) that starts again after its attempt ran was started by the boot, not by ``start``:
-    it adds a resumed attempt (``--resume_from_checkpoint latest``), or does nothing for a finished job.
 
     Under Slurm (``forward_sigterm`` false) every process of the task gets Slurm's SIGTERM itself,
     the trainer included: passing it on would be the second one, which aborts the trainer.
@@ -704,16 +706,6 @@ def supervise(job_dir: Path, forward_sigterm: bool = True, unit: bool = True) ->
         print(f"error: {job_dir / 'job.json'} has no attempt to run", file=sys.stderr)
         return 2
     attempt = record["attempts"][-1]
-    if unit and "ran_at" in attempt:
-        # The unit started again without `start` (the host rebooted): resume from the latest checkpoint,
-        # unless the job had finished.
-        if read_small_int(job_dir / "exit_status") == 0:
-            return 0
-        attempt = {"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True), "unit": unit_name(job_dir)}
-        record["attempts"].append(attempt)
-    if unit:
-        attempt["ran_at"] = time.time()
-        write_json_atomic(job_dir / "job.json", record)
     argv = attempt["argv"]
     env = {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
     log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
@@ -848,7 +840,7 @@ def cmd_slurm_task(args: argparse.Namespace) -> int:
         device = f"tpu:{chips[0]}"  # tpu:N is chip N as bm-smi numbers it, as gres.conf's File= does
     attempt.update(device=device, chips=chips, env={"ACCELERATE_TORCH_DEVICE": device})
     write_json_atomic(job_dir / "job.json", record)
-    return supervise(job_dir, forward_sigterm=False, unit=False)
+    return supervise(job_dir, forward_sigterm=False)
 
 
 # --------------------------------------------------------------------------- commands
@@ -903,9 +895,23 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_while_running(run_dir: Path, seconds: float, pause: float) -> dict:
+def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Dict[str, Dict[str, str]]]]:
+    """--slurm-queue-names and --slurm-queue: each named job's tasks from the playbook's squeue lines
+    (name|id|state|reason[|user]); a name without lines has none left in the queue."""
+    if not names:
+        return None
+    queue: Dict[str, Dict[str, Dict[str, str]]] = {name: {} for name in names.split(",") if name}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) >= 4 and fields[0] in queue:
+            queue[fields[0]][fields[1]] = {"state": fields[2], "reason": fields[3]}
+    return queue
+
+
+def wait_while_running(run_dir: Path, seconds: float, pause: float,
+                       slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None) -> dict:
     deadline = time.monotonic() + seconds
-    status = run_status(run_dir)
+    status = run_status(run_dir, slurm_queue)
     while status["state"] == "running" and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         status = run_status(run_dir)
@@ -919,7 +925,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         become(account)  # status needs no root at all: systemctl show works for anyone
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
     # prints a line every --wait seconds rather than every second.
-    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S)
+    # The queue as the playbook's one squeue of the round saw it stands for the first look only.
+    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, given_queue(args.slurm_queue_names, args.slurm_queue))
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
@@ -961,7 +968,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    return supervise(Path(args.job_dir))
+    """What a job's unit runs. A unit that starts again after its attempt ran was started by the boot, not
+    by ``start``: it adds a resumed attempt (``--resume_from_checkpoint latest``), or does nothing for a
+    job that had finished."""
+    job_dir = Path(args.job_dir)
+    record = read_json(job_dir / "job.json")
+    if record and isinstance(record.get("attempts"), list) and record["attempts"]:
+        attempt = record["attempts"][-1]
+        if isinstance(attempt, dict) and "ran_at" in attempt:
+            if read_small_int(job_dir / "exit_status") == 0:
+                return 0
+            attempt = {"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True),
+                       "unit": unit_name(job_dir)}
+            record["attempts"].append(attempt)
+        if isinstance(attempt, dict):
+            attempt["ran_at"] = time.time()
+            write_json_atomic(job_dir / "job.json", record)
+    return supervise(job_dir)
 
 
 def thread_count(value: str) -> int:
@@ -1036,6 +1059,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                  help="Each job's state, step/total, last loss and elapsed time.")
     status.add_argument("--wait", type=float, default=0,
                         help="Wait up to this many seconds, or until no job is running, before answering.")
+    status.add_argument("--slurm-queue-names", default="",
+                        help="Comma-separated Slurm job names (sdkit-train-<run-id>.<node>) whose queue --slurm-queue "
+                             "gives, so that this host runs no squeue of its own: train.yml asks the controller once "
+                             "a round for the whole run.")
+    status.add_argument("--slurm-queue", action="append", default=[],
+                        help="One squeue line name|id|state|reason[|user] of those names, once per line (a name "
+                             "without lines has no task left in the queue).")
     status.set_defaults(func=cmd_status)
 
     stop = commands.add_parser("stop", parents=[common],

@@ -27,7 +27,7 @@ from conftest import REPO, PlayResult
 ROUNDS = int(os.environ.get("SDKIT_POLL_ROUNDS", "30"))
 # A stand-in for sdkit_job.py status: `running` until call FINISH, then `finished`, with one job folder
 # holding a metrics file. Each call appends the control node's CPU seconds so far (ansible-playbook and
-# its reaped workers, from /proc) to a log next to itself.
+# its reaped workers, from /proc) and ansible-playbook's resident memory (kB) to a log next to itself.
 FAKE_JOB_TOOL = """
 import json, os, pathlib, sys
 host, finish, runs, control = sys.argv[3], int(sys.argv[4]), pathlib.Path(sys.argv[5]), sys.argv[6]
@@ -35,8 +35,9 @@ counter = runs / f"{host}.count"
 calls = int(counter.read_text()) + 1 if counter.exists() else 1
 counter.write_text(str(calls))
 fields = pathlib.Path(f"/proc/{control}/stat").read_text().rsplit(")", 1)[1].split()
+rss = next(line.split()[1] for line in open(f"/proc/{control}/status") if line.startswith("VmRSS:"))
 with open(runs / f"{host}.cpu", "a") as log:
-    log.write(f"{calls} {sum(int(f) for f in fields[11:15]) / os.sysconf('SC_CLK_TCK')}\\n")
+    log.write(f"{calls} {sum(int(f) for f in fields[11:15]) / os.sysconf('SC_CLK_TCK')} {rss}\\n")
 job = runs / host / "run1" / "job0"  # <runs-dir>/<run-id>/<job>, a runs folder per host
 job.mkdir(parents=True, exist_ok=True)
 (job / "metrics.jsonl").write_text(json.dumps({"step": calls}) + "\\n")
@@ -118,12 +119,16 @@ def test_polling_lasts_every_round_at_a_flat_cost(tmp_path: Path):
         assert f"control-node-job0: {'running' if n < ROUNDS else 'finished'}, round {n}\"" in result.output, n
     assert (tmp_path / "fetched/run1/control-node/job0/metrics.jsonl").read_text() == json.dumps({"step": ROUNDS}) + "\n"
     # The control node's CPU per round over the last tenth of the rounds is that of the first tenth.
-    cpu = [float(line.split()[1]) for line in (runs / "control-node.cpu").read_text().splitlines()]
+    log = [line.split() for line in (runs / "control-node.cpu").read_text().splitlines()]
+    cpu, rss = [float(entry[1]) for entry in log], [int(entry[2]) for entry in log]
     tenth = max(3, ROUNDS // 10)
     first, last = (cpu[tenth] - cpu[0]) / tenth, (cpu[-1] - cpu[-1 - tenth]) / tenth
     print(f"{ROUNDS} rounds: control node CPU {cpu[-1]:.1f} s; per round {first:.2f} s at the start, "
-          f"{last:.2f} s at the end")
+          f"{last:.2f} s at the end; ansible-playbook's memory {rss[tenth] // 1024} MB after round {tenth + 1}, "
+          f"{rss[-1] // 1024} MB at the end")
+    # Other work on the machine moves CPU seconds by a tenth or two; growth with the round count would be more.
     assert last <= first * 1.3 + 0.05, (first, last)
+    assert rss[-1] <= rss[tenth] * 1.1 + 4096, (rss[tenth], rss[-1])
 
 
 def test_every_host_every_round_with_one_fork_and_results_as_each_host_ends(tmp_path: Path):

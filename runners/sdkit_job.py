@@ -10,8 +10,8 @@ service ``sdkit-train-<run-id>-<job>.service`` that runs as the runner user with
 root into /etc/systemd/system (from validated paths only) and enabled for boot: a host that reboots
 mid-run starts the job again by itself, and ``supervise`` resumes it from its latest checkpoint (a
 transient unit of systemd-run would be gone after the reboot). ``stop`` disables the unit, so a
-cancelled job stays stopped; the next ``start`` disables the units of finished jobs. Everything about a run lives on the host, under
-``<runs-dir>/<run-id>/<job>/``:
+cancelled job stays stopped; the next ``start`` disables the units of finished jobs. Everything about
+a run lives on the host, under ``<runs-dir>/<run-id>/<job>/``:
 
     job.json      the command, its environment overrides and every attempt (unit, start time)
     pid           the trainer's pid (the unit's main process is the supervisor)
@@ -406,6 +406,7 @@ def write_unit(unit_dir: Path, unit: str, text: str) -> None:
     """Root writes the unit file in systemd's root-owned folder, atomically (a new file renamed over the old)."""
     path = unit_dir / unit
     temporary = unit_dir / f".{unit}.{os.getpid()}"
+    temporary.unlink(missing_ok=True)  # left by an earlier process of the same pid that died mid-write
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
@@ -926,7 +927,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
     # prints a line every --wait seconds rather than every second.
     # The queue as the playbook's one squeue of the round saw it stands for the first look only.
-    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, given_queue(args.slurm_queue_names, args.slurm_queue))
+    queue = given_queue(args.slurm_queue_names, args.slurm_queue)
+    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 

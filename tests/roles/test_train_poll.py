@@ -117,7 +117,8 @@ def test_polling_lasts_every_round_at_a_flat_cost(tmp_path: Path):
     assert "recursion" not in result.output
     for n in range(1, ROUNDS + 1):
         assert f"control-node-job0: {'running' if n < ROUNDS else 'finished'}, round {n}\"" in result.output, n
-    assert (tmp_path / "fetched/run1/control-node/job0/metrics.jsonl").read_text() == json.dumps({"step": ROUNDS}) + "\n"
+    fetched = tmp_path / "fetched/run1/control-node/job0/metrics.jsonl"
+    assert fetched.read_text() == json.dumps({"step": ROUNDS}) + "\n"
     # The control node's CPU per round over the last tenth of the rounds is that of the first tenth.
     log = [line.split() for line in (runs / "control-node.cpu").read_text().splitlines()]
     cpu, rss = [float(entry[1]) for entry in log], [int(entry[2]) for entry in log]

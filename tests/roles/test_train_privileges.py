@@ -33,7 +33,7 @@ RUNS = f"{STATE}/runs"
 # Root's folders and files that planted links point at: owner, group, mode and content must not change.
 ROOT_PATHS = ["/etc/sophon-sd", "/etc/sophon-sd/env", "/opt/sophon-sd/runners", "/opt/sophon-sd/runners/sdkit_job.py",
               "/etc/shadow"]
-# Each poll round costs a second or so of CPU; `status --wait` ends a round as soon as the run ends.
+# Each poll round costs a second or so of CPU; a run's end is seen within one interval.
 TINY_RUN = {"sophon_sd_train_tiny": True, "sophon_sd_train_poll_interval": 10, "ansible_become": True}
 # Run as the runner user on the host: once the job has finished, waits for something to open its
 # validation folder (train.yml's find walking it), then swaps train.log, fetched last, for a link to

@@ -38,15 +38,18 @@ fields = pathlib.Path(f"/proc/{control}/stat").read_text().rsplit(")", 1)[1].spl
 rss = next(line.split()[1] for line in open(f"/proc/{control}/status") if line.startswith("VmRSS:"))
 with open(runs / f"{host}.cpu", "a") as log:
     log.write(f"{calls} {sum(int(f) for f in fields[11:15]) / os.sysconf('SC_CLK_TCK')} {rss}\\n")
+with open(runs / f"{host}.argv", "a") as log:
+    log.write(json.dumps(sys.argv[7:]) + "\\n")  # what the playbook added to the status command
 job = runs / host / "run1" / "job0"  # <runs-dir>/<run-id>/<job>, a runs folder per host
 job.mkdir(parents=True, exist_ok=True)
 (job / "metrics.jsonl").write_text(json.dumps({"step": calls}) + "\\n")
 state = "running" if calls < finish else "finished"
-print(json.dumps({"state": state, "lines": [f"{host}-job0: {state}, round {calls}"], "jobs": [{"dir": str(job)}]}))
+print(json.dumps({"state": state, "lines": [f"{host}-job0: {state}, round {calls}"],
+                  "jobs": [{"dir": str(job), "slurm_name": f"sdkit-train-run1.{host}"}]}))
 """
 PLAYBOOK = f"""
 - name: Poll stand-in jobs
-  hosts: all
+  hosts: "{{{{ poll_hosts | default('all') }}}}"
   gather_facts: false
   strategy: sophon_rounds
   vars:
@@ -59,7 +62,7 @@ PLAYBOOK = f"""
       ansible.builtin.import_tasks: {REPO}/playbooks/tasks/train_poll.yml
 
 - name: Check every reachable host
-  hosts: all
+  hosts: "{{{{ poll_hosts | default('all') }}}}"
   gather_facts: false
   tasks:
     - name: The last status is the job's end and its results are here
@@ -69,9 +72,11 @@ PLAYBOOK = f"""
 """
 
 
-def poll(tmp_path: Path, finish: dict, rounds: int, forks: int = 5, unreachable: str = "") -> tuple[PlayResult, Path]:
+def poll(tmp_path: Path, finish: dict, rounds: int, forks: int = 5, unreachable: str = "",
+         slurm: bool = False) -> tuple[PlayResult, Path]:
     """Run the poll play over hosts whose stand-in jobs finish at the given call; UNREACHABLE names a host
-    that no SSH reaches."""
+    that no SSH reaches. SLURM: the jobs are Slurm's, and a controller (the control node too) has a
+    stand-in squeue that logs its calls and reports each asked name's task 16_0 as running."""
     tool = tmp_path / "fake_job.py"
     tool.write_text(FAKE_JOB_TOOL)
     runs = tmp_path / "runs"
@@ -88,14 +93,30 @@ def poll(tmp_path: Path, finish: dict, rounds: int, forks: int = 5, unreachable:
         hosts[unreachable] = {**common, "ansible_host": "127.0.0.1", "ansible_port": 9, "ansible_user": "nobody",
                               "ansible_ssh_common_args": "-o ConnectTimeout=3 -o BatchMode=yes",
                               "sophon_sd_train_job_args": []}
-    inventory = tmp_path / "hosts.json"
-    inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
+    groups = {"train": {"hosts": hosts}}
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_FORKS": str(forks)}
+    if slurm:
+        for host in hosts.values():
+            host["sophon_sd_train_scheduler"] = "slurm"
+        groups["slurm_controller"] = {"hosts": {"ctl": {"ansible_connection": "local",
+                                                        "ansible_python_interpreter": sys.executable}}}
+        (tmp_path / "bin").mkdir()
+        squeue = tmp_path / "bin" / "squeue"
+        squeue.write_text(f"""#!{sys.executable}
+import sys
+open("{runs}/squeue.calls", "a").write(" ".join(sys.argv[1:]) + "\\n")
+names = next(a for a in sys.argv if a.startswith("--name=")).split("=", 1)[1].split(",")
+print("\\n".join(f"{{name}}|16_0|RUNNING|None|root\\nothers-job|1|RUNNING|None|nobody" for name in names))
+""")
+        squeue.chmod(0o755)
+        env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+    inventory = tmp_path / "hosts.json"
+    inventory.write_text(json.dumps({"all": {"children": groups}}))
     # The control node's pid reaches the stand-in through a variable whose value is only known once it runs.
     wrapper = ["sh", "-c", 'exec ansible-playbook "$@" -e control_pid=$$', "sh"]
-    done = subprocess.run([*wrapper, str(playbook), "-i", str(inventory)], capture_output=True, text=True,
-                          check=False, env=env)
+    done = subprocess.run([*wrapper, str(playbook), "-i", str(inventory), "-e", "poll_hosts=train"],
+                          capture_output=True, text=True, check=False, env=env)
     return PlayResult(done.returncode, done.stdout + done.stderr), runs
 
 
@@ -154,3 +175,22 @@ def test_every_host_every_round_with_one_fork_and_results_as_each_host_ends(tmp_
         assert (tmp_path / f"fetched/run1/{host}/job0/metrics.jsonl").read_text() == json.dumps({"step": end}) + "\n"
     # The unreachable host fails the run (the report play says why) but never stopped the others.
     assert re.search(r"gone\s+: ok=\d+ .*unreachable=0", out), out[-1500:]
+
+
+def test_under_slurm_one_squeue_a_round_covers_every_host(tmp_path: Path):
+    """Under Slurm every host's poller ran squeue every 3 s. Now the controller runs one squeue a round for
+    the names the hosts' last status gave, and each host's status gets its own lines from it (the first
+    round has no names yet: each host asks for itself)."""
+    finish = {"h1": 3, "h2": 4}
+    result, runs = poll(tmp_path, finish, rounds=6, forks=1, slurm=True)
+
+    assert not result.failed, result.output[-3000:]
+    calls = (runs / "squeue.calls").read_text().splitlines()
+    assert len(calls) == 3, calls  # rounds 2, 3 and 4 (the last job ends in round 4)
+    assert all("--name=sdkit-train-run1.h1,sdkit-train-run1.h2" in call for call in calls[:2]), calls
+    for host, end in finish.items():
+        argvs = [json.loads(line) for line in (runs / f"{host}.argv").read_text().splitlines()]
+        assert argvs[0] == [] and len(argvs) == end
+        for argv in argvs[1:]:
+            assert argv == [f"--slurm-queue-names=sdkit-train-run1.{host}",
+                            f"--slurm-queue=sdkit-train-run1.{host}|16_0|RUNNING|None|root"], argv

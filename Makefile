@@ -233,8 +233,8 @@ test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed $(PEFT_VENV)/.installed
 test-profile: setup test-image test-bundle ## Not in make test (several GB): PROFILE's real pins installed by site.yml on a Debian 12 host, rerun, make smoke; writes build/test-profile-PROFILE.json
 	python tests/profiles/install_profile.py --profile $(PROFILE)
 
-test-long: setup ## Long checks, not in make test: train.yml's poll for 300 rounds (the old poll broke at 246)
-	SDKIT_POLL_ROUNDS=300 pytest -q -p no:cacheprovider tests/roles/test_train_poll.py
+test-long: setup ## Long checks, not in make test: train.yml's poll for 400 rounds at a flat CPU per round (the old poll broke at 246)
+	SDKIT_POLL_ROUNDS=400 pytest -q -p no:cacheprovider tests/roles/test_train_poll.py
 
 test: ## Every test, side by side: lint, unit tests, the Molecule scenarios and the bad-input tests
 	$(MAKE) --no-print-directory -j3 test-inputs

@@ -4,9 +4,9 @@ Ansible's recap counts failures per host; on a fleet the reason is scrolled far 
 callback keeps the failure (task and message) or unreachable error that stopped each host, and prints
 them together after the recap, so an operator sees which hosts to fix and why without searching.
 
-It also shows progress while a task polls with until/retries (playbooks/tasks/train_poll.yml): when
-a round's output is a JSON object with `lines`, those lines are printed for the host each round,
-where Ansible itself only says how many retries are left.
+It also shows progress while a task polls with until/retries: when a retry's output is a JSON object
+with `lines`, those lines are printed for the host, where Ansible itself only says how many retries are
+left. (train.yml's poll is a play in rounds instead, which prints each host's lines with a debug task.)
 
 Both come from the hosts, so both go through sdkit_files.printable first: an escape sequence in a
 job's name or a failure message would otherwise reach the operator's terminal.
@@ -41,6 +41,9 @@ MESSAGE_LIMIT = 300
 def summarize(result: dict) -> str:
     """The one line an operator needs from a failed task's result."""
     message = result.get("msg") or result.get("stderr") or ""
+    # A command that failed says only "non-zero return code"; its stderr says why (the job tool's one line).
+    if result.get("stderr") and message != result["stderr"]:
+        message = f"{message}: {result['stderr']}"
     # A module that crashed says only that its output was not JSON; its stderr says why.
     module_error = next((line for line in str(result.get("module_stderr", "")).splitlines() if line.strip()), "")
     # A loop says only that an item failed; the first failed item says why.

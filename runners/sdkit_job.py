@@ -2,13 +2,16 @@
 """Start, watch and stop LoRA training jobs on this host as systemd services of the runner user.
 
 ``playbooks/train.yml`` drives this over SSH: a fine-tune runs for hours, and the SSH connection
-(or the control node) must be free to go away meanwhile. So ``start`` hands each job to systemd
-(``systemd-run``): a transient service ``sdkit-train-<run-id>-<job>.service`` that runs as the
-runner user with the kit's env file (EnvironmentFile=), outside any login session, so that
-``systemctl status``, ``systemctl stop`` and ``journalctl -u`` work and the job outlives the
-operator's logout. The service runs this tool's ``supervise`` command, which runs the trainer
-and records how it ended. Everything about a run lives on the host, under
-``<runs-dir>/<run-id>/<job>/``:
+(or the control node) must be free to go away meanwhile. So ``start`` hands each job to systemd: a
+service ``sdkit-train-<run-id>-<job>.service`` that runs as the runner user with the kit's env file
+(EnvironmentFile=), outside any login session, so that ``systemctl status``, ``systemctl stop`` and
+``journalctl -u`` work and the job outlives the operator's logout. The service runs this tool's
+``supervise`` command, which runs the trainer and records how it ended. Its unit file is written by
+root into /etc/systemd/system (from validated paths only) and enabled for boot: a host that reboots
+mid-run starts the job again by itself, and ``supervise`` resumes it from its latest checkpoint (a
+transient unit of systemd-run would be gone after the reboot). ``stop`` disables the unit, so a
+cancelled job stays stopped; the next ``start`` disables the units of finished jobs. Everything about
+a run lives on the host, under ``<runs-dir>/<run-id>/<job>/``:
 
     job.json      the command, its environment overrides and every attempt (unit, start time)
     pid           the trainer's pid (the unit's main process is the supervisor)
@@ -107,6 +110,11 @@ STATUS_PAUSE_S = 3.0
 # --model and --dataset: a hub id (owner/name, or a download-share folder name) or an absolute path.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# What root writes into a unit file as a path: nothing that systemd would read as quoting, a specifier
+# (%), a variable ($) or a new setting (newline).
+UNIT_VALUE = re.compile(r"/[A-Za-z0-9/._+-]*")
+# The job units' folder: files written here by root, from validated values only.
+UNIT_DIR = "/etc/systemd/system"
 SOURCE_FLAGS = {"model": "--pretrained_model_name_or_path", "dataset": "--dataset_name"}
 # argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
 HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
@@ -365,21 +373,64 @@ def unit_states(units: List[str]) -> Dict[str, Dict[str, str]]:
     return {unit: states.get(unit, {"ActiveState": "inactive"}) for unit in units}
 
 
-def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int) -> None:
-    """Start the job's transient service: ``supervise`` of its folder, as the runner user."""
-    systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
-    command = ["systemd-run", "--quiet", f"--unit={job.unit}", f"--description=sophon-sd-kit training job {job.dir}",
-               "--property=Type=exec", f"--property=EnvironmentFile={env_file}",
-               # SIGTERM to the supervisor only, which passes it to the trainer once (a second one aborts).
-               "--property=KillMode=mixed", "--property=KillSignal=SIGTERM",
-               f"--property=TimeoutStopSec={stop_timeout}", f"--property=SuccessExitStatus={INTERRUPTED}"]
+def unit_value(what: str, value: str) -> str:
+    """A path as root writes it into a unit file: only characters that systemd takes literally (no spaces,
+    quotes, '%' specifiers, '$' or newlines, which would add settings of their own)."""
+    if not UNIT_VALUE.fullmatch(value):
+        raise JobError(f"{what} {value!r} cannot go into a systemd unit: use an absolute path of letters, digits, "
+                       "'/', '.', '_', '+' or '-'")
+    return value
+
+
+def unit_text(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int) -> str:
+    """The job's service: ``supervise`` of its folder as the runner user, enabled for boot, so that a job
+    that a reboot cut short comes back by itself and resumes from its latest checkpoint (supervise adds
+    the resumed attempt). A unit of systemd-run would be transient: gone after the reboot."""
+    lines = ["[Unit]", f"Description=sophon-sd-kit training job {unit_value('job folder', str(job.dir))}",
+             # sshd waits for the job to be started: once a host answers again after a reboot, the playbook's
+             # poll sees the job running, not ended.
+             "Before=ssh.service sshd.service",
+             "", "[Service]", "Type=exec", f"EnvironmentFile={unit_value('--env-file', env_file)}",
+             # SIGTERM to the supervisor only, which passes it to the trainer once (a second one aborts).
+             "KillMode=mixed", "KillSignal=SIGTERM", f"TimeoutStopSec={int(stop_timeout)}",
+             f"SuccessExitStatus={INTERRUPTED}"]
     if account:
-        command += [f"--uid={account.pw_name}", f"--gid={grp.getgrgid(account.pw_gid).gr_name}"]
-    command += ["--", sys.executable, str(Path(__file__).resolve()), "supervise", "--job-dir", str(job.dir)]
-    result = systemd(*command)
-    if result.returncode != 0:
-        raise JobError(f"job {job.name} did not start: systemd-run: {' '.join(result.stderr.split())}; "
-                       f"see journalctl -u {job.unit}")
+        lines += [f"User={account.pw_name}", f"Group={grp.getgrgid(account.pw_gid).gr_name}"]
+    tool = [unit_value("python", sys.executable), unit_value("job tool", str(Path(__file__).resolve()))]
+    lines += [f"ExecStart={' '.join(tool)} supervise --job-dir {job.dir}", "", "[Install]",
+              "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def write_unit(unit_dir: Path, unit: str, text: str) -> None:
+    """Root writes the unit file in systemd's root-owned folder, atomically (a new file renamed over the old)."""
+    path = unit_dir / unit
+    temporary = unit_dir / f".{unit}.{os.getpid()}"
+    temporary.unlink(missing_ok=True)  # left by an earlier process of the same pid that died mid-write
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int,
+                unit_dir: Path) -> None:
+    """Write the job's unit, enable it for boot and start it."""
+    write_unit(unit_dir, job.unit, unit_text(job, account, env_file, stop_timeout))
+    systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
+    for command in (["daemon-reload"], ["enable", "--now", "--", job.unit]):
+        result = systemd("systemctl", *command)
+        if result.returncode != 0:
+            raise JobError(f"job {job.name} did not start: systemctl {command[0]}: {' '.join(result.stderr.split())}; "
+                           f"see journalctl -u {job.unit}")
+
+
+def disable_units(units: List[str]) -> None:
+    """Keep the units of stopped or finished jobs from starting at boot (start enables them again)."""
+    if units:
+        result = systemd("systemctl", "disable", "--", *units)
+        if result.returncode != 0:
+            raise JobError(f"systemctl disable failed: {' '.join(result.stderr.split())}")
 
 
 # --------------------------------------------------------------------------- state on disk
@@ -442,9 +493,11 @@ def systemd_live(unit: Dict[str, str]) -> dict:
     return {"state": "gone", "signal": int(unit.get("ExecMainStatus") or 0) if killed else None}
 
 
-def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
-    """Each Slurm job's state in the queue: queued (with Slurm's reason), running, or gone (ended)."""
-    queues: Dict[str, Dict[str, Dict[str, str]]] = {}
+def slurm_live(records: Dict[Path, dict], given: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
+               ) -> Dict[Path, dict]:
+    """Each Slurm job's state in the queue: queued (with Slurm's reason), running, or gone (ended).
+    ``given``: the queue of these names as the playbook's one squeue of the round found it."""
+    queues: Dict[str, Dict[str, Dict[str, str]]] = dict(given or {})
     live = {}
     for job_dir, record in records.items():
         name = record["slurm_name"]
@@ -457,7 +510,8 @@ def slurm_live(records: Dict[Path, dict]) -> Dict[Path, dict]:
     return live
 
 
-def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
+def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
+                ) -> Dict[Path, dict]:
     """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run."""
     records = {d: read_json(d / "job.json") or {} for d in job_dirs}
     queued = {d: r for d, r in records.items()
@@ -465,7 +519,7 @@ def live_states(job_dirs: List[Path]) -> Dict[Path, dict]:
     units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
     live = {d: systemd_live(units[unit_name(d)]) for d in job_dirs if d not in queued}
     try:
-        live.update(slurm_live(queued))
+        live.update(slurm_live(queued, slurm_queue))
     except SlurmError as exc:
         raise JobError(str(exc)) from None
     return live
@@ -492,6 +546,8 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     live = live or live_states([job_dir])[job_dir]
     status.update(device=attempt.get("device", job.get("device")), attempts=len(job["attempts"]),
                   pid=read_pid(job_dir), scheduler=job.get("scheduler", "systemd"))
+    if status["scheduler"] == "slurm" and isinstance(job.get("slurm_name"), str):
+        status["slurm_name"] = printable(job["slurm_name"])  # the playbook's one squeue of a round asks for it
     if status["scheduler"] == "slurm":
         status["unit"] = f"slurm job {slurm_job_of(job_dir)}"
     exit_file = job_dir / "exit_status"
@@ -557,10 +613,10 @@ def run_job_dirs(run_dir: Path) -> List[Path]:
     return [d for d in sorted(run_dir.iterdir()) if JOB_NAME_PATTERN.fullmatch(d.name) and (d / "job.json").is_file()]
 
 
-def run_status(run_dir: Path) -> dict:
+def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None) -> dict:
     """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
     job_dirs = run_job_dirs(run_dir)
-    live = live_states(job_dirs)
+    live = live_states(job_dirs, slurm_queue)
     jobs = [job_status(d, live[d]) for d in job_dirs]
     states = {j["state"] for j in jobs}
     # A queued job counts as running: it will run, and polling must go on.
@@ -829,7 +885,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         plans = as_user(account, prepare_run, run_dir, jobs)
         for job, plan in zip(jobs, plans):
             if plan["launch"]:
-                launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout)
+                launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout, Path(args.unit_dir))
+        disable_units([job.unit for job, plan in zip(jobs, plans) if plan["action"] == "already finished"])
         statuses = as_user(account, jobs_status, jobs)
     results = [{"job": plan["job"], "action": plan["action"], "status": status}
                for plan, status in zip(plans, statuses)]
@@ -839,9 +896,23 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_while_running(run_dir: Path, seconds: float, pause: float) -> dict:
+def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Dict[str, Dict[str, str]]]]:
+    """--slurm-queue-names and --slurm-queue: each named job's tasks from the playbook's squeue lines
+    (name|id|state|reason[|user]); a name without lines has none left in the queue."""
+    if not names:
+        return None
+    queue: Dict[str, Dict[str, Dict[str, str]]] = {name: {} for name in names.split(",") if name}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) >= 4 and fields[0] in queue:
+            queue[fields[0]][fields[1]] = {"state": fields[2], "reason": fields[3]}
+    return queue
+
+
+def wait_while_running(run_dir: Path, seconds: float, pause: float,
+                       slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None) -> dict:
     deadline = time.monotonic() + seconds
-    status = run_status(run_dir)
+    status = run_status(run_dir, slurm_queue)
     while status["state"] == "running" and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         status = run_status(run_dir)
@@ -855,7 +926,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         become(account)  # status needs no root at all: systemctl show works for anyone
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
     # prints a line every --wait seconds rather than every second.
-    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S)
+    # The queue as the playbook's one squeue of the round saw it stands for the first look only.
+    queue = given_queue(args.slurm_queue_names, args.slurm_queue)
+    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
@@ -876,6 +949,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     account = runner_account(args.user)
     units = run_units(args.run_id)
     if units:
+        disable_units(units)  # a cancelled job stays stopped through a reboot
         result = systemd("systemctl", "stop", "--no-block", "--", *units)
         if result.returncode != 0:
             raise JobError(f"systemctl stop failed: {' '.join(result.stderr.split())}")
@@ -896,7 +970,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    return supervise(Path(args.job_dir))
+    """What a job's unit runs. A unit that starts again after its attempt ran was started by the boot, not
+    by ``start``: it adds a resumed attempt (``--resume_from_checkpoint latest``), or does nothing for a
+    job that had finished."""
+    job_dir = Path(args.job_dir)
+    record = read_json(job_dir / "job.json")
+    if record and isinstance(record.get("attempts"), list) and record["attempts"]:
+        attempt = record["attempts"][-1]
+        if isinstance(attempt, dict) and "ran_at" in attempt:
+            if read_small_int(job_dir / "exit_status") == 0:
+                return 0
+            attempt = {"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True),
+                       "unit": unit_name(job_dir)}
+            record["attempts"].append(attempt)
+        if isinstance(attempt, dict):
+            attempt["ran_at"] = time.time()
+            write_json_atomic(job_dir / "job.json", record)
+    return supervise(job_dir)
 
 
 def thread_count(value: str) -> int:
@@ -953,6 +1043,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help="systemd: the jobs run here as systemd services (no controller needed); slurm: they "
                             "queue in the Slurm cluster (role sophon_slurm), one array task per chip, pinned to "
                             "this host, which keeps their checkpoints.")
+    start.add_argument("--unit-dir", default=UNIT_DIR,
+                       help=f"Where the jobs' units are written, enabled for boot (default {UNIT_DIR}).")
     start.add_argument("--slurm-gres", default="tpu",
                        help="The generic resource that the cluster's slurm.conf names the chips by (default tpu).")
     start.add_argument("--cpu-threads", type=thread_count, default=None,
@@ -969,6 +1061,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                  help="Each job's state, step/total, last loss and elapsed time.")
     status.add_argument("--wait", type=float, default=0,
                         help="Wait up to this many seconds, or until no job is running, before answering.")
+    status.add_argument("--slurm-queue-names", default="",
+                        help="Comma-separated Slurm job names (sdkit-train-<run-id>.<node>) whose queue --slurm-queue "
+                             "gives, so that this host runs no squeue of its own: train.yml asks the controller once "
+                             "a round for the whole run.")
+    status.add_argument("--slurm-queue", action="append", default=[],
+                        help="One squeue line name|id|state|reason[|user] of those names, once per line (a name "
+                             "without lines has no task left in the queue).")
     status.set_defaults(func=cmd_status)
 
     stop = commands.add_parser("stop", parents=[common],

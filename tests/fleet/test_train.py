@@ -35,7 +35,7 @@ def trainers(fleet: Fleet) -> list[str]:
 
 
 def train(fleet: Fleet, hosts: list[str], run_id: str, fetch_dir: Path, **extra_vars):
-    # Each poll round costs a second or so of CPU; `status --wait` ends a round as soon as the run ends.
+    # Each poll round costs a second or so of CPU; a run's end is seen within one interval.
     extra = {"sophon_sd_train_run_id": run_id, "sophon_sd_train_tiny": True, "sophon_sd_train_args": "",
              "sophon_sd_train_fetch_dir": str(fetch_dir), "sophon_sd_train_poll_interval": 15, **extra_vars}
     started = time.monotonic()

@@ -24,7 +24,7 @@ from slurm_support import Cluster
 from fleet_support import recap
 
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
-# Each poll round costs a second or so of CPU; `status --wait` ends a round as soon as the run ends.
+# Each poll round costs a second or so of CPU; a run's end is seen within one interval.
 TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 15}
 # Long enough to be still running when cancelled, and again when its node fails.
 STEPS = 30

@@ -41,6 +41,11 @@ PLAYBOOK = """
         msg: "item {{ item }} is broken\\e]0;owned\\a"
       loop: [1, 2]
       when: inventory_hostname == 'node-loop' and item == 2
+    - name: Ask the job tool
+      ansible.builtin.command:
+        argv: [sh, -c, "echo 'error: run id is not usable: use letters' >&2; exit 2"]
+      changed_when: false
+      when: inventory_hostname == 'node-tool'
     - name: A second failure on a host that already failed is not its cause
       ansible.builtin.fail:
         msg: consequence
@@ -53,6 +58,7 @@ fleet:
     node-ok: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
     node-bad: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
     node-loop: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+    node-tool: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
     node-gone: {ansible_connection: ssh, ansible_host: 127.0.0.1, ansible_port: 1, ansible_timeout: 5}
 """
 
@@ -78,13 +84,19 @@ def test_a_failed_loop_names_the_failed_item(report):
     assert 'node-loop: FAILED at "A loop where one item fails": One or more items failed: item 2 is broken' in report
 
 
+def test_a_failed_command_is_named_with_its_stderr(report):
+    """Issue 20: the poll's status task fails as a plain command; "non-zero return code" alone says nothing."""
+    assert ('node-tool: FAILED at "Ask the job tool": non-zero return code: error: run id is not usable: '
+            'use letters') in report
+
+
 def test_the_unreachable_host_is_named_with_the_connection_error(report):
     line = next(line for line in report.splitlines() if line.startswith("node-gone:"))
     assert "UNREACHABLE" in line and "port 1" in line
 
 
 def test_completed_hosts_and_rescued_failures_are_not_reported(report):
-    assert "1 of 4 hosts completed." in report
+    assert "1 of 5 hosts completed." in report
     assert "node-ok:" not in report and "rescued" not in report
 
 

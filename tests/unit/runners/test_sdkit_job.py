@@ -80,12 +80,16 @@ def job_tool(tmp_path):
     runs = state / "runs"
     units = tmp_path / "units"
     units.mkdir()
-    env = dict(os.environ, PATH=f"{FAKE_SYSTEMD}{os.pathsep}{os.environ['PATH']}", FAKE_SYSTEMD_DIR=str(units))
+    unit_files = tmp_path / "etc-systemd-system"
+    unit_files.mkdir()
+    env = dict(os.environ, PATH=f"{FAKE_SYSTEMD}{os.pathsep}{os.environ['PATH']}", FAKE_SYSTEMD_DIR=str(units),
+               FAKE_SYSTEMD_UNIT_DIR=str(unit_files))
 
     def run(command, *args, step_s="0.05", check=True):
         common = ["--run-id", "r1", "--runs-dir", str(runs), "--json", "--user", ""]
         if command == "start":
-            common += ["--env-file", str(env_file), "--python", sys.executable, "--trainer", str(trainer)]
+            common += ["--env-file", str(env_file), "--python", sys.executable, "--trainer", str(trainer),
+                       "--unit-dir", str(unit_files)]
         if command == "stop":
             common.remove("--json")
         result = subprocess.run([sys.executable, str(JOB_TOOL), command, *common, *args], capture_output=True,
@@ -101,6 +105,9 @@ def job_tool(tmp_path):
     run.env_file = env_file
     run.env = env
     run.unit = lambda: json.loads((units / f"{UNIT}.json").read_text())
+    run.unit_file = unit_files / UNIT
+    run.enabled = lambda: (units / f"{UNIT}.enabled").exists()
+    run.boot = lambda: subprocess.run(["systemctl", "fake-boot"], env=env, check=True)
     return run
 
 
@@ -273,6 +280,49 @@ def test_a_shutdown_leaves_a_stopped_job_that_start_resumes(job_tool):
     assert (stopped["state"], stopped["exit_status"]) == ("stopped", 130)
     assert job_tool("start", "--", "--max_train_steps=40")["jobs"][0]["action"].startswith("resumed from checkpoint-")
     assert job_tool("stop").returncode == 0
+
+
+def test_a_reboot_resumes_the_job_by_itself_from_its_latest_checkpoint(job_tool):
+    """Issue 20: a unit of systemd-run was transient, gone after a reboot, so only a second make train
+    resumed the job. The job's unit is a file enabled for boot; the boot's start of it resumes the job."""
+    steps_total = 20
+    job_tool("start", "--", f"--max_train_steps={steps_total}", step_s="0.3")
+    assert job_tool.enabled() and "WantedBy=multi-user.target" in job_tool.unit_file.read_text()
+    wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 3)
+    os.kill(job_tool.unit()["pid"], signal.SIGKILL)  # the power goes: nobody records the end
+    os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
+    died = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    checkpoint = died["checkpoint"]
+
+    job_tool.boot()
+    done = only_job(wait_for(job_tool, lambda s: s["state"] != "running", timeout=60))
+    assert (done["state"], done["step"], done["attempts"]) == ("finished", steps_total, 2)
+    log = (job_tool.job_dir / "train.log").read_text()
+    assert "--resume_from_checkpoint latest" in log and f"resuming from checkpoint {checkpoint}" in log
+    # A finished job's unit does nothing at the next boot, and the next start keeps it from booting at all.
+    job_tool.boot()
+    time.sleep(1)
+    assert only_job(job_tool("status"))["attempts"] == 2
+    assert job_tool("start", "--", f"--max_train_steps={steps_total}")["jobs"][0]["action"] == "already finished"
+    assert not job_tool.enabled()
+
+
+def test_a_cancelled_job_stays_stopped_through_a_reboot(job_tool):
+    job_tool("start", "--", "--max_train_steps=40", step_s="0.2")
+    wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
+    job_tool("stop", "--wait", "20")
+    assert not job_tool.enabled()
+    job_tool.boot()
+    time.sleep(1)
+    assert only_job(job_tool("status"))["state"] == "stopped"
+
+
+@pytest.mark.parametrize("runs_dir", ["/srv/runs dir", "/srv/%h/runs", "/srv/runs\nExecStartPre=/bin/sh", "relative"])
+def test_root_writes_no_unit_from_a_path_systemd_would_read_as_more(tmp_path, runs_dir):
+    """Root writes the unit file: a runs folder with a space, a specifier or a newline would add settings."""
+    job = sdkit_job.plan_jobs(Path(runs_dir) / "r1", "per_chip", [], "python", "train.py", [])[0]
+    with pytest.raises(JobError, match="cannot go into a systemd unit"):
+        sdkit_job.unit_text(job, None, "/etc/sophon-sd/env", 900)
 
 
 def test_a_failed_job_reports_its_exit_status(job_tool):

@@ -210,3 +210,28 @@ def test_a_requeued_task_is_a_new_attempt_that_resumes(tmp_path, monkeypatch):
     attempts = json.loads((job_dir / "job.json").read_text())["attempts"]
     assert len(attempts) == 2 and attempts[-1]["argv"] == ["t", "--seed", "1", "--resume_from_checkpoint", "latest"]
     assert not (job_dir / "exit_status").exists()  # the previous attempt's
+
+
+def test_status_takes_the_rounds_one_squeue_instead_of_its_own(tmp_path, monkeypatch):
+    """Issue 20: under Slurm every host's poller ran squeue every 3 s. train.yml now asks the controller once
+    a round for the whole run and hands each host its lines: the host runs no squeue of its own."""
+    def no_squeue(name):
+        raise AssertionError("squeue asked on the host")
+
+    monkeypatch.setattr(sdkit_slurm, "queue", no_squeue)
+    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0}, None)
+    name = json.loads((job_dir / "job.json").read_text())["slurm_name"]
+    lines = [f"{name}|16_0|RUNNING|None|sophon-sd", f"{name}|16_1|PENDING|Resources, Priority|sophon-sd",
+             "other|16_0|PENDING|x|sophon-sd"]
+    status = sdkit_job.run_status(job_dir.parent, sdkit_job.given_queue(name, lines))
+    assert status["jobs"][0]["state"] == "running" and status["jobs"][0]["slurm_name"] == name
+    # A name the controller was asked about, without lines: none of its tasks is left in the queue.
+    status = sdkit_job.run_status(job_dir.parent, sdkit_job.given_queue(name, []))
+    assert status["jobs"][0]["state"] == "failed"
+
+
+def test_status_argv_takes_each_queue_line_apart():
+    args = sdkit_job.parse_args(["status", "--run-id", "r1", "--slurm-queue-names=a,b",
+                                 "--slurm-queue=a|1_0|RUNNING|None|u", "--slurm-queue=b|2|PENDING|A, B|u"])
+    assert sdkit_job.given_queue(args.slurm_queue_names, args.slurm_queue) == {
+        "a": {"1_0": {"state": "RUNNING", "reason": "None"}}, "b": {"2": {"state": "PENDING", "reason": "A, B"}}}

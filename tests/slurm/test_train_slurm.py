@@ -26,8 +26,10 @@ from fleet_support import recap
 RUNS_ON_HOST = "/var/lib/sophon-sd/runs"
 # Each poll round costs a second or so of CPU; a run's end is seen within one interval.
 TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sophon_sd_train_poll_interval": 15}
-# Long enough to be still running when cancelled, and again when its node fails.
-STEPS = 30
+# Long enough to be still running when cancelled, and again when its node fails (at 30 a TINY run could
+# end its training between the first make train, which now fetches its files after the last round, and
+# the cancel: SIGTERM then met the trainer saving its weights, exit -15).
+STEPS = 120
 LONG_RUN = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}
 
 

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
 from fleet_support import Fleet, ansible_env  # noqa: E402,F401 (ansible_env: for conftest)
 
 SSH_CONFIG = os.environ.get("SDKIT_SLURM_SSH_CONFIG", "")
+# The test bundle's throwaway signing key (make test-bundle).
+TEST_FINGERPRINT = Path(__file__).resolve().parents[2] / "build" / "test-bundle-gnupg" / "fingerprint"
 
 
 @dataclass
@@ -44,5 +46,9 @@ class Cluster(Fleet):
         """An inventory of the cluster's hosts with every variable they have now, in other groups or with more."""
         hosts = {host: {**variables, **(host_vars or {}).get(host, {})} for host, variables in self.all_hostvars.items()}
         children = {group: {"hosts": {host: {} for host in members}} for group, members in groups.items()}
-        path.write_text(json.dumps({"all": {"hosts": hosts, "children": children}}))
+        # The bundle check runs on localhost, which reads only group all: the signing key goes there too.
+        fingerprint = next((v["sophon_sd_bundle_signing_fingerprint"] for v in self.all_hostvars.values()
+                            if v.get("sophon_sd_bundle_signing_fingerprint")), None) or TEST_FINGERPRINT.read_text().strip()
+        path.write_text(json.dumps({"all": {"hosts": hosts, "children": children,
+                                            "vars": {"sophon_sd_bundle_signing_fingerprint": fingerprint}}}))
         return path

@@ -102,3 +102,19 @@ def test_munge_key_changed_on_a_compute_host_is_found_under_check(cluster, uncha
     assert (f"Munge credentials minted on {cluster.controller} do not decode on {host} (") in output, output[-3000:]
     assert "A run without --check installs the cluster key" in output
     assert f"{cluster.compute[1]} (" not in output.split("do not decode on", 1)[1].split(":", 1)[0]
+
+
+def test_a_drained_node_is_reported_and_the_play_goes_on(cluster, unchanged):
+    """A site drains nodes for maintenance: the kit names it, with the way back, and fails no host for it."""
+    host = cluster.compute[0]
+    cluster.on(cluster.controller, f"scontrol update nodename={host} state=drain reason=kit-test-maintenance")
+    try:
+        result = play(cluster, "--check", "--diff")
+    finally:
+        cluster.on(cluster.controller, f"scontrol update nodename={host} state=resume")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert (f"{host} is drained in Slurm (Reason: kit-test-maintenance): no training task starts there until it is "
+            f"back. When its fault is fixed, run scontrol update nodename={host} state=resume on {cluster.controller}"
+            ) in output, output[-3000:]
+    assert f"{cluster.compute[1]} is drained" not in output

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import sdkit_job
 import sdkit_slurm
+
+REPO = Path(__file__).resolve().parents[3]
 
 NODE_TEXT = ("NodeName=sdkit-slurm-a Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=2 CPULoad=0.10 "
              "AvailableFeatures=(null) ActiveFeatures=(null) Gres=tpu:bm1684x:2(S:0) NodeAddr=10.89.0.3")
@@ -278,3 +281,8 @@ def test_an_index_gres_conf_does_not_list_is_one_clear_error(monkeypatch, tmp_pa
     fake_job(monkeypatch, tmp_path, "tpu:bm1684x:1(IDX:2)", "node-b")
     with pytest.raises(sdkit_slurm.SlurmError, match=r"IDX \[2\].*lists 2 File= device\(s\)"):
         sdkit_slurm.job_chips("16_2", "tpu")
+
+
+def test_slurm_gives_a_cancelled_task_as_long_to_save_its_checkpoint_as_systemd_does():
+    defaults = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())
+    assert int(defaults["sophon_slurm_kill_wait"]) >= sdkit_job.STOP_TIMEOUT_S

@@ -118,12 +118,12 @@ known-hosts: setup ## Record INVENTORY's host keys in its folder's known_hosts (
 doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml
 
-# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY, THREADS and TRAIN_ARGS reach the playbook through the environment
+# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY, THREADS, TRAIN_ARGS and SLURM_ARGS reach the playbook through the environment
 # (make exports command-line variables): never spliced into this command line, where a quote could add
 # a variable. On the hosts they reach the trainer as argv (playbooks/train.yml).
 # SCHEDULER=slurm queues the jobs in the Slurm cluster of role sophon_slurm instead of running them
 # as systemd services on each host.
-train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [THREADS=n] [TINY=1]; the same RUN_ID resumes
+train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [SLURM_ARGS='--partition=... --time=...'] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [THREADS=n] [TINY=1]; the same RUN_ID resumes
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
 
 train-status: setup ## Each host's jobs of RUN_ID: queued (Slurm's reason), running, finished, stopped or failed, with step and loss

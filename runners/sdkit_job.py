@@ -765,7 +765,7 @@ def plan_slurm_jobs(run_dir: Path, mode: str, devices: List[str], chips: int, py
 
 
 def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads: int, name: str, node: str,
-                    gres: str, env_file: str) -> None:
+                    gres: str, env_file: str, site: List[str]) -> None:
     """One sbatch for the jobs to (re)start: an array of the per-chip tasks, or the data-parallel job.
     Each task asks for the CPUs its processes' threads use, so that Slurm's accounting (and cgroup's
     ConstrainCores, where a site turns it on) matches what the trainers run."""
@@ -775,12 +775,13 @@ def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads:
     if per_chip:
         argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=1, cpus_per_task=threads,
                                        array=[int(job.name[len("task"):]) for job in jobs],
-                                       output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task))
+                                       output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task), site=site)
     else:
         [job] = jobs
         argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=chips_per_job,
                                        cpus_per_task=threads * chips_per_job, array=None,
-                                       output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]))
+                                       output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]),
+                                       site=site)
     job_id = sdkit_slurm.submit(argv)
     for job in jobs:
         write_text_atomic(job.dir / SLURM_JOB_FILE, f"{job_id}_{job.name[len('task'):]}\n" if per_chip else f"{job_id}\n")
@@ -793,6 +794,7 @@ def slurm_job_of(job_dir: Path) -> str:
 def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, devices: List[str], python: str,
                    train_args: List[str]) -> Tuple[List[Job], List[dict]]:
     """Queue the run's jobs that must (re)start, as the runner user (whom Slurm then runs them as)."""
+    site = sdkit_slurm.site_args(args.slurm_args)
     node = sdkit_slurm.node_name()
     chips = sdkit_slurm.node_chips(node, args.slurm_gres)
     if chips < 1:
@@ -805,7 +807,7 @@ def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, d
     queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
     if queued:
         submit_to_slurm(run_dir, queued, chips_per_job, threads, name, node, args.slurm_gres,
-                        str(Path(args.env_file).resolve()))
+                        str(Path(args.env_file).resolve()), site)
     return jobs, plans
 
 
@@ -1047,6 +1049,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help=f"Where the jobs' units are written, enabled for boot (default {UNIT_DIR}).")
     start.add_argument("--slurm-gres", default="tpu",
                        help="The generic resource that the cluster's slurm.conf names the chips by (default tpu).")
+    start.add_argument("--slurm-args", default="",
+                       help="The site's sbatch options for every task (SLURM_ARGS), from a fixed list: "
+                            f"{', '.join(sdkit_slurm.SITE_OPTIONS)}, each as --name=value.")
     start.add_argument("--cpu-threads", type=thread_count, default=None,
                        help=f"Threads for each trainer process ({THREADS_KEY}). Default: the env file's "
                             f"{THREADS_KEY}, else this host's CPUs shared equally among the run's processes "

@@ -166,8 +166,25 @@ def job_chips(job_id: str, gres: str) -> List[int]:
     return [chip_number(files[index]) for index in indexes]
 
 
+# sbatch options a site may add to every task (SLURM_ARGS): where and on whose account it runs, for how
+# long. The rest of sbatch's command line is the kit's: what a task asks for, its output, how it requeues.
+SITE_OPTIONS = ("--partition", "--account", "--qos", "--time", "--reservation")
+SITE_VALUE = re.compile(r"[A-Za-z0-9_.:,@+-]{1,200}")
+
+
+def site_args(text: str) -> List[str]:
+    """SLURM_ARGS as sbatch options, each ``--name=value`` with a name from SITE_OPTIONS; else one error."""
+    words = text.split()
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name not in SITE_OPTIONS or not equals or not SITE_VALUE.fullmatch(value):
+            raise SlurmError(f"SLURM_ARGS has '{word}': give only {', '.join(f'{option}=VALUE' for option in SITE_OPTIONS)} "
+                             "(letters, digits and _.:,@+- in the value), e.g. SLURM_ARGS='--partition=tpu --time=2-00:00:00'")
+    return words
+
+
 def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, cpus_per_task: int,
-                array: Optional[List[int]], output: str, command: str) -> List[str]:
+                array: Optional[List[int]], output: str, command: str, site: Optional[List[str]] = None) -> List[str]:
     """sbatch's command line for a host's tasks of one run.
 
     --requeue: a task on a node that fails is queued again (and resumes from its checkpoint).
@@ -180,7 +197,7 @@ def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, cpus_pe
             f"--output={output}"]
     if array is not None:
         argv.append("--array=" + ",".join(str(index) for index in array))
-    return argv + ["--wrap", command]
+    return argv + list(site or []) + ["--wrap", command]
 
 
 def submit(argv: List[str]) -> str:

@@ -94,8 +94,10 @@ def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, 
 def test_cancel_leaves_a_checkpoint_in_every_task(cluster, run_ids, tmp_path):
     host = cluster.compute[0]
     first = train(cluster, "train.yml", run_ids["long"], tmp_path, host, sophon_sd_train_poll_rounds=1,
-                  sophon_sd_train_poll_interval=1, **LONG_RUN)
+                  sophon_sd_train_poll_interval=1, sophon_sd_train_slurm_args="--time=3:00:00", **LONG_RUN)
     assert "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
+    # The site's options (SLURM_ARGS) reach sbatch: each task has the time limit.
+    assert set(cluster.on(cluster.controller, "squeue --noheader --array -o %l").split()) == {"3:00:00"}
     wait_on(cluster, host, f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task0/output/metrics.jsonl && "
                            f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task1/output/metrics.jsonl")
 

@@ -72,6 +72,28 @@ def test_submit_argv_pins_the_tasks_to_the_node_and_asks_one_chip_and_its_cpus_e
     assert "--gres=tpu:4" in data_parallel and "--cpus-per-task=8" in data_parallel and not any(a.startswith("--array") for a in data_parallel)
 
 
+def test_the_sites_options_go_before_the_command():
+    site = sdkit_slurm.site_args("--partition=tpu  --account=lab-1 --qos=normal --time=2-00:00:00 --reservation=maint")
+    argv = sdkit_slurm.submit_argv(name="n", node="a", gres="tpu", chips_per_task=1, cpus_per_task=1, array=[0],
+                                   output="/o", command="c", site=site)
+    assert argv[-7:] == ["--partition=tpu", "--account=lab-1", "--qos=normal", "--time=2-00:00:00",
+                         "--reservation=maint", "--wrap", "c"]
+
+
+@pytest.mark.parametrize("text", [
+    "--wrap=rm",                    # the kit's own options stay the kit's
+    "--output=/etc/passwd",
+    "--nodelist=other --partition=tpu",
+    "--partition tpu",              # the value apart from its name would read as an option of its own
+    "-p=tpu",
+    "--partition=tpu;reboot",       # no shell or quoting characters in a value
+    "--account=",
+])
+def test_options_outside_the_sites_list_are_refused(text):
+    with pytest.raises(sdkit_slurm.SlurmError, match=r"give only --partition=VALUE, --account=VALUE, --qos=VALUE"):
+        sdkit_slurm.site_args(text)
+
+
 def test_missing_slurm_commands_say_how_to_join_the_cluster(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(sdkit_slurm.SlurmError, match="inventory group slurm_compute"):

@@ -30,16 +30,26 @@ def play(cluster: Cluster, *args: str, inventory: Path | None = None) -> subproc
     return cluster.playbook("slurm.yml", *args, timeout=900, inventory=inventory)
 
 
-def restore_key(cluster: Cluster, host: str) -> None:
-    """Put HOST's munge key back and wait until slurmctld sees every node idle again."""
-    cluster.on(host, RESTORE_KEY)
+def wait_idle(cluster: Cluster, host: str, why: str) -> None:
+    """Wait until slurmctld sees every node idle again (not idle*, not responding: then HOST's slurmd is
+    restarted, which registers it at once instead of at slurmctld's next ping)."""
     deadline = time.monotonic() + 60
+    restarted = False
     while time.monotonic() < deadline:
         nodes = cluster.on(cluster.controller, "sinfo -N -h -o '%N %t'").split()
         if nodes[1::2] == ["idle"] * len(cluster.compute):
             return
+        if not restarted and time.monotonic() > deadline - 50:
+            cluster.on(host, "systemctl restart slurmd")
+            restarted = True
         time.sleep(1)
-    raise AssertionError(f"{host} did not come back after its munge key was restored: {nodes}")
+    raise AssertionError(f"{host} did not come back after {why}: {nodes}")
+
+
+def restore_key(cluster: Cluster, host: str) -> None:
+    """Put HOST's munge key back and wait until slurmctld sees every node idle again."""
+    cluster.on(host, RESTORE_KEY)
+    wait_idle(cluster, host, "its munge key was restored")
 
 
 def cluster_state(cluster: Cluster) -> dict[str, str]:
@@ -112,6 +122,7 @@ def test_a_drained_node_is_reported_and_the_play_goes_on(cluster, unchanged):
         result = play(cluster, "--check", "--diff")
     finally:
         cluster.on(cluster.controller, f"scontrol update nodename={host} state=resume")
+        wait_idle(cluster, host, "it was resumed")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert (f"{host} is drained in Slurm (Reason: kit-test-maintenance): no training task starts there until it is "

@@ -69,6 +69,13 @@ def test_slurm_daemons_run_where_they_belong(host):
             assert host.service(daemon).is_enabled, daemon
 
 
+def test_slurm_every_host_keeps_its_clock_with_chrony(host):
+    """munge refuses credentials from a host whose clock is off; chrony keeps it in sync (it runs where the host
+    may set its clock: not in the test containers)."""
+    assert host.package("chrony").is_installed
+    assert host.service("chrony").is_enabled
+
+
 def test_slurm_compute_host_offers_the_chips_its_device_fact_counts(host):
     name = host.check_output("hostname -s")
     if name not in compute_names(host):

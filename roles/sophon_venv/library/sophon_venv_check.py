@@ -107,8 +107,9 @@ def main() -> None:
     )
     params = module.params
     try:
-        rc, out, _ = module.run_command([params["python"], "-c", PYTHON_VERSION])
-    except OSError:  # run_command reports a missing executable as rc 127 on some versions, raises on others
+        # Raised rather than failed: an interpreter that is missing or cannot run is a problem to name, not an error.
+        rc, out, _ = module.run_command([params["python"], "-c", PYTHON_VERSION], handle_exceptions=False)
+    except OSError:
         rc, out = 127, ""
     python = out.strip() if rc == 0 else None
     venv = venv_exists(params["venv"])

@@ -233,8 +233,9 @@ def verify_images(dataset, image_column: str) -> None:
 
 
 def bucket_step(resolution: int) -> int:
-    """Bucket sides are multiples of 64 (8 latents); below 128 px, of resolution / 2 rounded to 8 (test sizes)."""
-    return 64 if resolution >= 128 else max(8, resolution // 2 // 8 * 8)
+    """Bucket sides are multiples of 64 (8 latents of SD's VAE); below 128 px (the tests' tiny model), of
+    resolution / 4 rounded down to 8, so that there are buckets at all."""
+    return 64 if resolution >= 128 else max(8, resolution // 4 // 8 * 8)
 
 
 def bucket_sizes(resolution: int) -> List[Tuple[int, int]]:

@@ -101,6 +101,32 @@ def test_bucket_batches_hold_one_bucket_each_and_are_fixed_by_seed_and_epoch():
     assert len(sampler) == 2
 
 
+class ChunkOnly:
+    """A dataset that serves rows only by slices of at most ``chunk``: a whole column at once is refused."""
+
+    def __init__(self, columns, chunk):
+        self.columns, self.chunk, self.reads = columns, chunk, 0
+
+    def __len__(self):
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.stop - index.start > self.chunk:
+            raise AssertionError(f"read {index!r}: more than a chunk at once")
+        self.reads += 1
+        return {name: values[index] for name, values in self.columns.items()}
+
+
+def test_the_checks_before_training_read_columns_a_chunk_at_a_time():
+    """A whole column holds every image's bytes at once: memory would grow with the dataset."""
+    rows = 2500
+    dataset = ChunkOnly({"image": [{"bytes": png(8, 8, i % 256)} for i in range(rows)],
+                         "text": [f"caption {i}" for i in range(rows)]}, chunk=1000)
+    sdkit_data.verify_images(dataset, "image")
+    sdkit_data.check_captions(dataset, "text")
+    assert dataset.reads == 2 * 3
+
+
 # --------------------------------------------------------------------------- cache keys and staleness
 
 

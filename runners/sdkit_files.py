@@ -24,6 +24,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 DEFAULT_ENV_FILE = "/etc/sophon-sd/env"
 ROOT_KEY = "SOPHON_SD_ROOT"
 STATE_DIR_KEY = "SOPHON_SD_STATE_DIR"
+# The runner user (the inventory's sophon_sd_user): who runs the jobs and owns their folders.
+USER_KEY = "SOPHON_SD_USER"
 # What the operator provisioned the host to run on: "sophgo" (its BM1684X chips) or "none" (no chips).
 RUNTIME_KEY = "SOPHON_SD_RUNTIME"
 RUNTIMES = ("sophgo", "none")

@@ -47,6 +47,7 @@ def write_inventory(host: SshHost, where: str, directory: Path) -> Path:
     """An inventory folder whose group all gets the facts either from group_vars/all or from its `vars:`."""
     variables = {**FACTS[where], **SETTINGS, "sophon_sd_bundle_signing_fingerprint": bundle_fingerprint()}
     inventory = {"all": {"children": {"sophon_sd": {"hosts": {host.name: host.hosts.inventory_vars(host.name)}}}}}
+    directory.mkdir(parents=True)
     if where == "group_vars_all":
         (directory / "group_vars" / "all").mkdir(parents=True)
         (directory / "group_vars" / "all" / "main.yml").write_text(yaml.safe_dump(variables))

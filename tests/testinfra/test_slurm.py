@@ -16,7 +16,7 @@ from conftest import REPO
 
 MUNGE_KEY = "/etc/munge/munge.key"
 SLURM_CONF = "/etc/slurm/slurm.conf"
-GRES = yaml.safe_load((REPO / "playbooks/group_vars/all.yml").read_text())["sophon_sd_slurm_gres"]
+GRES = yaml.safe_load((REPO / "roles/sophon_sd/defaults/main.yml").read_text())["sophon_sd_slurm_gres"]
 GRES_TYPE = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())["sophon_slurm_gres_type"]
 
 

@@ -17,7 +17,7 @@ import sdkit_bundle  # noqa: E402
 
 # Each role's list, as the role's tasks see it.
 ROLE_LISTS = {"sophon_venv": ["sophon_venv_apt_packages"], "sophon_upstream": ["sophon_upstream_apt_packages"],
-              "sophon_runners": ["sophon_runners_apt_packages"],
+              "sophon_runners": ["sophon_runners_apt_packages"], "sophon_mirror": ["sophon_mirror_apt_packages"],
               "sophon_libsophon": ["sophon_libsophon_apt_packages", "sophon_libsophon_driver_apt_packages"],
               "sophon_slurm": ["sophon_slurm_apt_packages", "sophon_slurm_controller_apt_packages",
                                "sophon_slurm_compute_apt_packages"]}

@@ -132,10 +132,6 @@ class Job:
     dir: Path
 
     @property
-    def output_dir(self) -> Path:
-        return self.dir / "output"
-
-    @property
     def unit(self) -> str:
         return unit_name(self.dir)
 
@@ -383,20 +379,9 @@ def unit_text(job: Job, account: Optional[pwd.struct_passwd], env_file: str, sto
     return "\n".join(lines)
 
 
-def write_unit(unit_dir: Path, unit: str, text: str) -> None:
-    """Root writes the unit file in systemd's root-owned folder, atomically (a new file renamed over the old)."""
-    path = unit_dir / unit
-    temporary = unit_dir / f".{unit}.{os.getpid()}"
-    temporary.unlink(missing_ok=True)  # left by an earlier process of the same pid that died mid-write
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 def launch_unit(job: Job, text: str, unit_dir: Path) -> None:
-    """Write the job's unit, enable it for boot and start it."""
-    write_unit(unit_dir, job.unit, text)
+    """Write the job's unit (in systemd's root-owned folder), enable it for boot and start it."""
+    write_text_atomic(unit_dir / job.unit, text)
     systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
     for command in (["daemon-reload"], ["enable", "--now", "--", job.unit]):
         result = systemd("systemctl", *command)

@@ -658,7 +658,11 @@ def open_log(job_dir: Path, record: dict, attempt: dict) -> Tuple[List[str], Dic
     opens a StandardOutput=append: file as root), and return the attempt's command and environment."""
     os.umask(0o022)
     os.chdir(job_dir)
-    log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    try:
+        log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise JobError(f"cannot open {job_dir / 'train.log'} ({exc.strerror}): it must be a plain file or absent; "
+                       "remove it and rerun make train") from None
     null = os.open(os.devnull, os.O_RDONLY)
     for fd, target in ((null, 0), (log, 1), (log, 2)):
         os.dup2(fd, target)

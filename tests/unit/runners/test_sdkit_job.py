@@ -363,6 +363,25 @@ def test_execstoppost_records_how_the_trainer_ended(how, status, code):
     assert sdkit_job.exit_code(how, status) == code
 
 
+def test_a_link_planted_at_the_log_is_not_followed(job_tool, tmp_path):
+    """systemd opens StandardOutput=append: files as root; train.log is the runner user's, so the unit's launch
+    opens it itself, as that user, following no link: the job fails in one line and the target is untouched."""
+    target = tmp_path / "roots-file"
+    target.write_text("root's\n")
+    job_tool.job_dir.mkdir(parents=True)
+    (job_tool.job_dir / "train.log").symlink_to(target)
+    job_tool("start", "--", "--max_train_steps=2")
+    assert "StandardOutput" not in job_tool.unit_file.read_text()
+    job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (job["state"], job["exit_status"]) == ("failed", 2)
+    assert target.read_text() == "root's\n"
+    result = subprocess.run([sys.executable, str(JOB_TOOL), "launch", "--job-dir", str(job_tool.job_dir)],
+                            capture_output=True, text=True, env=job_tool.env, check=False)
+    assert result.returncode == 2 and result.stderr == (
+        f"error: cannot open {job_tool.job_dir}/train.log (Too many levels of symbolic links): it must be a plain "
+        "file or absent; remove it and rerun make train\n")
+
+
 def test_a_failed_job_reports_its_exit_status(job_tool):
     job_tool("start", "--", "--max_train_steps=6", "--fail_at=1")
     job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))

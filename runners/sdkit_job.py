@@ -47,6 +47,7 @@ import pwd
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -377,6 +378,21 @@ def unit_text(job: Job, account: Optional[pwd.struct_passwd], env_file: str, sto
     lines += [f"ExecStart={tool} launch --job-dir {folder}", f"ExecStopPost={tool} ended --job-dir {folder}",
               "", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
+
+
+def credential_file(path: Optional[str]) -> Optional[str]:
+    """The hub token file for LoadCredential=, which systemd reads as root: None when there is none, an error
+    when anyone but me (root) could swap it or a folder above it for a link to another of root's files."""
+    if not path or not os.path.isfile(path):
+        return None
+    for part in [Path(path), *Path(path).parents]:
+        info = os.lstat(part)
+        shared = part != Path(path) and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, os.geteuid()) or shared or stat.S_ISLNK(info.st_mode):
+            raise JobError(f"hub token file {path} ({HUB_TOKEN_FILE_KEY}) or a folder above it can be changed by "
+                           f"another user than {pwd.getpwuid(os.geteuid()).pw_name}, but systemd reads it for the "
+                           "job as root: keep it where role sophon_host_env puts it (sophon_host_env_hub_token_file)")
+    return path
 
 
 def launch_unit(job: Job, text: str, unit_dir: Path) -> None:
@@ -853,8 +869,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
         share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)
         plans = as_user(account, prepare_run, run_dir, jobs)
-        token_file = env_file.get(HUB_TOKEN_FILE_KEY)  # root's env file names it: a root-owned path
-        token_file = token_file if token_file and os.path.isfile(token_file) else None
+        token_file = credential_file(env_file.get(HUB_TOKEN_FILE_KEY))
         for job, plan in zip(jobs, plans):
             if plan["launch"]:
                 launch_unit(job, unit_text(job, account, str(env_file.path.resolve()), args.stop_timeout, token_file),

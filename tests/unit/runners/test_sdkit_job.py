@@ -355,6 +355,22 @@ def test_the_hub_token_file_reaches_the_trainer_as_a_credential_only(job_tool, t
     assert "hf_secret" not in unit_file.read_text() + (log.parent / "job.json").read_text()
 
 
+def test_a_token_file_another_user_could_swap_is_refused(tmp_path):
+    """systemd reads a LoadCredential= file as root: one in a folder others may write could become a link to
+    /etc/shadow, which the runner user would then read as its credential."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hub-token").write_text("hf_secret\n")
+    assert sdkit_job.credential_file(str(shared / "hub-token")) == str(shared / "hub-token")
+    assert sdkit_job.credential_file(str(shared / "none")) is None
+    shared.chmod(0o777)
+    with pytest.raises(JobError, match=r"hub-token \(SOPHON_SD_HUB_TOKEN_FILE\) or a folder above it can be changed "
+                                       r"by another user than .*sophon_host_env_hub_token_file"):
+        sdkit_job.credential_file(str(shared / "hub-token"))
+    shared.chmod(0o1777)  # sticky, as /tmp: no one else may replace my file there
+    assert sdkit_job.credential_file(str(shared / "hub-token")) == str(shared / "hub-token")
+
+
 @pytest.mark.parametrize("how, status, code", [("exited", "0", 0), ("exited", "130", 130), ("killed", "KILL", -9),
                                                ("dumped", "SEGV", -11), ("killed", "NOSUCH", 1), ("", "", 1)])
 def test_execstoppost_records_how_the_trainer_ended(how, status, code):

@@ -712,8 +712,9 @@ def exit_code(how: str, status: str) -> int:
 
 def cmd_ended(args: argparse.Namespace) -> int:
     """ExecStopPost of a job's unit, as the runner user: the exit code, for status after a reboot too."""
-    write_text_atomic(Path(args.job_dir) / EXIT_FILE,
-                      f"{exit_code(os.environ.get('EXIT_CODE', ''), os.environ.get('EXIT_STATUS', ''))}\n")
+    path = Path(args.job_dir) / EXIT_FILE
+    if not path.exists():  # else launch found the job finished and ran nothing: its end stays as it was
+        write_text_atomic(path, f"{exit_code(os.environ.get('EXIT_CODE', ''), os.environ.get('EXIT_STATUS', ''))}\n")
     return 0
 
 

@@ -308,10 +308,13 @@ def test_a_reboot_resumes_the_job_by_itself_from_its_latest_checkpoint(job_tool)
     assert (done["state"], done["step"], done["attempts"]) == ("finished", steps_total, 2)
     log = (job_tool.job_dir / "train.log").read_text()
     assert "--resume_from_checkpoint latest" in log and f"resuming from checkpoint {checkpoint}" in log
-    # A finished job's unit does nothing at the next boot, and the next start keeps it from booting at all.
+    # A finished job's unit does nothing at the next boot (its end and elapsed time stay as they were),
+    # and the next start keeps it from booting at all.
+    ended = (job_tool.job_dir / "exit_status").stat().st_mtime_ns
     job_tool.boot()
     time.sleep(1)
     assert only_job(job_tool("status"))["attempts"] == 2
+    assert (job_tool.job_dir / "exit_status").stat().st_mtime_ns == ended
     assert job_tool("start", "--", f"--max_train_steps={steps_total}")["jobs"][0]["action"] == "already finished"
     assert not job_tool.enabled()
 

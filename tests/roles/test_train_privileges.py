@@ -164,7 +164,7 @@ def test_a_job_is_a_unit_of_the_runner_user_that_stops_with_a_checkpoint_and_res
                                                                                              "mixed", "15")
     # systemd owns the trainer: the unit's main process is train_lora.py itself, as the runner user.
     main_pid = host.check_output(f"systemctl show -p MainPID --value {UNIT}").strip()
-    assert host.check_output(f"ps -o user=,args= -p {main_pid}").split()[0] == "sophon-sd"
+    assert host.check_output(f"ps -o user= -p {main_pid}").strip() == "sophon-sd"
     assert "train_lora.py" in host.check_output(f"ps -o args= -p {main_pid}")
     # Once a step is done, stop it as an operator would: make train-cancel, which is systemctl stop (as a
     # shutdown is) and waits for the checkpoint.

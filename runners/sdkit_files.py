@@ -34,6 +34,9 @@ PROFILE_KEY = "SOPHON_SD_PROFILE"
 # Names the file holding a Hugging Face token (0640 root:<runner user's group>). The token itself never goes
 # into the env file: that one is world-readable and sourced by every login shell.
 HUB_TOKEN_FILE_KEY = "SOPHON_SD_HUB_TOKEN_FILE"
+# The token as a job unit's credential (LoadCredential=): systemd copies it, from a file only root may
+# read, into $CREDENTIALS_DIRECTORY, which only that unit's processes see.
+HUB_TOKEN_CREDENTIAL = "hub_token"
 ENV_FILE_FIX = "rerun the kit's site.yml (role sophon_host_env)"
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -182,13 +185,17 @@ def count(value: Any) -> Optional[int]:
 
 
 def read_hub_token(environ: Mapping[str, str]) -> Optional[str]:
-    """The token in the file named by SOPHON_SD_HUB_TOKEN_FILE; None when the key is absent or empty.
+    """The token of a job unit's credential, else in the file named by SOPHON_SD_HUB_TOKEN_FILE; None when
+    the key is absent or empty.
 
     An empty file also means no token (a role may create it before anyone has one). A file that
     is named but unreadable is an error, not "no token": the run would otherwise fail later, at
     the hub, with a message that says nothing about the file.
     """
     name = environ.get(HUB_TOKEN_FILE_KEY, "").strip()
+    credential = os.path.join(environ.get("CREDENTIALS_DIRECTORY", ""), HUB_TOKEN_CREDENTIAL)
+    if environ.get("CREDENTIALS_DIRECTORY") and os.path.isfile(credential):
+        name = credential  # a job unit's copy of the file (sdkit_job.py)
     if not name:
         return None
     try:

@@ -1,62 +1,40 @@
 #!/usr/bin/env python3
 """Start, watch and stop LoRA training jobs on this host as systemd services of the runner user.
 
-``playbooks/train.yml`` drives this over SSH: a fine-tune runs for hours, and the SSH connection
-(or the control node) must be free to go away meanwhile. So ``start`` hands each job to systemd: a
-service ``sdkit-train-<run-id>-<job>.service`` that runs as the runner user with the kit's env file
-(EnvironmentFile=), outside any login session, so that ``systemctl status``, ``systemctl stop`` and
-``journalctl -u`` work and the job outlives the operator's logout. The service runs this tool's
-``supervise`` command, which runs the trainer and records how it ended. Its unit file is written by
-root into /etc/systemd/system (from validated paths only) and enabled for boot: a host that reboots
-mid-run starts the job again by itself, and ``supervise`` resumes it from its latest checkpoint (a
-transient unit of systemd-run would be gone after the reboot). ``stop`` disables the unit, so a
-cancelled job stays stopped; the next ``start`` disables the units of finished jobs. Everything about
-a run lives on the host, under ``<runs-dir>/<run-id>/<job>/``:
+``playbooks/train.yml`` drives this over SSH; a fine-tune runs for hours, so ``start`` hands each job
+to systemd: ``sdkit-train-<run-id>-<job>.service``, written by root into /etc/systemd/system (from
+validated paths only) and enabled for boot. The unit runs as the runner user (User=) with the kit's
+env file (EnvironmentFile=); ``systemctl status|stop`` and ``journalctl -u`` work and the job
+outlives the operator's logout. systemd owns the trainer: ExecStart's ``launch`` becomes the trainer
+(exec), so systemd's SIGTERM reaches it directly (it saves a checkpoint at the next step and exits
+130, SuccessExitStatus; TimeoutStopSec gives it --stop-timeout seconds), its pid is the unit's
+MainPID, and ExecStopPost's ``ended`` records the exit code systemd passes ($EXIT_CODE, $EXIT_STATUS)
+in a file that outlives a reboot. A host that reboots mid-run starts the job again by itself, and
+``launch`` resumes it from its latest checkpoint; ``stop`` disables the unit, so a cancelled job stays
+stopped; the next ``start`` disables the units of finished jobs. A hub token file (SOPHON_SD_HUB_TOKEN_FILE)
+reaches the trainer as the credential ``hub_token`` (LoadCredential=), never as an argument.
 
-    job.json      the command, its environment overrides and every attempt (unit, start time)
-    pid           the trainer's pid (the unit's main process is the supervisor)
-    train.log     the trainer's output, every attempt appended
-    exit_status   the trainer's exit code, written when it ends (negative: killed by that signal)
-    output/       the trainer's --output_dir (run.json, metrics.jsonl, checkpoint-N, LoRA weights)
+Everything about a run lives under ``<runs-dir>/<run-id>/<job>/``: job.json (the command, its
+environment and every attempt), train.log (every attempt appended), exit_status (the trainer's exit
+code; negative: killed by that signal) and output/ (the trainer's --output_dir).
 
-``stop`` is ``systemctl stop``: systemd sends SIGTERM to the supervisor only (KillMode=mixed),
-which passes it on to the trainer once; the trainer saves a checkpoint at the next step and exits
-130 (a shutdown does the same). systemd waits --stop-timeout seconds (TimeoutStopSec) for that
-before it kills the job.
+systemd opens StandardOutput=append: files as root (systemd.exec(5)), and a job folder is the runner
+user's: ``launch`` opens train.log itself, as the runner user, without following links. Root never
+works on the runs folder: what this tool reads or writes there is done by a process that has become
+the runner user first. Root only reads the env file and asks systemd to start, stop or describe units.
 
-The runner user loads untrusted model files, so root never works on its files: everything this
-tool reads or writes under the runs folder is done by a process that has become the runner user
-first (setgroups, setgid, setuid). Root only reads the env file and asks systemd to start, stop or
-describe units.
+A run has one job per chip (``per_chip``: tpu0, tpu1, ...) or one ``accelerate launch`` job over all
+chips (``data_parallel``); the chips are SOPHON_SD_DEVICES from the env file, and a host without chips
+gets one job on the CPU. ``start`` is idempotent: it leaves a running or finished job alone and restarts
+a dead or stopped one with ``--resume_from_checkpoint latest``. With ``start --scheduler slurm`` the
+jobs queue in the cluster of role sophon_slurm instead (sdkit_slurm.py): the same folders and states,
+plus ``queued``; each task runs ``slurm-task``, which prepares the attempt as ``launch`` does and, as
+Slurm has no ExecStopPost, waits for the trainer to record its exit code.
 
-A run has one job per chip (``per_chip``: tpu0, tpu1, ...) or one ``accelerate launch`` job over
-all chips (``data_parallel``); the chips are SOPHON_SD_DEVICES from /etc/sophon-sd/env, and a
-host without chips gets one job on the CPU. The runs live under SOPHON_SD_STATE_DIR/runs (from the
-same file) unless --runs-dir says otherwise. Both commands are idempotent: ``start`` leaves a
-running or finished job alone and restarts a dead or stopped one with
-``--resume_from_checkpoint latest``, so rerunning the playbook resumes rather than starts over.
-A job is running while systemd says its unit is active; after it, exit_status tells how it ended.
-
-With ``start --scheduler slurm`` the jobs queue in the Slurm cluster of role sophon_slurm instead
-(sdkit_slurm.py): the same folders and states, plus ``queued``; ``stop`` is scancel, and each task
-runs ``slurm-task``, which reads the env file and the chip Slurm gave it, then supervises the
-trainer as a unit does. A run keeps the scheduler it was started with.
-
-This tool is standard-library only and does not import sdkit_env: that module loads torch,
-which would add seconds to every status poll of every host. It shares sdkit_files (env file,
-JSON state) with the doctor.
-
-Values reach the trainer as argv, never through a shell: the trainer's command is stored in
-job.json and read back by the supervisor (not put into the unit's ExecStart, where systemd would
-expand $VARIABLES). --model and --dataset must be a hub id or an absolute path. A ``--hub_token``
-among the trainer's flags is refused: by the time this tool sees it, it is already in this tool's
-own command line, which every local user can read in the process list and execve audit logs keep.
-The token reaches the trainer from the file the env file names (SOPHON_SD_HUB_TOKEN_FILE, role
-sophon_host_env's sophon_host_env_hub_token), which train_lora.py reads itself.
-
-Everything read back from a run folder is the runner user's to write: it is read with
-sdkit_files.read_limited (regular files only, no blocking, bounded), values of the wrong type count
-as unknown, and every line printed goes through sdkit_files.printable.
+Standard library only (sdkit_env loads torch: seconds on every status poll). Values reach the trainer
+as argv from job.json, never through a shell or ExecStart (where systemd would expand $VARIABLES).
+Everything read back from a run folder is the runner user's to write: read with read_limited (regular
+files only, bounded), values of the wrong type count as unknown, and every printed line is printable().
 """
 
 from __future__ import annotations
@@ -69,6 +47,7 @@ import pwd
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -77,8 +56,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import sdkit_slurm
-from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, USER_KEY, EnvFile, EnvFileError, count,
-                         number, printable, read_json, read_limited, write_json_atomic, write_text_atomic)
+from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_CREDENTIAL, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, USER_KEY, EnvFile,
+                         EnvFileError, count, number, printable, read_json, read_limited, write_json_atomic,
+                         write_text_atomic)
 from sdkit_slurm import SlurmError
 
 RUNS_SUBDIR = "runs"  # under SOPHON_SD_STATE_DIR
@@ -114,11 +94,12 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 UNIT_VALUE = re.compile(r"/[A-Za-z0-9/._+-]*")
 # The job units' folder: files written here by root, from validated values only.
 UNIT_DIR = "/etc/systemd/system"
+EXIT_FILE = "exit_status"  # the trainer's exit code, negative for a signal: written by ExecStopPost or slurm-task
 SOURCE_FLAGS = {"model": "--pretrained_model_name_or_path", "dataset": "--dataset_name"}
 # argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
 HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
 # How much of a job's files status reads: metrics.jsonl from its end (its last line is wanted), the
-# start of train.log (where the step count is logged), and the small files (pid, exit_status).
+# start of train.log (where the step count is logged), and the small files (exit_status, slurm_job).
 METRICS_TAIL = 4096
 LOG_HEAD = 1 << 18
 SMALL_FILE = 64
@@ -149,10 +130,6 @@ class Job:
     argv: List[str]
     env: Dict[str, str]
     dir: Path
-
-    @property
-    def output_dir(self) -> Path:
-        return self.dir / "output"
 
     @property
     def unit(self) -> str:
@@ -366,11 +343,10 @@ def systemd(*args: str) -> subprocess.CompletedProcess:
 
 
 def unit_states(units: List[str]) -> Dict[str, Dict[str, str]]:
-    """ActiveState, Result, ExecMainCode and ExecMainStatus of each unit (unknown units are inactive)."""
+    """ActiveState and MainPID of each unit (unknown units are inactive)."""
     if not units:
         return {}
-    result = systemd("systemctl", "show", "--property=Id,ActiveState,Result,ExecMainCode,ExecMainStatus",
-                     "--", *units)
+    result = systemd("systemctl", "show", "--property=Id,ActiveState,MainPID", "--", *units)
     if result.returncode != 0:
         raise JobError(f"systemctl show failed: {' '.join(result.stderr.split())}")
     states = {}
@@ -389,41 +365,46 @@ def unit_value(what: str, value: str) -> str:
     return value
 
 
-def unit_text(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int) -> str:
-    """The job's service: ``supervise`` of its folder as the runner user, enabled for boot, so that a job
-    that a reboot cut short comes back by itself and resumes from its latest checkpoint (supervise adds
-    the resumed attempt). A unit of systemd-run would be transient: gone after the reboot."""
-    lines = ["[Unit]", f"Description=sophon-sd-kit training job {unit_value('job folder', str(job.dir))}",
+def unit_text(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int,
+              token_file: Optional[str] = None) -> str:
+    """The job's service (see the module's docstring); enabled for boot, unlike a transient unit of systemd-run."""
+    tool = f"{unit_value('python', sys.executable)} {unit_value('job tool', str(Path(__file__).resolve()))}"
+    folder = unit_value("job folder", str(job.dir))
+    lines = ["[Unit]", f"Description=sophon-sd-kit training job {folder}",
              # sshd waits for the job to be started: once a host answers again after a reboot, the playbook's
              # poll sees the job running, not ended.
              "Before=ssh.service sshd.service",
              "", "[Service]", "Type=exec", f"EnvironmentFile={unit_value('--env-file', env_file)}",
-             # SIGTERM to the supervisor only, which passes it to the trainer once (a second one aborts).
+             # SIGTERM to the trainer only: a second one (or one to accelerate's workers as well) aborts it.
              "KillMode=mixed", "KillSignal=SIGTERM", f"TimeoutStopSec={int(stop_timeout)}",
              f"SuccessExitStatus={INTERRUPTED}"]
     if account:
         lines += [f"User={account.pw_name}", f"Group={grp.getgrgid(account.pw_gid).gr_name}"]
-    tool = [unit_value("python", sys.executable), unit_value("job tool", str(Path(__file__).resolve()))]
-    lines += [f"ExecStart={' '.join(tool)} supervise --job-dir {job.dir}", "", "[Install]",
-              "WantedBy=multi-user.target", ""]
+    if token_file:  # systemd reads it as root and hands this unit alone a copy ($CREDENTIALS_DIRECTORY)
+        lines.append(f"LoadCredential={HUB_TOKEN_CREDENTIAL}:{unit_value(HUB_TOKEN_FILE_KEY, token_file)}")
+    lines += [f"ExecStart={tool} launch --job-dir {folder}", f"ExecStopPost={tool} ended --job-dir {folder}",
+              "", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
 
-def write_unit(unit_dir: Path, unit: str, text: str) -> None:
-    """Root writes the unit file in systemd's root-owned folder, atomically (a new file renamed over the old)."""
-    path = unit_dir / unit
-    temporary = unit_dir / f".{unit}.{os.getpid()}"
-    temporary.unlink(missing_ok=True)  # left by an earlier process of the same pid that died mid-write
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+def credential_file(path: Optional[str]) -> Optional[str]:
+    """The hub token file for LoadCredential=, which systemd reads as root: None when there is none, an error
+    when anyone but me (root) could swap it or a folder above it for a link to another of root's files."""
+    if not path or not os.path.isfile(path):
+        return None
+    for part in [Path(path), *Path(path).parents]:
+        info = os.lstat(part)
+        shared = part != Path(path) and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, os.geteuid()) or shared or stat.S_ISLNK(info.st_mode):
+            raise JobError(f"hub token file {path} ({HUB_TOKEN_FILE_KEY}) or a folder above it can be changed by "
+                           f"another user than {pwd.getpwuid(os.geteuid()).pw_name}, but systemd reads it for the "
+                           "job as root: keep it where role sophon_host_env puts it (sophon_host_env_hub_token_file)")
+    return path
 
 
-def launch_unit(job: Job, account: Optional[pwd.struct_passwd], env_file: str, stop_timeout: int,
-                unit_dir: Path) -> None:
-    """Write the job's unit, enable it for boot and start it."""
-    write_unit(unit_dir, job.unit, unit_text(job, account, env_file, stop_timeout))
+def launch_unit(job: Job, text: str, unit_dir: Path) -> None:
+    """Write the job's unit (in systemd's root-owned folder), enable it for boot and start it."""
+    write_text_atomic(unit_dir / job.unit, text)
     systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
     for command in (["daemon-reload"], ["enable", "--now", "--", job.unit]):
         result = systemd("systemctl", *command)
@@ -444,19 +425,14 @@ def disable_units(units: List[str]) -> None:
 
 
 def process_start_ticks(pid: int) -> Optional[int]:
-    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone."""
+    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone. Only for a
+    Slurm task's supervisor: Slurm forgets a cancelled task while its trainer still saves a checkpoint."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces and ')'
-    if fields[0] == "Z":  # a zombie has ended; only its parent has not collected it yet
-        return None
-    return int(fields[19])
-
-
-def alive(pid: Optional[int], ticks: Optional[int]) -> bool:
-    return bool(pid) and ticks is not None and process_start_ticks(pid) == ticks
+    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
 
 
 def last_metrics(path: Path) -> Optional[dict]:
@@ -476,11 +452,9 @@ def total_steps(log: Path) -> Optional[int]:
 
 
 def read_small_int(path: Path) -> Optional[int]:
-    """The whole number in a file of a few bytes (pid, exit_status); None when absent or not a number."""
+    """The whole number in a file of a few bytes (exit_status); None when absent or not a number."""
     text = (read_limited(path, SMALL_FILE) or b"").strip()
     return int(text) if re.fullmatch(rb"-?[0-9]{1,12}", text) else None
-
-
 
 
 def latest_checkpoint(output_dir: Path) -> Optional[str]:
@@ -488,22 +462,11 @@ def latest_checkpoint(output_dir: Path) -> Optional[str]:
     return f"checkpoint-{max(steps)}" if steps else None
 
 
-def read_pid(job_dir: Path) -> Optional[int]:
-    return read_small_int(job_dir / "pid")
-
-
-def systemd_live(unit: Dict[str, str]) -> dict:
-    """A unit's state as job_status reads it: running, or gone (with the signal that killed it, if any)."""
-    if unit.get("ActiveState") in ACTIVE_STATES:
-        return {"state": "running"}
-    killed = unit.get("ActiveState") == "failed" and unit.get("ExecMainCode") in ("2", "3")  # CLD_KILLED, CLD_DUMPED
-    return {"state": "gone", "signal": int(unit.get("ExecMainStatus") or 0) if killed else None}
-
-
 def slurm_live(records: Dict[Path, dict], given: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
                ) -> Dict[Path, dict]:
-    """Each Slurm job's state in the queue: queued (with Slurm's reason), running, or gone (ended).
-    ``given``: the queue of these names as the playbook's one squeue of the round found it."""
+    """Each Slurm job's state: queued (with Slurm's reason), running (in the queue, or its supervisor still
+    waits for the trainer's checkpoint), or gone. ``given``: the queue as the playbook's one squeue of the
+    round found it."""
     queues: Dict[str, Dict[str, Dict[str, str]]] = dict(given or {})
     live = {}
     for job_dir, record in records.items():
@@ -512,7 +475,11 @@ def slurm_live(records: Dict[Path, dict], given: Optional[Dict[str, Dict[str, Di
             queues[name] = sdkit_slurm.queue(name)
         entry = queues[name].get(slurm_job_of(job_dir), {})
         state = entry.get("state", "")
-        live[job_dir] = ({"state": "queued", "reason": entry["reason"]} if state in sdkit_slurm.QUEUED_STATES
+        attempt = record["attempts"][-1] if isinstance(record["attempts"][-1], dict) else {}
+        pid, ticks = count(attempt.get("supervisor_pid")), count(attempt.get("supervisor_ticks"))
+        supervising = bool(pid) and ticks is not None and process_start_ticks(pid) == ticks
+        live[job_dir] = ({"state": "running", "pid": pid} if supervising
+                         else {"state": "queued", "reason": entry["reason"]} if state in sdkit_slurm.QUEUED_STATES
                          else {"state": "running"} if state in sdkit_slurm.RUNNING_STATES else {"state": "gone"})
     return live
 
@@ -524,7 +491,9 @@ def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, Dict[str, 
     queued = {d: r for d, r in records.items()
               if r.get("scheduler") == "slurm" and r.get("attempts") and isinstance(r.get("slurm_name"), str)}
     units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
-    live = {d: systemd_live(units[unit_name(d)]) for d in job_dirs if d not in queued}
+    live = {d: {"state": "running" if units[unit_name(d)].get("ActiveState") in ACTIVE_STATES else "gone",
+                "pid": int(units[unit_name(d)].get("MainPID") or 0) or None}
+            for d in job_dirs if d not in queued}
     try:
         live.update(slurm_live(queued, slurm_queue))
     except SlurmError as exc:
@@ -535,11 +504,10 @@ def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, Dict[str, 
 def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     """What one job is doing: state, step, total steps, last loss, elapsed seconds of this attempt.
 
-    States: absent (never started), queued (waiting in Slurm's queue), running (its unit is active,
-    or Slurm runs it), finished (exit 0), stopped (interrupted, a checkpoint was saved; or cancelled
-    while queued), failed (any other exit, or the job ended without the supervisor recording one,
-    as after a reboot or a kill of the whole unit). ``live`` is the scheduler's word on the job
-    (live_states; asked for here when not given).
+    States: absent (never started), queued (waiting in Slurm's queue), running (its unit is active, or
+    Slurm runs it), finished (exit 0), stopped (exit 130: a checkpoint was saved; or cancelled while
+    queued), failed (any other exit, or gone without one recorded, as after a power loss). ``live`` is
+    the scheduler's word on the job (live_states; asked for here when not given).
     """
     job = read_json(job_dir / "job.json")
     status = {"job": job_dir.name, "dir": str(job_dir), "output_dir": str(job_dir / "output"),
@@ -552,31 +520,23 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     attempt = attempts[-1]
     live = live or live_states([job_dir])[job_dir]
     status.update(device=attempt.get("device", job.get("device")), attempts=len(job["attempts"]),
-                  pid=read_pid(job_dir), scheduler=job.get("scheduler", "systemd"))
+                  pid=live.get("pid"), scheduler=job.get("scheduler", "systemd"))
     if status["scheduler"] == "slurm" and isinstance(job.get("slurm_name"), str):
         status["slurm_name"] = printable(job["slurm_name"])  # the playbook's one squeue of a round asks for it
     if status["scheduler"] == "slurm":
         status["unit"] = f"slurm job {slurm_job_of(job_dir)}"
-    exit_file = job_dir / "exit_status"
+    exit_file = job_dir / EXIT_FILE
     ended_at = None
-    # The supervisor's pid, where the scheduler may no longer know the job while it still runs: a Slurm
-    # task winding down after scancel, or a job the kit started before its jobs were systemd units.
-    supervisor_running = alive(count(attempt.get("supervisor_pid")), count(attempt.get("supervisor_ticks")))
-    if live["state"] in ("running", "queued") or supervisor_running:
-        status["state"] = "running" if supervisor_running else live["state"]
-        status["reason"] = live.get("reason")
+    if live["state"] in ("running", "queued"):
+        status.update(state=live["state"], reason=live.get("reason"))
     elif exit_file.is_file():
         code = read_small_int(exit_file)
-        code = 1 if code is None else code  # empty or garbled: the supervisor did not finish writing it
+        code = 1 if code is None else code  # empty or garbled: not written by ExecStopPost or slurm-task
         ended_at = exit_file.stat().st_mtime
         status["exit_status"] = code
         status["state"] = "finished" if code == 0 else "stopped" if code == INTERRUPTED else "failed"
-    elif status["scheduler"] == "slurm" and "ran_at" not in attempt:
-        status["state"] = "stopped"  # cancelled before it ever ran: nothing lost
-    else:
-        status["state"] = "failed"  # gone without a word: the whole unit killed, or a reboot
-        if live.get("signal"):
-            status["exit_status"] = -live["signal"]
+    else:  # a Slurm task cancelled before it ever ran lost nothing; else gone without a word (a power loss)
+        status["state"] = "stopped" if status["scheduler"] == "slurm" and "ran_at" not in attempt else "failed"
     metrics = last_metrics(job_dir / "output" / "metrics.jsonl")
     if metrics:  # the trainer's to write, the runner user's to forge: of the wrong type, unknown
         status.update(step=count(metrics.get("step")), loss=number(metrics.get("loss")))
@@ -693,65 +653,98 @@ def jobs_status(jobs: List[Job]) -> List[dict]:
     return [job_status(job.dir, live[job.dir]) for job in jobs]
 
 
-# --------------------------------------------------------------------------- the unit's process
 
 
-def supervise(job_dir: Path, forward_sigterm: bool = True) -> int:
-    """What the unit runs, as the runner user: the trainer with the log as its output, then its exit status.
+# --------------------------------------------------------------------------- the job's process (runner user)
 
-    systemd sends SIGTERM here only (KillMode=mixed); it goes on to the trainer once, which saves a
-    checkpoint and exits 130, and this process lives to record that, not die first and leave a
-    "failed" job. The trainer's exit code becomes the unit's (a signal N as 128+N), so that
-    ``systemctl status`` shows a failure too; 130 counts as success (SuccessExitStatus).
 
-    Under Slurm (``forward_sigterm`` false) every process of the task gets Slurm's SIGTERM itself,
-    the trainer included: passing it on would be the second one, which aborts the trainer.
-    """
+def next_attempt(job_dir: Path) -> Optional[Tuple[dict, dict]]:
+    """The job's record and the attempt to run now; None for a job that has finished.
+
+    An attempt that already ran means that a boot (or Slurm's requeue), not ``start``, started the job
+    again: it gets a new attempt that resumes from the latest checkpoint."""
+    record = read_json(job_dir / "job.json")
+    attempts = record.get("attempts") if record else None
+    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
+        raise JobError(f"{job_dir / 'job.json'} has no attempt to run")
+    if "ran_at" in attempts[-1]:
+        if read_small_int(job_dir / EXIT_FILE) == 0:
+            return None
+        attempts.append({"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True)})
+    attempts[-1]["ran_at"] = time.time()
+    (job_dir / EXIT_FILE).unlink(missing_ok=True)  # the previous attempt's
+    return record, attempts[-1]
+
+
+def open_log(job_dir: Path, record: dict, attempt: dict) -> Tuple[List[str], Dict[str, str]]:
+    """Send stdout and stderr to train.log, opened by the runner user without following a link (systemd
+    opens a StandardOutput=append: file as root), and return the attempt's command and environment."""
     os.umask(0o022)
     os.chdir(job_dir)
-    record = read_json(job_dir / "job.json")
-    if not record or not record.get("attempts"):
-        print(f"error: {job_dir / 'job.json'} has no attempt to run", file=sys.stderr)
-        return 2
-    attempt = record["attempts"][-1]
-    argv = attempt["argv"]
-    env = {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
-    log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    try:
+        log = os.open(job_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise JobError(f"cannot open {job_dir / 'train.log'} ({exc.strerror}): it must be a plain file or absent; "
+                       "remove it and rerun make train") from None
     null = os.open(os.devnull, os.O_RDONLY)
     for fd, target in ((null, 0), (log, 1), (log, 2)):
         os.dup2(fd, target)
-    trainer: List[subprocess.Popen] = []
-    asked_to_stop: List[int] = []
+    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {shlex.join(attempt['argv'])}", flush=True)
+    return attempt["argv"], {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
 
-    def pass_on(signum: int, _frame: Any) -> None:
-        if not asked_to_stop:
-            asked_to_stop.append(signum)
-            if trainer and forward_sigterm:
-                trainer[0].send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, pass_on)
-    code = 1
+def cmd_launch(args: argparse.Namespace) -> int:
+    """ExecStart of a job's unit, as the runner user: becomes the trainer of the job's next attempt."""
+    job_dir = Path(args.job_dir)
+    planned = next_attempt(job_dir)
+    if planned is None:
+        return 0  # the unit of a finished job, started by a boot
+    write_json_atomic(job_dir / "job.json", planned[0])
+    argv, env = open_log(job_dir, *planned)
     try:
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {shlex.join(argv)}", flush=True)
-        try:
-            trainer.append(subprocess.Popen(argv, env=env))
-        except OSError as exc:
-            print(f"=== cannot run {argv[0]}: {exc}", flush=True)
-            return 1
-        if asked_to_stop:  # SIGTERM came while the trainer was starting: it may have missed it
-            trainer[0].send_signal(signal.SIGTERM)
-        write_text_atomic(job_dir / "pid", f"{trainer[0].pid}\n")
-        code = trainer[0].wait()
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: exit status {code}", flush=True)
-    finally:
-        write_text_atomic(job_dir / "exit_status", f"{code}\n")
-    return code if code >= 0 else 128 - code
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        print(f"=== cannot run {argv[0]}: {exc}", flush=True)
+    return 127
+
+
+def exit_code(how: str, status: str) -> int:
+    """systemd's $EXIT_CODE and $EXIT_STATUS as one exit code: the process's, or minus the signal's number."""
+    if how == "exited" and status.isdigit():
+        return int(status)
+    if how in ("killed", "dumped") and f"SIG{status}" in signal.Signals.__members__:
+        return -signal.Signals[f"SIG{status}"].value
+    return 1  # the unit failed before its process ran ($EXIT_CODE empty)
+
+
+def cmd_ended(args: argparse.Namespace) -> int:
+    """ExecStopPost of a job's unit, as the runner user: the exit code, for status after a reboot too."""
+    path = Path(args.job_dir) / EXIT_FILE
+    if not path.exists():  # else launch found the job finished and ran nothing: its end stays as it was
+        write_text_atomic(path, f"{exit_code(os.environ.get('EXIT_CODE', ''), os.environ.get('EXIT_STATUS', ''))}\n")
+    return 0
 
 
 # --------------------------------------------------------------------------- Slurm
 
 
 SLURM_JOB_FILE = "slurm_job"  # the job's id in Slurm's queue (123_0 for task 0 of array 123)
+
+
+def run_attempt(job_dir: Path, record: dict, attempt: dict) -> int:
+    """A Slurm task's trainer, as a child whose exit code this process records (Slurm has no ExecStopPost).
+
+    scancel sends SIGTERM to every process of the task, the trainer included: this one must live on
+    to record the trainer's 130, and pass nothing on (a second SIGTERM aborts the trainer)."""
+    signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, not SIG_IGN, which the trainer would inherit
+    argv, env = open_log(job_dir, record, attempt)
+    try:
+        code = subprocess.call(argv, env=env)
+    except OSError as exc:
+        print(f"=== cannot run {argv[0]}: {exc}", flush=True)
+        code = 127
+    write_text_atomic(job_dir / EXIT_FILE, f"{code}\n")
+    return code if code >= 0 else 128 - code
 
 
 def plan_slurm_jobs(run_dir: Path, mode: str, devices: List[str], chips: int, python: str, trainer: str,
@@ -819,38 +812,32 @@ def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, d
 
 
 def cmd_slurm_task(args: argparse.Namespace) -> int:
-    """What a Slurm task runs, as the runner user: the env file, the chip Slurm gave it, then supervise."""
-    run_dir = Path(args.run_dir)
-    job_dir = run_dir / (args.job or f"task{os.environ.get('SLURM_ARRAY_TASK_ID', '')}")
-    record = read_json(job_dir / "job.json")
-    if not record or not record.get("attempts"):
-        raise JobError(f"{job_dir / 'job.json'} has no attempt to run")
+    """What a Slurm task runs, as the runner user: the env file, the chip Slurm gave it, then the trainer."""
+    job_dir = Path(args.run_dir) / (args.job or f"task{os.environ.get('SLURM_ARRAY_TASK_ID', '')}")
+    planned = next_attempt(job_dir)
+    if planned is None:
+        return 0
+    record, attempt = planned
     # As systemd's EnvironmentFile= gives a unit the env file (sbatch --export=NIL gave nothing).
     os.environ.update(EnvFile.read(args.env_file).values)
     account = pwd.getpwuid(os.getuid())
     os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-    now = time.time()
-    attempt = record["attempts"][-1]
-    if "ran_at" in attempt:  # Slurm queued it again (its node failed, or it was requeued): resume
-        attempt = {"started": now, "argv": attempt_argv(record["argv"], resuming=True)}
-        record["attempts"].append(attempt)
     # Slurm drops a cancelled task from its queue at once, while the trainer still saves its checkpoint:
     # the job runs as long as this process does.
-    attempt.update(ran_at=now, slurm_job=slurm_job_of(job_dir), supervisor_pid=os.getpid(),
+    attempt.update(slurm_job=slurm_job_of(job_dir), supervisor_pid=os.getpid(),
                    supervisor_ticks=process_start_ticks(os.getpid()))
-    (job_dir / "exit_status").unlink(missing_ok=True)
     try:
         chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)
     except (SlurmError, KeyError) as exc:
         write_json_atomic(job_dir / "job.json", record)
-        write_text_atomic(job_dir / "exit_status", "2\n")
+        write_text_atomic(job_dir / EXIT_FILE, "2\n")
         raise JobError(f"cannot tell which chip Slurm gave this task: {exc}") from None
     device = record["device"]
     if device == "tpu" and args.job is None:
         device = f"tpu:{chips[0]}"  # tpu:N is chip N as bm-smi numbers it, as gres.conf's File= does
     attempt.update(device=device, chips=chips, env={"ACCELERATE_TORCH_DEVICE": device})
     write_json_atomic(job_dir / "job.json", record)
-    return supervise(job_dir, forward_sigterm=False)
+    return run_attempt(job_dir, record, attempt)
 
 
 # --------------------------------------------------------------------------- commands
@@ -892,9 +879,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
         share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)
         plans = as_user(account, prepare_run, run_dir, jobs)
+        token_file = credential_file(env_file.get(HUB_TOKEN_FILE_KEY))
         for job, plan in zip(jobs, plans):
             if plan["launch"]:
-                launch_unit(job, account, str(Path(args.env_file).resolve()), args.stop_timeout, Path(args.unit_dir))
+                launch_unit(job, unit_text(job, account, str(env_file.path.resolve()), args.stop_timeout, token_file),
+                            Path(args.unit_dir))
         disable_units([job.unit for job, plan in zip(jobs, plans) if plan["action"] == "already finished"])
         statuses = as_user(account, jobs_status, jobs)
     results = [{"job": plan["job"], "action": plan["action"], "status": status}
@@ -978,26 +967,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_supervise(args: argparse.Namespace) -> int:
-    """What a job's unit runs. A unit that starts again after its attempt ran was started by the boot, not
-    by ``start``: it adds a resumed attempt (``--resume_from_checkpoint latest``), or does nothing for a
-    job that had finished."""
-    job_dir = Path(args.job_dir)
-    record = read_json(job_dir / "job.json")
-    if record and isinstance(record.get("attempts"), list) and record["attempts"]:
-        attempt = record["attempts"][-1]
-        if isinstance(attempt, dict) and "ran_at" in attempt:
-            if read_small_int(job_dir / "exit_status") == 0:
-                return 0
-            attempt = {"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True),
-                       "unit": unit_name(job_dir)}
-            record["attempts"].append(attempt)
-        if isinstance(attempt, dict):
-            attempt["ran_at"] = time.time()
-            write_json_atomic(job_dir / "job.json", record)
-    return supervise(job_dir)
-
-
 def thread_count(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (make train THREADS=...), not '{value}'")
@@ -1007,7 +976,7 @@ def thread_count(value: str) -> int:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Start, watch and stop LoRA training jobs on this host as systemd services of the runner user "
-                    "(used by playbooks/train.yml). State lives in <runs-dir>/<run-id>/<job>/: job.json, pid, "
+                    "(used by playbooks/train.yml). State lives in <runs-dir>/<run-id>/<job>/: job.json, "
                     "train.log, exit_status, output/; the unit is sdkit-train-<run-id>-<job>.service.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--run-id", required=True,
@@ -1088,13 +1057,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     stop.add_argument("--wait", type=float, default=60, help="Seconds to wait for the jobs to end (default 60).")
     stop.set_defaults(func=cmd_stop)
 
-    supervise_ = commands.add_parser("supervise", help="What a job's unit runs (as the runner user): the trainer of "
-                                                       "the job's last attempt, its log and exit status.")
-    supervise_.add_argument("--job-dir", required=True, help="<runs-dir>/<run-id>/<job>")
-    supervise_.set_defaults(func=cmd_supervise)
+    # 'supervise': what the units of an earlier kit still run at boot.
+    for name, aliases, func, what in (("launch", ["supervise"], cmd_launch, "ExecStart: becomes the trainer of the "
+                                       "job's next attempt (resuming after a reboot), its output in train.log."),
+                                      ("ended", [], cmd_ended, "ExecStopPost: records systemd's $EXIT_CODE and "
+                                       "$EXIT_STATUS in exit_status.")):
+        unit_step = commands.add_parser(name, aliases=aliases, help=f"A job unit's {what} (as the runner user)")
+        unit_step.add_argument("--job-dir", required=True, help="<runs-dir>/<run-id>/<job>")
+        unit_step.set_defaults(func=func)
 
     task = commands.add_parser("slurm-task", help="What a Slurm task runs (as the runner user; start --scheduler slurm "
-                                                  "queues it): the env file, the chip Slurm gave, then supervise.")
+                                                  "queues it): the env file, the chip Slurm gave, then the trainer.")
     task.add_argument("--run-dir", required=True, help="<runs-dir>/<run-id>")
     task.add_argument("--job", default=None, help="The job's folder name (default: task<SLURM_ARRAY_TASK_ID>).")
     task.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="The kit's environment file, applied to the task.")

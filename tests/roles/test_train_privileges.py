@@ -124,6 +124,22 @@ def test_model_values_reach_the_trainer_as_argv_only(host, tmp_path):
     assert f"error: --model '{model}' (make train MODEL=...) is not usable" in result.output, result.output[-3000:]
 
 
+def test_a_link_at_the_log_path_is_not_followed(host, tmp_path):
+    """systemd opens a StandardOutput=append: file as root: train.log, the runner user's, planted as a link to
+    root's env file, would get the trainer's output appended. The unit's launch opens it as the runner user
+    without following links: the job fails, and root's files stay as they were."""
+    as_runner(host, f"mkdir -p {RUNS}/loglink/cpu; ln -s /etc/sophon-sd/env {RUNS}/loglink/cpu/train.log")
+    before = snapshot(host)
+
+    result = host.play("train.yml", {**TINY_RUN, "sophon_sd_train_run_id": "loglink",
+                                     "sophon_sd_train_fetch_dir": str(tmp_path)})
+
+    assert snapshot(host) == before
+    assert result.failed and "cpu: failed" in result.output, result.output[-3000:]
+    assert "Too many levels of symbolic links" in host.check_output(
+        "journalctl -u sdkit-train-loglink-cpu.service --no-pager"), result.output[-3000:]
+
+
 def unit_state(host, unit: str) -> dict[str, str]:
     shown = host.check_output(f"systemctl show -p ActiveState,User,KillMode,KillSignal,TimeoutStopUSec {unit}")
     return dict(line.split("=", 1) for line in shown.splitlines())
@@ -146,7 +162,10 @@ def test_a_job_is_a_unit_of_the_runner_user_that_stops_with_a_checkpoint_and_res
     state = unit_state(host, UNIT)
     assert (state["ActiveState"], state["User"], state["KillMode"], state["KillSignal"]) == ("active", "sophon-sd",
                                                                                              "mixed", "15")
-    assert host.check_output(f"ps -o user= -p $(cat {UNIT_JOB}/pid)").strip() == "sophon-sd"
+    # systemd owns the trainer: the unit's main process is train_lora.py itself, as the runner user.
+    main_pid = host.check_output(f"systemctl show -p MainPID --value {UNIT}").strip()
+    assert host.check_output(f"ps -o user= -p {main_pid}").strip() == "sophon-sd"
+    assert "train_lora.py" in host.check_output(f"ps -o args= -p {main_pid}")
     # Once a step is done, stop it as an operator would: make train-cancel, which is systemctl stop (as a
     # shutdown is) and waits for the checkpoint.
     host.check_output(f"for i in $(seq 600); do test -s {UNIT_JOB}/output/metrics.jsonl && break; sleep 0.5; done")

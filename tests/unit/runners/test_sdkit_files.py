@@ -107,6 +107,17 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["job.json"]
 
 
+def test_a_job_units_credential_wins_over_the_token_file(tmp_path):
+    """A job unit gets the token as the credential hub_token (LoadCredential=); SOPHON_SD_HUB_TOKEN_FILE is the
+    fallback for everything else (make infer, Slurm tasks)."""
+    (tmp_path / "hub_token").write_text("hf_credential\n")
+    (tmp_path / "file").write_text("hf_file\n")
+    environ = {HUB_TOKEN_FILE_KEY: str(tmp_path / "file"), "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert read_hub_token(environ) == "hf_credential"
+    assert read_hub_token({**environ, "CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) == "hf_file"
+    assert read_hub_token({"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "hf_credential"
+
+
 def test_hub_token_comes_from_the_file_the_env_key_names(tmp_path):
     """Issue 9 item 6 (tokens): the token lives in its own 0640 file, never in the world-readable env file."""
     token_file = tmp_path / "hub_token"

@@ -1,7 +1,7 @@
 """sdkit_job.py: the commands it plans, and start/status/stop on a fake trainer.
 
-systemd-run and systemctl are the stand-ins in fake_systemd/ (a unit is a detached process whose pid
-they record); the real ones, the runner user and the link attacks are tested on systemd test hosts
+systemctl is the stand-in in fake_systemd/ (a unit is a detached manager that runs ExecStart, then
+ExecStopPost with how it ended, and records the main pid); the real ones, the runner user and the link attacks are tested on systemd test hosts
 (tests/roles/test_train_privileges.py).
 """
 
@@ -47,6 +47,8 @@ FAKE_TRAINER = textwrap.dedent('''
     print(f"threads {os.environ.get('OMP_NUM_THREADS')}", flush=True)
     print(f"HF_TOKEN {'set' if os.environ.get('HF_TOKEN') else 'absent'}, token file "
           f"{os.environ.get('SOPHON_SD_HUB_TOKEN_FILE', 'absent')}", flush=True)
+    credential = Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) / "hub_token"
+    print(f"credential {credential.read_text().strip() if credential.is_file() else 'absent'}", flush=True)
     step = 0
     if args.resume_from_checkpoint == "latest":
         done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
@@ -109,6 +111,13 @@ def job_tool(tmp_path):
     run.enabled = lambda: (units / f"{UNIT}.enabled").exists()
     run.boot = lambda: subprocess.run(["systemctl", "fake-boot"], env=env, check=True)
     return run
+
+
+def power_loss(job_tool):
+    """The unit's manager (systemd) and its main process die at once: nothing records how the job ended."""
+    unit = job_tool.unit()
+    os.kill(unit["manager"], signal.SIGKILL)
+    os.kill(unit["pid"], signal.SIGKILL)
 
 
 def wait_for(job_tool, condition, timeout=30.0):
@@ -197,11 +206,14 @@ def test_start_runs_detached_then_finishes_and_start_again_changes_nothing(job_t
     [result] = started["jobs"]
     assert result["action"] == "started" and result["status"]["state"] == "running"
     pid = only_job(wait_for(job_tool, lambda s: only_job(s)["pid"] is not None))["pid"]
-    # Not a child of this session: a unit of its own, whose main process is the supervisor of the job's folder.
+    # Not a child of this session: a unit of its own, whose main process is the job's trainer itself (launch
+    # became it), and whose ExecStopPost records how it ended.
     assert os.getsid(pid) != os.getsid(0)
     assert os.getppid() != pid and Path(f"/proc/{pid}").exists()
+    assert pid == job_tool.unit()["pid"] and "fake_trainer.py" in Path(f"/proc/{pid}/cmdline").read_text()
     unit = job_tool.unit()
-    assert unit["command"][-3:] == ["supervise", "--job-dir", str(job_tool.job_dir)]
+    assert unit["command"][-3:] == ["launch", "--job-dir", str(job_tool.job_dir)]
+    assert unit["stop_post"].split()[-3:] == ["ended", "--job-dir", str(job_tool.job_dir)]
     assert {"--property=KillMode=mixed", "--property=KillSignal=SIGTERM", "--property=TimeoutStopSec=900",
             f"--property=EnvironmentFile={job_tool.env_file}"} <= set(unit["options"])
     # The trainer's command is not in the unit, where systemd would expand $VARIABLES in it.
@@ -228,7 +240,7 @@ def test_a_killed_job_resumes_from_its_latest_checkpoint(job_tool):
     steps_total = 20  # room for slow status polls on a busy machine: the kill must come before the end
     job_tool("start", "--", f"--max_train_steps={steps_total}", step_s="0.3")
     wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 3)
-    os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
+    os.kill(only_job(job_tool("status"))["pid"], signal.SIGKILL)
     died = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
     assert (died["state"], died["exit_status"]) == ("failed", -9)
     checkpoint = died["checkpoint"]
@@ -249,8 +261,7 @@ def test_a_killed_job_resumes_from_its_latest_checkpoint(job_tool):
 def test_a_job_that_vanished_without_exit_status_counts_as_failed(job_tool):
     job_tool("start", "--", "--max_train_steps=50", step_s="0.3")
     wait_for(job_tool, lambda s: only_job(s)["pid"] is not None)
-    os.kill(job_tool.unit()["pid"], signal.SIGKILL)  # as a reboot would: nobody records the end
-    os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
+    power_loss(job_tool)  # as a reboot would: nobody records the end
     job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
     assert (job["state"], job["exit_status"]) == ("failed", None)
     assert "no exit status recorded" in job_tool("status")["lines"][0]
@@ -270,9 +281,8 @@ def test_stop_checkpoints_and_start_resumes(job_tool):
 
 
 def test_a_shutdown_leaves_a_stopped_job_that_start_resumes(job_tool):
-    """Issue 9 (SIGTERM): a shutdown or systemctl stop signals the unit's main process, the supervisor
-    (KillMode=mixed); it passes SIGTERM on to the trainer, which checkpoints (train_lora's StopFlag),
-    and lives to record exit status 130."""
+    """Issue 9 (SIGTERM): a shutdown or systemctl stop signals the unit's main process (KillMode=mixed),
+    the trainer itself, which checkpoints (train_lora's StopFlag) and exits 130; ExecStopPost records it."""
     job_tool("start", "--", "--max_train_steps=40", step_s="0.2")
     wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 1)
     os.kill(job_tool.unit()["pid"], signal.SIGTERM)
@@ -289,8 +299,7 @@ def test_a_reboot_resumes_the_job_by_itself_from_its_latest_checkpoint(job_tool)
     job_tool("start", "--", f"--max_train_steps={steps_total}", step_s="0.3")
     assert job_tool.enabled() and "WantedBy=multi-user.target" in job_tool.unit_file.read_text()
     wait_for(job_tool, lambda s: (only_job(s)["step"] or 0) >= 3)
-    os.kill(job_tool.unit()["pid"], signal.SIGKILL)  # the power goes: nobody records the end
-    os.kill(int((job_tool.job_dir / "pid").read_text()), signal.SIGKILL)
+    power_loss(job_tool)  # the power goes: nobody records the end
     died = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
     checkpoint = died["checkpoint"]
 
@@ -299,10 +308,13 @@ def test_a_reboot_resumes_the_job_by_itself_from_its_latest_checkpoint(job_tool)
     assert (done["state"], done["step"], done["attempts"]) == ("finished", steps_total, 2)
     log = (job_tool.job_dir / "train.log").read_text()
     assert "--resume_from_checkpoint latest" in log and f"resuming from checkpoint {checkpoint}" in log
-    # A finished job's unit does nothing at the next boot, and the next start keeps it from booting at all.
+    # A finished job's unit does nothing at the next boot (its end and elapsed time stay as they were),
+    # and the next start keeps it from booting at all.
+    ended = (job_tool.job_dir / "exit_status").stat().st_mtime_ns
     job_tool.boot()
     time.sleep(1)
     assert only_job(job_tool("status"))["attempts"] == 2
+    assert (job_tool.job_dir / "exit_status").stat().st_mtime_ns == ended
     assert job_tool("start", "--", f"--max_train_steps={steps_total}")["jobs"][0]["action"] == "already finished"
     assert not job_tool.enabled()
 
@@ -323,6 +335,70 @@ def test_root_writes_no_unit_from_a_path_systemd_would_read_as_more(tmp_path, ru
     job = sdkit_job.plan_jobs(Path(runs_dir) / "r1", "per_chip", [], "python", "train.py", [])[0]
     with pytest.raises(JobError, match="cannot go into a systemd unit"):
         sdkit_job.unit_text(job, None, "/etc/sophon-sd/env", 900)
+
+
+def test_the_hub_token_file_reaches_the_trainer_as_a_credential_only(job_tool, tmp_path):
+    """The unit loads the token file the env file names (LoadCredential=): systemd reads it as root and
+    gives the job's processes alone a copy, so the file can stay root's; a missing file adds nothing,
+    since systemd would refuse to start the unit."""
+    token = tmp_path / "hub-token"
+    job_tool.env_file.write_text(job_tool.env_file.read_text() + f"SOPHON_SD_HUB_TOKEN_FILE={token}\n")
+    job_tool("start", "--", "--max_train_steps=2")
+    assert "LoadCredential" not in job_tool.unit_file.read_text()
+    wait_for(job_tool, lambda s: s["state"] == "finished")
+    token.write_text("hf_secret\n")
+    job_tool("start", "--run-id", "r2", "--", "--max_train_steps=2")
+    unit_file = job_tool.unit_file.with_name("sdkit-train-r2-cpu.service")
+    assert f"LoadCredential=hub_token:{token}\n" in unit_file.read_text()
+    log = job_tool.job_dir.parent.parent / "r2" / "cpu" / "train.log"
+    deadline = time.monotonic() + 30
+    while "credential" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "credential hf_secret" in log.read_text()
+    assert "hf_secret" not in unit_file.read_text() + (log.parent / "job.json").read_text()
+
+
+def test_a_token_file_another_user_could_swap_is_refused(tmp_path):
+    """systemd reads a LoadCredential= file as root: one in a folder others may write could become a link to
+    /etc/shadow, which the runner user would then read as its credential."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hub-token").write_text("hf_secret\n")
+    assert sdkit_job.credential_file(str(shared / "hub-token")) == str(shared / "hub-token")
+    assert sdkit_job.credential_file(str(shared / "none")) is None
+    shared.chmod(0o777)
+    with pytest.raises(JobError, match=r"hub-token \(SOPHON_SD_HUB_TOKEN_FILE\) or a folder above it can be changed "
+                                       r"by another user than .*sophon_host_env_hub_token_file"):
+        sdkit_job.credential_file(str(shared / "hub-token"))
+    shared.chmod(0o1777)  # sticky, as /tmp: no one else may replace my file there
+    assert sdkit_job.credential_file(str(shared / "hub-token")) == str(shared / "hub-token")
+
+
+@pytest.mark.parametrize("how, status, code", [("exited", "0", 0), ("exited", "130", 130), ("killed", "KILL", -9),
+                                               ("dumped", "SEGV", -11), ("killed", "NOSUCH", 1), ("", "", 1)])
+def test_execstoppost_records_how_the_trainer_ended(how, status, code):
+    """systemd gives ExecStopPost $EXIT_CODE and $EXIT_STATUS (a signal by its name); exit_status keeps the
+    code status reads after a reboot too, when systemd no longer knows it."""
+    assert sdkit_job.exit_code(how, status) == code
+
+
+def test_a_link_planted_at_the_log_is_not_followed(job_tool, tmp_path):
+    """systemd opens StandardOutput=append: files as root; train.log is the runner user's, so the unit's launch
+    opens it itself, as that user, following no link: the job fails in one line and the target is untouched."""
+    target = tmp_path / "roots-file"
+    target.write_text("root's\n")
+    job_tool.job_dir.mkdir(parents=True)
+    (job_tool.job_dir / "train.log").symlink_to(target)
+    job_tool("start", "--", "--max_train_steps=2")
+    assert "StandardOutput" not in job_tool.unit_file.read_text()
+    job = only_job(wait_for(job_tool, lambda s: s["state"] != "running"))
+    assert (job["state"], job["exit_status"]) == ("failed", 2)
+    assert target.read_text() == "root's\n"
+    result = subprocess.run([sys.executable, str(JOB_TOOL), "launch", "--job-dir", str(job_tool.job_dir)],
+                            capture_output=True, text=True, env=job_tool.env, check=False)
+    assert result.returncode == 2 and result.stderr == (
+        f"error: cannot open {job_tool.job_dir}/train.log (Too many levels of symbolic links): it must be a plain "
+        "file or absent; remove it and rerun make train\n")
 
 
 def test_a_failed_job_reports_its_exit_status(job_tool):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,14 +206,14 @@ def test_a_task_trains_on_the_chip_slurm_gave_it(tmp_path, monkeypatch, planned,
     asked = []
     monkeypatch.setattr(sdkit_slurm, "job_chips", lambda task, gres: asked.append(task) or chips)
     supervised = []
-    monkeypatch.setattr(sdkit_job, "supervise", lambda d, forward_sigterm: supervised.append(forward_sigterm) or 0)
+    monkeypatch.setattr(sdkit_job, "run_attempt", lambda d, record, attempt: supervised.append(d) or 0)
     argv = ["slurm-task", "--run-dir", str(tmp_path / "r1"), "--env-file", str(env_file)] + (["--job", job] if job else [])
 
     assert sdkit_job.main(argv) == 0
 
     attempt = json.loads((job_dir / "job.json").read_text())["attempts"][-1]
     assert (attempt["device"], attempt["env"], attempt["chips"]) == (device, {"ACCELERATE_TORCH_DEVICE": device}, chips)
-    assert asked == ["16_0"] and supervised == [False]  # Slurm's SIGTERM reaches the trainer itself
+    assert asked == ["16_0"] and supervised == [job_dir]  # Slurm's SIGTERM reaches the trainer itself (below)
     assert os.environ["HF_HOME"] == "/state/huggingface"  # the env file, as a unit's EnvironmentFile= gives it
 
 
@@ -228,13 +231,46 @@ def test_a_requeued_task_is_a_new_attempt_that_resumes(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setattr(sdkit_slurm, "job_chips", lambda task, gres: [0])
-    monkeypatch.setattr(sdkit_job, "supervise", lambda d, forward_sigterm: 0)
+    monkeypatch.setattr(sdkit_job, "run_attempt", lambda d, record, attempt: 0)
 
     assert sdkit_job.main(["slurm-task", "--run-dir", str(tmp_path / "r1"), "--env-file", str(env_file)]) == 0
 
     attempts = json.loads((job_dir / "job.json").read_text())["attempts"]
     assert len(attempts) == 2 and attempts[-1]["argv"] == ["t", "--seed", "1", "--resume_from_checkpoint", "latest"]
     assert not (job_dir / "exit_status").exists()  # the previous attempt's
+
+
+SIGTERM_ONCE = """
+import signal, sys, time
+seen = []
+signal.signal(signal.SIGTERM, lambda *_: seen.append(1))
+print("ready", flush=True)
+while not seen:
+    time.sleep(0.01)
+time.sleep(0.5)  # a second SIGTERM, passed on by the task, would arrive meanwhile
+print(f"SIGTERM x{len(seen)}", flush=True)
+sys.exit(130)
+"""
+
+
+def test_a_task_outlives_slurms_sigterm_to_record_the_trainers_exit(tmp_path):
+    """scancel signals every process of the task: the task tool lives on to record the trainer's 130 (there
+    is no ExecStopPost under Slurm) and passes no second SIGTERM on, which would abort the trainer."""
+    job_dir = tmp_path / "task0"
+    job_dir.mkdir()
+    (tmp_path / "trainer.py").write_text(SIGTERM_ONCE)
+    attempt = {"argv": [sys.executable, str(tmp_path / "trainer.py")]}
+    task = subprocess.Popen([sys.executable, "-c", "import sys, sdkit_job; sys.exit(sdkit_job.run_attempt("
+                             f"sdkit_job.Path({str(job_dir)!r}), {{}}, {attempt!r}))"], start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(sdkit_job.__file__).parent)))
+    deadline = time.monotonic() + 20
+    while "ready" not in ((job_dir / "train.log").read_text() if (job_dir / "train.log").exists() else ""):
+        assert time.monotonic() < deadline and task.poll() is None
+        time.sleep(0.05)
+    os.killpg(task.pid, signal.SIGTERM)  # as slurmd signals the task's processes
+    assert task.wait(timeout=20) == 130
+    assert (job_dir / "exit_status").read_text() == "130\n"
+    assert "SIGTERM x1" in (job_dir / "train.log").read_text()
 
 
 def test_status_takes_the_rounds_one_squeue_instead_of_its_own(tmp_path, monkeypatch):

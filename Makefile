@@ -25,7 +25,7 @@ PEFT_PROFILE := sophgo-peft-cpu
 TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
 
-.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-threads bench-fleet bench-report molecule host-tests test-inputs test-long test-profile roles test-image clean
+.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs measured test unit bench bench-threads bench-fleet bench-report molecule host-tests test-inputs test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -138,6 +138,17 @@ lint: setup ## ansible-lint (production profile) and yamllint
 
 docs: setup ## Regenerate each role README's variable table from meta/argument_specs.yml and defaults/main.yml
 	$(BIN)/python tools/sdkit_role_docs.py
+
+measured: ## Regenerate docs/measured.md from the records in docs/measured/*.json (make record-<bench> adds one)
+	python3 tools/sdkit_measured.py render
+
+# After a benchmark: copy build/<bench>.json into docs/measured/<bench>.json with the date, this machine and
+# the command, then re-render, e.g. make bench-threads record-bench-threads. COMMAND= names another
+# command (make bench SIZE=sd14 writes build/bench-sd14.json: make record-bench-sd14 COMMAND='make bench SIZE=sd14').
+# COMMAND reaches the tool through the environment (make exports command-line variables), never spliced
+# into the shell line, where its quotes would break it.
+record-%:
+	python3 tools/sdkit_measured.py record build/$*.json --name $* --command "$${COMMAND:-make $*}"
 
 $(ML_VENV)/.installed: profiles/$(TEST_PROFILE)/constraints.txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	python3 -m venv $(ML_VENV)

@@ -25,7 +25,7 @@ PEFT_PROFILE := sophgo-peft-cpu
 TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
 
-.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs measured test unit bench bench-threads bench-fleet bench-report molecule host-tests role-known test-inputs test-long test-profile roles test-image clean
+.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs measured test unit bench bench-data-scale bench-threads bench-fleet bench-report molecule host-tests role-known test-inputs test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -118,12 +118,12 @@ known-hosts: setup ## Record INVENTORY's host keys in its folder's known_hosts (
 doctor: setup ## Run the doctor on every host of INVENTORY: one table of checks, problems with fixes, report in runs/doctor/
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/doctor.yml
 
-# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY, THREADS and TRAIN_ARGS reach the playbook through the environment
+# RUN_ID, PRECISION, MODE, MODEL, DATASET, TINY, THREADS, TRAIN_ARGS and SLURM_ARGS reach the playbook through the environment
 # (make exports command-line variables): never spliced into this command line, where a quote could add
 # a variable. On the hosts they reach the trainer as argv (playbooks/train.yml).
 # SCHEDULER=slurm queues the jobs in the Slurm cluster of role sophon_slurm instead of running them
 # as systemd services on each host.
-train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [THREADS=n] [TINY=1]; the same RUN_ID resumes
+train: setup ## LoRA training on INVENTORY's hosts, results and report in runs/RUN_ID/: RUN_ID=name [PRECISION=fp16|fp32] [MODE=per_chip|data_parallel] [SCHEDULER=systemd|slurm] [SLURM_ARGS='--partition=... --time=...'] [MODEL=...] [DATASET=...] [TRAIN_ARGS='...'] [THREADS=n] [TINY=1]; the same RUN_ID resumes
 	ansible-playbook -i $(INVENTORY) --limit '$(LIMIT)' playbooks/train.yml $(ANSIBLE_ARGS)
 
 train-status: setup ## Each host's jobs of RUN_ID: queued (Slurm's reason), running, finished, stopped or failed, with step and loss
@@ -188,8 +188,15 @@ patches-upstream: setup ## Every profile's patches against real upstream checkou
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny
 RES ?= 256
-bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json. SIZE=sd14 [RES=256]: SD v1.4's shapes, FLOPs, peak, memory; writes build/bench-sd14.json
+bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json. SIZE=sd14 [RES=256]: SD v1.4's shapes, FLOPs, peak, memory; writes build/bench-sd14.json. SIZE=sd14 DATASET=photos: non-square photos with --buckets and square images, 10 epochs; writes build/bench-photos.json
+ifeq ($(SIZE)$(DATASET),sd14photos)
+	$(ML_VENV)/bin/python tests/bench/bench_photos.py --resolution $(RES) --out build/bench-photos.json
+else
 	$(ML_VENV)/bin/python tests/bench/bench_runners.py $(if $(filter sd14,$(SIZE)),--size sd14 --resolution $(RES) --out build/bench-sd14.json,--out build/bench.json)
+endif
+
+bench-data-scale: $(ML_VENV)/.installed ## A few training steps on 1k, 10k and 100k synthetic small images (tiny model): peak RSS and latent cache bytes of each; writes build/bench-data-scale.json
+	$(ML_VENV)/bin/python tests/bench/bench_data_scale.py --out build/bench-data-scale.json
 
 bench-threads: $(ML_VENV)/.installed ## Tiny trainers side by side with torch's default threads and with the kit's share (OMP_NUM_THREADS); writes build/bench-threads.json
 	$(ML_VENV)/bin/python tests/bench/bench_threads.py --out build/bench-threads.json

@@ -17,6 +17,7 @@ read as data only.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import logging
@@ -162,30 +163,111 @@ def describe_row(value: Any, row: int) -> str:
     return f"row {row}" + (f" ('{path}')" if path else "")
 
 
-def open_image(value: Any, row: int) -> Image.Image:
-    """Decode one image cell: {"bytes", "path"}, a file path, raw bytes, or an already decoded image."""
+def read_image(value: Any, row: int) -> Tuple[Image.Image, str]:
+    """Decode one image cell ({"bytes", "path"}, a file path, raw bytes, or an already decoded image) and
+    return it with its content hash, which keys the latent cache.
+
+    The hash is the sha256 of the encoded file's bytes where there are bytes (the runner asks datasets for
+    them, see undecoded), and of the decoded pixels (mode, size, RGB bytes) for a cell that is already an
+    image: either way a changed image gets another hash, so never a stale latent.
+    """
     try:
         if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict) and value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
+            image = value.convert("RGB")
+            digest = hashlib.sha256(f"pixels:{image.mode}:{image.size}:".encode() + image.tobytes())
+            return image, digest.hexdigest()
+        if isinstance(value, dict) and value.get("bytes"):
+            data = value["bytes"]
         elif isinstance(value, dict) and value.get("path"):
-            image = Image.open(value["path"])
+            data = Path(value["path"]).read_bytes()
         elif isinstance(value, str):
-            image = Image.open(value)
+            data = Path(value).read_bytes()
         elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
+            data = bytes(value)
         else:
             raise ValueError(f"unsupported image cell of type {type(value).__name__}")
-        return image.convert("RGB")
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        return image, hashlib.sha256(b"bytes:" + data).hexdigest()
     except Exception as exc:
         raise RunnerError(f"cannot read the image of {describe_row(value, row)}: {exc}") from None
 
 
+def open_image(value: Any, row: int) -> Image.Image:
+    return read_image(value, row)[0]
+
+
+def image_size(value: Any, row: int) -> Tuple[int, int]:
+    """(width, height) of an image cell from its header, without decoding the pixels."""
+    try:
+        if isinstance(value, Image.Image):
+            return value.size
+        if isinstance(value, dict) and value.get("bytes"):
+            source: Any = io.BytesIO(value["bytes"])
+        elif isinstance(value, dict) and value.get("path"):
+            source = value["path"]
+        elif isinstance(value, (bytes, bytearray)):
+            source = io.BytesIO(value)
+        else:
+            source = value
+        with Image.open(source) as image:
+            return image.size
+    except Exception as exc:
+        raise RunnerError(f"cannot read the image of {describe_row(value, row)}: {exc}") from None
+
+
+def column_chunks(dataset, column: str, chunk: int = 1000) -> Iterator[Tuple[int, Any]]:
+    """(row, value) of one column, read a chunk at a time: ``dataset[column]`` would hold the whole column
+    (every image's bytes) in memory at once, which grows with the dataset."""
+    for start in range(0, len(dataset), chunk):
+        values = dataset[start:start + chunk][column]
+        yield from enumerate(values, start=start)
+
+
 def verify_images(dataset, image_column: str) -> None:
     """Open every image once before training, so a broken file stops the run at minute 0, not hour 3."""
-    for row, value in enumerate(dataset[image_column]):
+    for row, value in column_chunks(dataset, image_column):
         open_image(value, row)
+
+
+# ------------------------------------------------------------------ aspect-ratio buckets
+
+
+def bucket_step(resolution: int) -> int:
+    """Bucket sides are multiples of 64 (8 latents of SD's VAE); below 128 px (the tests' tiny model), of
+    resolution / 4 rounded down to 8, so that there are buckets at all."""
+    return 64 if resolution >= 128 else max(8, resolution // 4 // 8 * 8)
+
+
+def bucket_sizes(resolution: int) -> List[Tuple[int, int]]:
+    """Candidate (width, height): multiples of the step, area at most resolution², each side at least
+    resolution / 2 (so at most 4:1), the largest height for each width, as kohya-ss's sd-scripts does."""
+    step = bucket_step(resolution)
+    area = resolution * resolution
+    sizes = set()
+    for width in range(step, 2 * resolution + 1, step):
+        height = area // width // step * step
+        if width >= resolution // 2 and height >= resolution // 2:
+            sizes.add((width, height))
+    return sorted(sizes)
+
+
+def assign_bucket(width: int, height: int, sizes: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
+    """The bucket whose aspect ratio is nearest the image's (compared in log space, so 2:1 and 1:2 are
+    as far from 1:1), the larger one on a tie."""
+    ratio = np.log(width / height)
+    return min(sizes, key=lambda s: (abs(np.log(s[0] / s[1]) - ratio), -s[0] * s[1]))
+
+
+def image_buckets(dataset, image_column: str, resolution: int) -> List[Tuple[int, int]]:
+    """The bucket of every row, from the images' headers."""
+    sizes = bucket_sizes(resolution)
+    return [assign_bucket(*image_size(value, row), sizes) for row, value in column_chunks(dataset, image_column)]
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB to a CHW float tensor in [-1, 1], as upstream's ToTensor + Normalize([0.5], [0.5])."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return (torch.from_numpy(array).permute(2, 0, 1).contiguous() - 0.5) / 0.5
 
 
 class TrainTransform:
@@ -196,8 +278,9 @@ class TrainTransform:
         self.center_crop = center_crop
         self.random_flip = random_flip
 
-    def __call__(self, image: Image.Image, rng: random.Random) -> Tuple[torch.Tensor, Tuple[int, int, bool]]:
-        """Return the tensor and the augmentation chosen (top, left, flipped), which keys the latent cache."""
+    def __call__(self, image: Image.Image, rng: random.Random, row: int) -> Tuple[torch.Tensor, Tuple]:
+        """Return the tensor and what was done to the image (mode, size, top, left, flipped), which with the
+        image's content hash keys the latent cache."""
         size = self.resolution
         width, height = image.size
         # torchvision's Resize(int): shorter side to `size`, the other keeps the aspect ratio (truncated).
@@ -215,15 +298,40 @@ class TrainTransform:
         flipped = self.random_flip and rng.random() < 0.5
         if flipped:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        return (tensor - 0.5) / 0.5, (top, left, flipped)
+        return to_tensor(image), ("crop", size, size, top, left, flipped)
+
+
+class BucketTransform:
+    """Resize to cover the row's bucket and crop the small remainder at the centre, optional flip.
+
+    Nothing is cut away but the sliver between the image's aspect ratio and its bucket's (the bucket
+    is the nearest ratio on a 64 px grid), the crop never moves, and so the only augmentation is the
+    flip: each image has at most two latents, which the cache keeps whatever the aspect ratio.
+    """
+
+    def __init__(self, buckets: Sequence[Tuple[int, int]], random_flip: bool):
+        self.buckets = buckets
+        self.random_flip = random_flip
+
+    def __call__(self, image: Image.Image, rng: random.Random, row: int) -> Tuple[torch.Tensor, Tuple]:
+        target_w, target_h = self.buckets[row]
+        width, height = image.size
+        scale = max(target_w / width, target_h / height)
+        new_w, new_h = max(target_w, round(width * scale)), max(target_h, round(height * scale))
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+        top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
+        image = image.crop((left, top, left + target_w, top + target_h))
+        flipped = self.random_flip and rng.random() < 0.5
+        if flipped:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_tensor(image), ("bucket", target_w, target_h, top, left, flipped)
 
 
 class CaptionedImages(torch.utils.data.Dataset):
     """Rows of (image, caption) turned into model inputs, with per-(epoch, row) seeded augmentation."""
 
-    def __init__(self, dataset, image_column: str, caption_column: str, tokenizer, transform: TrainTransform, seed: int):
+    def __init__(self, dataset, image_column: str, caption_column: str, tokenizer, transform: Any, seed: int):
         self.dataset = dataset
         self.image_column = image_column
         self.caption_column = caption_column
@@ -241,7 +349,8 @@ class CaptionedImages(torch.utils.data.Dataset):
     def __getitem__(self, row: int) -> Dict[str, Any]:
         rng = random.Random(f"{self.seed}-{self.epoch}-{row}")
         record = self.dataset[row]
-        pixels, augmentation = self.transform(open_image(record[self.image_column], row), rng)
+        image, content = read_image(record[self.image_column], row)
+        pixels, augmentation = self.transform(image, rng, row)
         caption = record[self.caption_column]
         if isinstance(caption, (list, tuple, np.ndarray)):
             caption = rng.choice(list(caption))  # several captions per image: one at random, as upstream
@@ -254,7 +363,7 @@ class CaptionedImages(torch.utils.data.Dataset):
             caption, max_length=self.tokenizer.model_max_length, padding="max_length", truncation=True,
             return_tensors="pt",
         ).input_ids[0]
-        return {"pixel_values": pixels, "input_ids": input_ids, "key": (row,) + augmentation}
+        return {"pixel_values": pixels, "input_ids": input_ids, "key": (content,) + augmentation}
 
 
 def collate(examples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
@@ -296,13 +405,53 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return self.num_rows - self.skip
 
 
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of rows of one bucket each (images of one size stack into one tensor), in an order fixed by
+    (seed, epoch): each bucket's rows shuffled and cut into batches, then all batches shuffled together.
+
+    The last batch of a bucket may be short, as upstream's last batch of an epoch is. ``skip`` counts
+    batches, so a resumed run gets exactly the batches the interrupted one would have had.
+    """
+
+    def __init__(self, buckets: Sequence[Tuple[int, int]], batch_size: int, seed: int):
+        self.seed = seed
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.skip = 0
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for row, bucket in enumerate(buckets):
+            groups.setdefault(tuple(bucket), []).append(row)
+        self.groups = [groups[key] for key in sorted(groups)]
+        self.num_batches = sum(-(-len(rows) // batch_size) for rows in self.groups)
+
+    def set_epoch(self, epoch: int, skip: Optional[int] = None) -> None:
+        """As EpochShuffleSampler.set_epoch, with ``skip`` in batches."""
+        if skip is None:
+            skip = self.skip if epoch == self.epoch else 0
+        self.epoch, self.skip = epoch, skip
+
+    def batches(self) -> List[List[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        batches = []
+        for rows in self.groups:
+            order = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+            batches += [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self.batches()[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_batches - self.skip
+
+
 def check_captions(dataset, caption_column: str) -> None:
     """Every caption a string or a non-empty list of strings, checked before training starts.
 
     Otherwise the first batch that draws a bad row fails, which may be hours in (or, with
     --dataloader_num_workers, inside a worker with a traceback).
     """
-    for row, caption in enumerate(dataset[caption_column]):
+    for row, caption in column_chunks(dataset, caption_column):
         if isinstance(caption, (list, tuple, np.ndarray)) and len(caption) and all(isinstance(c, str) for c in caption):
             continue
         if not isinstance(caption, str):
@@ -329,6 +478,10 @@ def load_rows(args, seed: int):
 
 
 def build_dataset(args, rows, tokenizer, seed: int) -> CaptionedImages:
-    """Wrap the checked rows into model inputs with the trainer's preprocessing."""
-    transform = TrainTransform(args.resolution, args.center_crop, args.random_flip)
+    """Wrap the checked rows into model inputs with the trainer's preprocessing: upstream's square crop,
+    or with ``--buckets`` each row resized into its aspect-ratio bucket."""
+    if getattr(args, "buckets", False):
+        transform: Any = BucketTransform(image_buckets(rows, args.image_column, args.resolution), args.random_flip)
+    else:
+        transform = TrainTransform(args.resolution, args.center_crop, args.random_flip)
     return CaptionedImages(rows, args.image_column, args.caption_column, tokenizer, transform, seed)

@@ -45,6 +45,7 @@ from typing import Dict, List, Optional, Tuple
 
 from sdkit_files import (DEFAULT_ENV_FILE, ENV_FILE_FIX, ROOT_KEY, RUNTIME_KEY, RUNTIMES, STATE_DIR_KEY, EnvFile,
                          EnvFileError, read_json)
+from sdkit_wheel import is_sophgo_torch_tpu
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -61,10 +62,8 @@ DEFAULT_MIN_FREE_GB = 20.0
 
 UPSTREAM_LIBRARIES = ("diffusers", "transformers", "accelerate")
 PACKAGES = ("torch", "torch_tpu") + UPSTREAM_LIBRARIES
-# Sophgo's wheel names Sophgo as its author; PyPI's torch-tpu (Google's Cloud TPU backend) does not.
-SOPHGO_MARKER = "sophgo"
-
-# Run by the venv's python: version, author and install record (direct_url.json) of each package.
+# Run by the venv's python: version, author fields, whether it has the torch_tpu/tpu/ package, and install
+# record (direct_url.json) of each package. It gathers what sdkit_wheel's rule reads; the rule runs here.
 PROBE = """
 import json, os, sys
 from importlib import metadata
@@ -75,7 +74,10 @@ for name in sys.argv[1:]:
     except metadata.PackageNotFoundError:
         continue
     marker = os.path.join(str(dist.locate_file("")), name, "sophgo.py")
-    found[name] = {"version": dist.version, "author": dist.metadata.get("Author") or "",
+    fields = ("Author", "Author-email", "Maintainer", "Maintainer-email")
+    found[name] = {"version": dist.version,
+                   "author": " ".join(v for f in fields for v in (dist.metadata.get_all(f) or [])).strip(),
+                   "has_tpu": any(str(f).replace(os.sep, "/").startswith("torch_tpu/tpu/") for f in dist.files or []),
                    "direct_url": json.loads(dist.read_text("direct_url.json") or "{}"),
                    "sophgo_marker": open(marker).readline() if os.path.isfile(marker) else None}
 print(json.dumps({"python": sys.version.split()[0], "packages": found}))
@@ -253,7 +255,7 @@ def check_package(host: Host, probe: dict, name: str) -> Check:
         return Check(name, OK, found)
 
     if name == "torch_tpu":
-        if SOPHGO_MARKER not in package["author"].lower():
+        if not is_sophgo_torch_tpu(package["author"], package["has_tpu"]):
             return Check(name, FAIL, f"{found} is not Sophgo's torch_tpu (PyPI's torch-tpu is Google's)",
                          f"`{host.venv}/bin/pip uninstall torch-tpu`, then " + reprovision("torch_tpu"))
         pin = torch_tpu_pin(host)

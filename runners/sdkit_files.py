@@ -24,12 +24,14 @@ from typing import Any, Dict, Mapping, Optional, Union
 DEFAULT_ENV_FILE = "/etc/sophon-sd/env"
 ROOT_KEY = "SOPHON_SD_ROOT"
 STATE_DIR_KEY = "SOPHON_SD_STATE_DIR"
+# The runner user (the inventory's sophon_sd_user): who runs the jobs and owns their folders.
+USER_KEY = "SOPHON_SD_USER"
 # What the operator provisioned the host to run on: "sophgo" (its BM1684X chips) or "none" (no chips).
 RUNTIME_KEY = "SOPHON_SD_RUNTIME"
 RUNTIMES = ("sophgo", "none")
 # The stack the host was provisioned with (profiles/<name>/profile.yml); train_lora.py records it in run.json.
 PROFILE_KEY = "SOPHON_SD_PROFILE"
-# Names the file holding a Hugging Face token (0640 root:sophon-sd). The token itself never goes
+# Names the file holding a Hugging Face token (0640 root:<runner user's group>). The token itself never goes
 # into the env file: that one is world-readable and sourced by every login shell.
 HUB_TOKEN_FILE_KEY = "SOPHON_SD_HUB_TOKEN_FILE"
 ENV_FILE_FIX = "rerun the kit's site.yml (role sophon_host_env)"
@@ -193,7 +195,7 @@ def read_hub_token(environ: Mapping[str, str]) -> Optional[str]:
         token = Path(name).read_text().strip()
     except OSError as exc:
         raise EnvFileError(f"hub token file '{name}' ({HUB_TOKEN_FILE_KEY}) cannot be read ({exc.strerror}): it "
-                           f"should be 0640 root:sophon-sd; {ENV_FILE_FIX}") from None
+                           f"should be 0640 root:{environ.get(USER_KEY) or '<the runner user>'}; {ENV_FILE_FIX}") from None
     return token or None
 
 

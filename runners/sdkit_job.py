@@ -77,12 +77,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import sdkit_slurm
-from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, EnvFile, EnvFileError, count,
+from sdkit_files import (DEFAULT_ENV_FILE, HUB_TOKEN_FILE_KEY, STATE_DIR_KEY, USER_KEY, EnvFile, EnvFileError, count,
                          number, printable, read_json, read_limited, write_json_atomic, write_text_atomic)
 from sdkit_slurm import SlurmError
 
 RUNS_SUBDIR = "runs"  # under SOPHON_SD_STATE_DIR
-RUNNER_USER = "sophon-sd"
 RESUME_ARGS = ["--resume_from_checkpoint", "latest"]
 # A resumed attempt continues the job's own output: starting over again would throw away its steps.
 FIRST_ATTEMPT_ONLY = ("--overwrite_output_dir",)
@@ -281,6 +280,14 @@ def share_cpus(jobs: List[Job], processes: int, threads: Optional[int], env_file
 
 
 # --------------------------------------------------------------------------- the runner user
+
+
+def runner_user(args: argparse.Namespace) -> str:
+    """--user, else the env file's SOPHON_SD_USER: the name the inventory chose (sophon_sd_user), which
+    no constant here could know."""
+    if args.user is not None:
+        return args.user
+    return EnvFile.read(args.env_file).require(USER_KEY)
 
 
 def runner_account(user: Optional[str]) -> Optional[pwd.struct_passwd]:
@@ -765,7 +772,7 @@ def plan_slurm_jobs(run_dir: Path, mode: str, devices: List[str], chips: int, py
 
 
 def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads: int, name: str, node: str,
-                    gres: str, env_file: str) -> None:
+                    gres: str, env_file: str, site: List[str]) -> None:
     """One sbatch for the jobs to (re)start: an array of the per-chip tasks, or the data-parallel job.
     Each task asks for the CPUs its processes' threads use, so that Slurm's accounting (and cgroup's
     ConstrainCores, where a site turns it on) matches what the trainers run."""
@@ -775,12 +782,13 @@ def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads:
     if per_chip:
         argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=1, cpus_per_task=threads,
                                        array=[int(job.name[len("task"):]) for job in jobs],
-                                       output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task))
+                                       output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task), site=site)
     else:
         [job] = jobs
         argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=chips_per_job,
                                        cpus_per_task=threads * chips_per_job, array=None,
-                                       output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]))
+                                       output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]),
+                                       site=site)
     job_id = sdkit_slurm.submit(argv)
     for job in jobs:
         write_text_atomic(job.dir / SLURM_JOB_FILE, f"{job_id}_{job.name[len('task'):]}\n" if per_chip else f"{job_id}\n")
@@ -793,6 +801,7 @@ def slurm_job_of(job_dir: Path) -> str:
 def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, devices: List[str], python: str,
                    train_args: List[str]) -> Tuple[List[Job], List[dict]]:
     """Queue the run's jobs that must (re)start, as the runner user (whom Slurm then runs them as)."""
+    site = sdkit_slurm.site_args(args.slurm_args)
     node = sdkit_slurm.node_name()
     chips = sdkit_slurm.node_chips(node, args.slurm_gres)
     if chips < 1:
@@ -805,7 +814,7 @@ def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, d
     queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
     if queued:
         submit_to_slurm(run_dir, queued, chips_per_job, threads, name, node, args.slurm_gres,
-                        str(Path(args.env_file).resolve()))
+                        str(Path(args.env_file).resolve()), site)
     return jobs, plans
 
 
@@ -870,7 +879,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if "--output_dir" in train_args or any(a.startswith("--output_dir=") for a in train_args):
         raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
     run_dir = run_dir_of(args)
-    account = runner_account(args.user)
+    account = runner_account(runner_user(args))
     if args.scheduler == "slurm":
         if account:
             become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
@@ -921,7 +930,7 @@ def wait_while_running(run_dir: Path, seconds: float, pause: float,
 
 def cmd_status(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
-    account = runner_account(args.user)
+    account = runner_account(runner_user(args))
     if account:
         become(account)  # status needs no root at all: systemctl show works for anyone
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
@@ -946,7 +955,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     """``systemctl stop`` of the run's units, or scancel of its Slurm jobs: the trainer saves a checkpoint at
     the next step and exits 130."""
     run_dir = run_dir_of(args)
-    account = runner_account(args.user)
+    account = runner_account(runner_user(args))
     units = run_units(args.run_id)
     if units:
         disable_units(units)  # a cancelled job stays stopped through a reboot
@@ -1009,9 +1018,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help=f"The kit's environment file (role sophon_host_env), for {STATE_DIR_KEY} and, when "
                              f"starting, SOPHON_SD_DEVICES, SOPHON_SD_VENV and the jobs' EnvironmentFile= "
                              f"(default {DEFAULT_ENV_FILE}).")
-    common.add_argument("--user", default=RUNNER_USER,
+    common.add_argument("--user", default=None,
                         help=f"The runner user: the jobs run as it, and when run by root this tool works on the "
-                             f"runs folder only as it (default {RUNNER_USER}; empty: as I am).")
+                             f"runs folder only as it (default: {USER_KEY} from the env file, the inventory's "
+                             f"sophon_sd_user; empty: as I am).")
     common.add_argument("--json", action="store_true", help="Print JSON (for Ansible) instead of one line per job.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -1047,6 +1057,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help=f"Where the jobs' units are written, enabled for boot (default {UNIT_DIR}).")
     start.add_argument("--slurm-gres", default="tpu",
                        help="The generic resource that the cluster's slurm.conf names the chips by (default tpu).")
+    start.add_argument("--slurm-args", default="",
+                       help="The site's sbatch options for every task (SLURM_ARGS), from a fixed list: "
+                            f"{', '.join(sdkit_slurm.SITE_OPTIONS)}, each as --name=value.")
     start.add_argument("--cpu-threads", type=thread_count, default=None,
                        help=f"Threads for each trainer process ({THREADS_KEY}). Default: the env file's "
                             f"{THREADS_KEY}, else this host's CPUs shared equally among the run's processes "

@@ -10,7 +10,8 @@ host's runs folder, so a requeued task must come back to the host that has them.
 decides when each task runs and which of the host's chips it gets.
 
 Slurm sets no index variable for a resource of its own name (only ``gpu`` gets
-CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``).
+CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``), a
+position in the node's device list, and looks that position up in the node's gres.conf.
 
 Standard library only, like sdkit_job.py.
 """
@@ -101,12 +102,89 @@ def this_task() -> str:
     return os.environ["SLURM_JOB_ID"]
 
 
+def expand(pattern: str) -> List[str]:
+    """A Slurm host or file list's names: ``bm-sophon[0-2,5]`` -> bm-sophon0, 1, 2 and 5; ``a,b`` -> a and b."""
+    names: List[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", pattern):
+        found = re.fullmatch(r"(.*)\[([^\]]*)\](.*)", item)
+        if not found:
+            names.append(item)
+            continue
+        head, spans, tail = found.groups()
+        for span in spans.split(","):
+            first, _, last = span.partition("-")
+            width = len(first) if first.startswith("0") else 0
+            names.extend(f"{head}{index:0{width}d}{tail}" for index in range(int(first), int(last or first) + 1))
+    return names
+
+
+def node_device_files(gres_conf: str, node: str, gres: str) -> List[str]:
+    """The device files of ``gres`` on ``node``, in gres.conf's order, which is the order Slurm numbers
+    them in (IDX): each record in turn, a File= range expanded in place (slurmd's node_config_load).
+    Records without NodeName= apply to every node; those without File= name no device."""
+    files: List[str] = []
+    for line in gres_conf.splitlines():
+        fields = dict((key.lower(), value) for key, _, value in
+                      (token.partition("=") for token in line.split("#", 1)[0].split()) if value)
+        if fields.get("name") != gres or "file" not in fields:
+            continue
+        if "nodename" in fields and node not in expand(fields["nodename"]):
+            continue
+        files.extend(expand(fields["file"]))
+    return files
+
+
+def chip_number(device_file: str) -> int:
+    """N of /dev/bm-sophonN: the chip as bm-smi numbers it, and as torch_tpu's tpu:N opens it."""
+    found = re.fullmatch(r".*?(\d+)", device_file)
+    if not found:
+        raise SlurmError(f"gres.conf's File={device_file} names no numbered chip (expected /dev/bm-sophonN)")
+    return int(found.group(1))
+
+
+def gres_conf_path() -> str:
+    """gres.conf is always beside slurm.conf (gres.conf(5)): SLURM_CONF's folder, else Debian's /etc/slurm."""
+    return os.path.join(os.path.dirname(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")), "gres.conf")
+
+
 def job_chips(job_id: str, gres: str) -> List[int]:
-    return allocated_indexes(slurm("scontrol", "show", "job", "-d", job_id), gres)
+    """The chips (N of /dev/bm-sophonN) Slurm gave a job on this node.
+
+    ``scontrol show job -d`` says IDX:k, a position in the node's list of ``gres`` devices, not a chip
+    number: on a node whose gres.conf leaves out a failed chip 1, IDX 1 is /dev/bm-sophon2. So each
+    position is looked up in this node's gres.conf, in the order slurmd read it."""
+    indexes = allocated_indexes(slurm("scontrol", "show", "job", "-d", job_id), gres)
+    path = gres_conf_path()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as conf:
+            files = node_device_files(conf.read(1 << 20), node_name(), gres)
+    except OSError as exc:
+        raise SlurmError(f"cannot read {path} to tell which chip IDX {indexes} is: {exc.strerror}") from None
+    if any(index >= len(files) for index in indexes):
+        raise SlurmError(f"Slurm gave IDX {indexes} of '{gres}' on node {node_name()}, but {path} lists "
+                         f"{len(files)} File= device(s) for it: give every chip its File= line there")
+    return [chip_number(files[index]) for index in indexes]
+
+
+# sbatch options a site may add to every task (SLURM_ARGS): where and on whose account it runs, for how
+# long. The rest of sbatch's command line is the kit's: what a task asks for, its output, how it requeues.
+SITE_OPTIONS = ("--partition", "--account", "--qos", "--time", "--reservation")
+SITE_VALUE = re.compile(r"[A-Za-z0-9_.:,@+-]{1,200}")
+
+
+def site_args(text: str) -> List[str]:
+    """SLURM_ARGS as sbatch options, each ``--name=value`` with a name from SITE_OPTIONS; else one error."""
+    words = text.split()
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name not in SITE_OPTIONS or not equals or not SITE_VALUE.fullmatch(value):
+            raise SlurmError(f"SLURM_ARGS has '{word}': give only {', '.join(f'{option}=VALUE' for option in SITE_OPTIONS)} "
+                             "(letters, digits and _.:,@+- in the value), e.g. SLURM_ARGS='--partition=tpu --time=2-00:00:00'")
+    return words
 
 
 def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, cpus_per_task: int,
-                array: Optional[List[int]], output: str, command: str) -> List[str]:
+                array: Optional[List[int]], output: str, command: str, site: Optional[List[str]] = None) -> List[str]:
     """sbatch's command line for a host's tasks of one run.
 
     --requeue: a task on a node that fails is queued again (and resumes from its checkpoint).
@@ -119,7 +197,7 @@ def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, cpus_pe
             f"--output={output}"]
     if array is not None:
         argv.append("--array=" + ",".join(str(index) for index in array))
-    return argv + ["--wrap", command]
+    return argv + list(site or []) + ["--wrap", command]
 
 
 def submit(argv: List[str]) -> str:

@@ -24,10 +24,12 @@ Differences from upstream, all deliberate:
   ``<output_dir>/validation/epoch-E_i.png``;
 * data order, augmentation and noise are derived from ``--seed`` and the step number, so a
   run resumed from a checkpoint ends with the same LoRA weights as an uninterrupted one;
-* VAE latents and text embeddings are computed once per distinct (image, crop, flip) and
-  caption and then reused, and the LoRA attention runs through torch's
-  scaled_dot_product_attention (``LoRAAttnProcessor2_0``, same parameters); ``--no_cache``
-  restores upstream's step: encode every step, ``LoRAAttnProcessor``;
+* VAE latents and text embeddings are computed once per distinct (image, size, crop, flip) and
+  caption and then reused, the latents from a cache on disk that resumed and repeated runs share
+  (sdkit_cache.py), and the LoRA attention runs through torch's scaled_dot_product_attention
+  (``LoRAAttnProcessor2_0``, same parameters); ``--no_cache`` restores upstream's step: encode
+  every step, ``LoRAAttnProcessor``;
+* ``--buckets`` (opt-in) trains on aspect-ratio buckets instead of upstream's square crops;
 * Ctrl-C and SIGTERM (a shutdown, ``systemctl stop``, ``scancel``) save a checkpoint at the
   current step and exit 130; checkpoints are written atomically and fsynced; problems the
   operator can fix (empty dataset, bad caption, missing column, unreadable image, missing model,
@@ -70,7 +72,7 @@ logger = logging.getLogger("sdkit.train")
 IDENTITY_FLAGS = (
     "revision", "dataset_config_name", "image_column", "caption_column", "max_train_samples",
     "resolution", "center_crop", "random_flip", "seed", "train_batch_size", "num_train_epochs",
-    "max_train_steps", "gradient_accumulation_steps", "learning_rate", "scale_lr", "lr_scheduler",
+    "max_train_steps", "gradient_accumulation_steps", "learning_rate", "scale_lr", "lr_scheduler", "buckets",
     "lr_warmup_steps", "snr_gamma", "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_weight_decay",
     "adam_epsilon", "max_grad_norm", "prediction_type", "noise_offset", "rank",
 )
@@ -83,6 +85,7 @@ NOT_IDENTITY_FLAGS = (
     "validation_prompt", "num_validation_images", "validation_epochs",
     # Same weights, other speed or memory (no_cache and gradient checkpointing are tested to match).
     "dataloader_num_workers", "no_cache", "gradient_checkpointing", "enable_xformers_memory_efficient_attention",
+    "latent_cache_dir", "latent_cache_ram_mib",
     "allow_tf32", "push_to_hub", "hub_token", "hub_model_id",
     # Whether a pickled model or a dataset's script may load: the same files give the same weights.
     "allow_pickle", "allow_dataset_script",
@@ -125,8 +128,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     group = parser.add_argument_group("image preprocessing")
     group.add_argument("--resolution", type=int, default=512,
                        help="Training images are resized (shorter side) and cropped to this square size; a multiple "
-                            "of 8, as the VAE turns each 8x8 block of pixels into one latent.")
-    group.add_argument("--center_crop", action="store_true", help="Crop at the centre instead of at random.")
+                            "of 8, as the VAE turns each 8x8 block of pixels into one latent. With --buckets, the "
+                            "area of the buckets instead.")
+    group.add_argument("--center_crop", action="store_true",
+                       help="Crop at the centre instead of at random (upstream's default: a new random crop of each "
+                            "non-square image every epoch, which the latent cache can never reuse). Ignored with "
+                            "--buckets.")
+    group.add_argument("--buckets", action="store_true",
+                       help="Aspect-ratio buckets instead of the square crop: each image is resized, uncropped but "
+                            "for a sliver, into the bucket (sides multiples of 64, area about --resolution squared) "
+                            "nearest its aspect ratio, and each batch holds one bucket. Keeps the whole picture and "
+                            "lets the latent cache work on non-square images (upstream re-crops them at random each "
+                            "epoch); the model also learns from other shapes than squares, so the loss curve differs "
+                            "from upstream's. Square images all fall into the square bucket, as with the crop.")
     group.add_argument("--random_flip", action="store_true", help="Flip half of the images horizontally.")
 
     group = parser.add_argument_group("training")
@@ -166,6 +180,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help="Processes that decode images; 0 decodes in the main process.")
     group.add_argument("--no_cache", action="store_true",
                        help="Encode images and captions on every step like upstream, instead of reusing them.")
+    group.add_argument("--latent_cache_dir", type=str, default=None,
+                       help="Folder of the VAE latents on disk, reused by resumed and repeated runs (keyed by the "
+                            "VAE's files, the image's content, its size, crop and flip, so never stale); may be shared "
+                            "by this account's runs. Default: <output_dir>/latent_cache, which "
+                            "--overwrite_output_dir keeps.")
+    group.add_argument("--latent_cache_ram_mib", type=int, default=512,
+                       help="RAM for recently used latents (and as much again for caption embeddings), whatever the "
+                            "dataset's size; 0 reads every latent from disk.")
 
     group = parser.add_argument_group("device and precision")
     group.add_argument("--device", type=str, default=None,
@@ -222,6 +244,8 @@ def check_flag_values(args: argparse.Namespace) -> None:
         lower = max(8, args.resolution // 8 * 8)
         raise RunnerError(f"--resolution {args.resolution} is not a positive multiple of 8 (the VAE turns each 8x8 "
                           f"block of pixels into one latent); use {lower} or {lower + 8}")
+    if args.latent_cache_ram_mib < 0:
+        raise RunnerError(f"--latent_cache_ram_mib {args.latent_cache_ram_mib} is negative; give 0 or more MiB")
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         raise RunnerError("--overwrite_output_dir starts the run over and --resume_from_checkpoint continues it: "
                           "give one of them")
@@ -623,6 +647,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
+    import sdkit_cache
     import sdkit_data
 
     mixed_precision = args.mixed_precision or "no"
@@ -677,6 +702,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_run_json(output_dir, run)
 
     noise_scheduler, tokenizer, text_encoder, vae, unet = load_models(model_dir, args.revision, args.allow_pickle)
+    # Hashed as loaded (the dtype is part of the cache key on its own).
+    vae_id = sdkit_cache.vae_identity(model_dir, args.revision, vae) if not args.no_cache else None
     unet.requires_grad_(False)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
@@ -713,11 +740,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
 
     train_dataset = sdkit_data.build_dataset(args, rows, tokenizer, seed)
-    sampler = sdkit_data.EpochShuffleSampler(len(train_dataset), seed)
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, sampler=sampler, collate_fn=sdkit_data.collate, batch_size=args.train_batch_size,
-        num_workers=args.dataloader_num_workers,
-    )
+    if args.buckets:
+        # Batches of one bucket each; skips and lengths are counted in batches.
+        sampler = sdkit_data.BucketBatchSampler(train_dataset.transform.buckets, args.train_batch_size, seed)
+        train_dataloader = torch.utils.data.DataLoader(
+            train_dataset, batch_sampler=sampler, collate_fn=sdkit_data.collate,
+            num_workers=args.dataloader_num_workers)
+    else:
+        sampler = sdkit_data.EpochShuffleSampler(len(train_dataset), seed)
+        train_dataloader = torch.utils.data.DataLoader(
+            train_dataset, sampler=sampler, collate_fn=sdkit_data.collate, batch_size=args.train_batch_size,
+            num_workers=args.dataloader_num_workers,
+        )
 
     overrode_max_train_steps = args.max_train_steps is None
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
@@ -766,33 +800,50 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     models = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
     use_cache = not args.no_cache
-    latent_cache: Dict[Tuple, torch.Tensor] = {}
-    text_cache: Dict[bytes, torch.Tensor] = {}
-    latent_cache_limit = 4 * len(train_dataset)  # random crops of non-square images could grow it without bound
+    ram_bytes = args.latent_cache_ram_mib * 2**20
+    latent_cache = text_cache = None
+    if use_cache:
+        # Everything besides the image and its preprocessing that changes a latent.
+        vae_model = f"{vae_id}:{weight_dtype}:{accelerator.device.type}"
+        cache_dir = Path(args.latent_cache_dir) if args.latent_cache_dir else output_dir / "latent_cache"
+        latent_cache = sdkit_cache.LatentCache(cache_dir, vae_model, ram_bytes)
+        text_cache = sdkit_cache.ByteLRU(ram_bytes)  # captions re-encode cheaply: RAM only, bounded alike
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     def latent_parameters(batch) -> torch.Tensor:
-        """Mean and log-variance of the VAE posterior per image, computed once per (row, crop, flip)."""
+        """Mean and log-variance of the VAE posterior per image, encoded once per (image, size, crop, flip)."""
         keys = batch["keys"]
-        if use_cache and all(k in latent_cache for k in keys):
-            return torch.stack([latent_cache[k] for k in keys]).to(accelerator.device)
+        if latent_cache is not None:
+            height, width = batch["pixel_values"].shape[-2:]
+            shape = (2 * vae.config.latent_channels, height // vae_factor, width // vae_factor)
+            cached = [latent_cache.get(k, shape) for k in keys]
+            if all(c is not None for c in cached):
+                return torch.stack(cached).to(accelerator.device)
+        # Any miss encodes the whole batch, as upstream does, so that a latent never depends on which
+        # of its batch's neighbours happened to be cached.
         with torch.no_grad():
             pixels = batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)
             params = vae.encode(pixels).latent_dist.parameters
-        if use_cache and len(latent_cache) < latent_cache_limit:
+        if latent_cache is not None:
             for key, value in zip(keys, params.detach().cpu()):
-                latent_cache[key] = value
+                latent_cache.put(key, value)
         return params
 
     def text_embeddings(input_ids) -> torch.Tensor:
         ids_keys = [row.numpy().tobytes() for row in input_ids.cpu()]
-        if use_cache and all(k in text_cache for k in ids_keys):
-            return torch.stack([text_cache[k] for k in ids_keys]).to(accelerator.device)
+        if text_cache is not None:
+            cached = [text_cache.get(k) for k in ids_keys]
+            if all(c is not None for c in cached):
+                return torch.stack(cached).to(accelerator.device)
         with torch.no_grad():
             hidden = text_encoder(input_ids.to(accelerator.device))[0]
-        if use_cache:
+        if text_cache is not None:
             for key, value in zip(ids_keys, hidden.detach().cpu()):
-                text_cache[key] = value
+                text_cache.put(key, value)
         return hidden
+
+    def cache_report() -> Dict[str, Any]:
+        return {"latent_cache": latent_cache.report() if latent_cache is not None else None}
 
     def training_loss(batch, generator) -> torch.Tensor:
         params = latent_parameters(batch)
@@ -841,7 +892,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             skip = resume_batches if epoch == first_epoch else 0
             if hasattr(train_dataloader, "set_epoch"):  # accelerate 0.30 tells the sampler its own epoch count
                 train_dataloader.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=skip * args.train_batch_size * accelerator.num_processes)
+            per_batch = 1 if args.buckets else args.train_batch_size
+            sampler.set_epoch(epoch, skip=skip * per_batch * accelerator.num_processes)
             train_dataset.set_epoch(epoch)
             train_loss = 0.0
             micro = 0
@@ -886,6 +938,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     progress_bar.close()
                     end_trackers(accelerator)
                     if accelerator.is_main_process:
+                        write_run_json(output_dir, run, **cache_report())
                         print(f"interrupted at step {global_step}: checkpoint saved in "
                               f"{output_dir / f'checkpoint-{global_step}'}; resume with "
                               "--resume_from_checkpoint latest", file=sys.stderr)
@@ -909,7 +962,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if accelerator.is_main_process:
         # LoRA layers are fp32 already.
         weights = sdkit_lora.save_lora(unet, output_dir)
-        write_run_json(output_dir, run, step=global_step, finished=True)
+        write_run_json(output_dir, run, step=global_step, finished=True, **cache_report())
         logger.info("LoRA weights (%s) saved to %s", sdkit_lora.flow_name(), weights)
     end_trackers(accelerator)
     return 0

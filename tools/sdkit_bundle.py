@@ -59,7 +59,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -71,6 +71,8 @@ from sdkit_signing import FINGERPRINT, SigningError, create_key, export_public, 
 
 ROLES = REPO / "roles"
 PROFILES = REPO / "profiles"
+# The kit's Debian packages, which the roles install (make bundle puts them in bundle/apt).
+APT_PACKAGES = REPO / "data" / "apt-packages.yml"
 # Where a profile's torch_index name finds its URL (the one home of those URLs), and what comes from there.
 TORCH_INDEXES = PROFILES / "torch-indexes.yml"
 TORCH_PROJECTS = ("torch", "torchvision")
@@ -174,32 +176,12 @@ def share_folders() -> Tuple[List[str], Dict[str, Tuple[str, str]]]:
 
 
 def apt_packages(with_driver: bool) -> List[str]:
-    """The apt packages the roles install: every `*_apt_packages` list in the roles' defaults
-    (`*driver*` lists only with the driver) and the literal names of their apt tasks.
-
-    Entries with a Jinja expression (linux-headers-{{ kernel }}) depend on the host and cannot
-    be bundled from here.
-    """
-    names: List[str] = []
-    for defaults in sorted(ROLES.glob("*/defaults/main.yml")):
-        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
-            if key.endswith("_apt_packages") and (with_driver or "driver" not in key):
-                names += [name for name in value if "{{" not in name]
-    for tasks in sorted(ROLES.glob("*/tasks/*.yml")):
-        for task in _walk_tasks(yaml.safe_load(tasks.read_text()) or []):
-            apt = task.get("ansible.builtin.apt")
-            if isinstance(apt, dict) and isinstance(apt.get("name"), str) and apt.get("state", "present") != "absent":
-                if "{{" not in apt["name"]:
-                    names.append(apt["name"])
+    """The kit's Debian packages: every list of data/apt-packages.yml, the one the roles read theirs from
+    (the `*driver*` lists only with the driver). The driver's kernel headers depend on the host's kernel:
+    not bundled from here."""
+    lists = yaml.safe_load(APT_PACKAGES.read_text()) or {}
+    names = [name for key, value in lists.items() if with_driver or "driver" not in key for name in value]
     return list(dict.fromkeys(names))
-
-
-def _walk_tasks(tasks: list) -> Iterator[dict]:
-    for task in tasks:
-        if isinstance(task, dict):
-            yield task
-            for section in ("block", "rescue", "always"):
-                yield from _walk_tasks(task.get(section) or [])
 
 
 # --------------------------------------------------------------------------- files and manifest

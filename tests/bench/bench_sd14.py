@@ -127,8 +127,9 @@ def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n ** 3 / best
 
 
-def run_loop(fixtures: Dict[str, Path], out: Path, args: argparse.Namespace, cached: bool) -> Dict[str, Any]:
-    """One training run in its own process, so its peak RSS and start-up are its own."""
+def run_loop(fixtures: Dict[str, Path], out: Path, args: argparse.Namespace, cached: bool,
+             extra: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """One training run in its own process, so its peak RSS and start-up are its own; ``extra``: more flags."""
     argv = [
         sys.executable, str(RUNNERS / "train_lora.py"),
         "--pretrained_model_name_or_path", str(fixtures["model"]), "--dataset_name", str(fixtures["parquet"]),
@@ -139,7 +140,7 @@ def run_loop(fixtures: Dict[str, Path], out: Path, args: argparse.Namespace, cac
         "--train_batch_size", "1", "--num_train_epochs", str(args.epochs), "--checkpointing_steps", "500",
         "--learning_rate", "1e-04", "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--seed", "42",
         "--report_to", "none", "--device", "cpu", "--output_dir", str(out),
-    ] + ([] if cached else ["--no_cache"])
+    ] + ([] if cached else ["--no_cache"]) + list(extra)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     log = out.with_suffix(".log")
     load_before = os.getloadavg()[0]

@@ -60,3 +60,13 @@ def test_a_hub_token_in_train_args_is_refused_before_any_host(tmp_path):
     assert "SOPHON_SD_HUB_TOKEN_FILE" in result.stdout
     assert token not in result.stdout + result.stderr
     assert "unreachable=1" not in result.stdout, "a host was contacted"
+
+
+def test_slurm_args_outside_the_sites_list_are_refused_before_any_host(tmp_path):
+    """Issue 23: SLURM_ARGS passes a site's partition, account, QoS and time limit, and nothing else: the
+    rest of sbatch's command line (output file, node, wrapped command) is the kit's."""
+    result = make_train(tmp_path, RUN_ID="r1", SCHEDULER="slurm", SLURM_ARGS="--partition=tpu --output=/etc/motd")
+    assert result.returncode != 0
+    assert "sophon_sd_train_slurm_args (SLURM_ARGS) is '--partition=tpu --output=/etc/motd': give only --partition=," \
+           in result.stdout, result.stdout[-3000:]
+    assert "unreachable=1" not in result.stdout, "a host was contacted"

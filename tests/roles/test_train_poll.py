@@ -56,7 +56,7 @@ PLAYBOOK = f"""
     sophon_sd_train_python: {sys.executable}
     sophon_sd_train_poll_interval: 0
     sophon_sd_train_run_id: run1
-    sophon_sd_train_user: root
+    sophon_sd_user: root
   tasks:
     - name: Poll
       ansible.builtin.import_tasks: {REPO}/playbooks/tasks/train_poll.yml

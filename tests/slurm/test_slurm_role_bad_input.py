@@ -30,16 +30,26 @@ def play(cluster: Cluster, *args: str, inventory: Path | None = None) -> subproc
     return cluster.playbook("slurm.yml", *args, timeout=900, inventory=inventory)
 
 
-def restore_key(cluster: Cluster, host: str) -> None:
-    """Put HOST's munge key back and wait until slurmctld sees every node idle again."""
-    cluster.on(host, RESTORE_KEY)
+def wait_idle(cluster: Cluster, host: str, why: str) -> None:
+    """Wait until slurmctld sees every node idle again (not idle*, not responding: then HOST's slurmd is
+    restarted, which registers it at once instead of at slurmctld's next ping)."""
     deadline = time.monotonic() + 60
+    restarted = False
     while time.monotonic() < deadline:
         nodes = cluster.on(cluster.controller, "sinfo -N -h -o '%N %t'").split()
         if nodes[1::2] == ["idle"] * len(cluster.compute):
             return
+        if not restarted and time.monotonic() > deadline - 50:
+            cluster.on(host, "systemctl restart slurmd")
+            restarted = True
         time.sleep(1)
-    raise AssertionError(f"{host} did not come back after its munge key was restored: {nodes}")
+    raise AssertionError(f"{host} did not come back after {why}: {nodes}")
+
+
+def restore_key(cluster: Cluster, host: str) -> None:
+    """Put HOST's munge key back and wait until slurmctld sees every node idle again."""
+    cluster.on(host, RESTORE_KEY)
+    wait_idle(cluster, host, "its munge key was restored")
 
 
 def cluster_state(cluster: Cluster) -> dict[str, str]:
@@ -77,7 +87,7 @@ def test_no_host_in_slurm_controller(cluster, unchanged, tmp_path):
 
 
 def test_more_chips_claimed_than_usable_stops_before_slurm_conf(cluster, unchanged, tmp_path):
-    host = cluster.compute[-1]
+    host = cluster.compute[0]  # the host whose chips are 0 and 1, all usable (molecule.yml)
     inventory = cluster.inventory_with(tmp_path / "overclaim.json",
                                   {"slurm_controller": [cluster.controller], "slurm_compute": cluster.compute,
                                    "sophon_sd": cluster.compute},
@@ -102,3 +112,20 @@ def test_munge_key_changed_on_a_compute_host_is_found_under_check(cluster, uncha
     assert (f"Munge credentials minted on {cluster.controller} do not decode on {host} (") in output, output[-3000:]
     assert "A run without --check installs the cluster key" in output
     assert f"{cluster.compute[1]} (" not in output.split("do not decode on", 1)[1].split(":", 1)[0]
+
+
+def test_a_drained_node_is_reported_and_the_play_goes_on(cluster, unchanged):
+    """A site drains nodes for maintenance: the kit names it, with the way back, and fails no host for it."""
+    host = cluster.compute[0]
+    cluster.on(cluster.controller, f"scontrol update nodename={host} state=drain reason=kit-test-maintenance")
+    try:
+        result = play(cluster, "--check", "--diff")
+    finally:
+        cluster.on(cluster.controller, f"scontrol update nodename={host} state=resume")
+        wait_idle(cluster, host, "it was resumed")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert (f"{host} is drained in Slurm (Reason: kit-test-maintenance): no training task starts there until it is "
+            f"back. When its fault is fixed, run scontrol update nodename={host} state=resume on {cluster.controller}"
+            ) in output, output[-3000:]
+    assert f"{cluster.compute[1]} is drained" not in output

@@ -1,7 +1,9 @@
 """`make train SCHEDULER=slurm` end to end on a Slurm cluster with real daemons (issue 11).
 
-The compute hosts have stand-in chips (plain files for /dev/bm-sophon0 and 1) and no Sophgo runtime:
-Slurm counts and hands out the chips, the tasks train the tiny model on the CPU. In order:
+The compute hosts have stand-in chips (plain files for /dev/bm-sophonN) and no Sophgo runtime: Slurm
+counts and hands out the chips, the tasks train the tiny model on the CPU. The second host's chip 1 has
+failed (molecule.yml), so its chips are 0 and 2, and the task Slurm gives IDX 1 must get bm-sophon2.
+In order:
 
 * a run queues one array task per chip on each host, every result and the report come back, and
   rerunning it submits nothing;
@@ -30,6 +32,8 @@ TINY = {"sophon_sd_train_tiny": True, "sophon_sd_train_scheduler": "slurm", "sop
 # end its training between the first make train, which now fetches its files after the last round, and
 # the cancel: SIGTERM then met the trainer saving its weights, exit -15).
 STEPS = 120
+# The chips each compute host's gres.conf lists (molecule.yml: the second host's chip 1 has failed).
+USABLE = {"sdkit-slurm-a": [0, 1], "sdkit-slurm-b": [0, 2]}
 LONG_RUN = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_steps=2 --validation_epochs=1000"}
 
 
@@ -69,8 +73,8 @@ def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, 
     for host in cluster.compute:
         tasks = tasks_of(cluster, host, run_ids["train"])
         assert sorted(tasks) == ["task0", "task1"]
-        # Slurm gave each task a chip of its own.
-        assert sorted(chip for task in tasks.values() for chip in task["attempts"][-1]["chips"]) == [0, 1]
+        # Slurm gave each task a chip of its own, named by its device file, not by Slurm's IDX.
+        assert sorted(chip for task in tasks.values() for chip in task["attempts"][-1]["chips"]) == USABLE[host]
         for task in tasks:
             job = run_dir / host / task
             assert (job / "pytorch_lora_weights.safetensors").stat().st_size > 0
@@ -90,8 +94,10 @@ def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, 
 def test_cancel_leaves_a_checkpoint_in_every_task(cluster, run_ids, tmp_path):
     host = cluster.compute[0]
     first = train(cluster, "train.yml", run_ids["long"], tmp_path, host, sophon_sd_train_poll_rounds=1,
-                  sophon_sd_train_poll_interval=1, **LONG_RUN)
+                  sophon_sd_train_poll_interval=1, sophon_sd_train_slurm_args="--time=3:00:00", **LONG_RUN)
     assert "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
+    # The site's options (SLURM_ARGS) reach sbatch: each task has the time limit.
+    assert set(cluster.on(cluster.controller, "squeue --noheader --array -o %l").split()) == {"3:00:00"}
     wait_on(cluster, host, f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task0/output/metrics.jsonl && "
                            f"test -s {RUNS_ON_HOST}/{run_ids['long']}/task1/output/metrics.jsonl")
 

@@ -5,8 +5,10 @@ on the CPU, CUDA or a BM1684X chip alike, so this check is meaningful on any hos
 """
 
 import hashlib
+import shlex
 
 import pytest
+import yaml
 from conftest import KIT_ROOT, REPO
 
 SMOKE = "/var/lib/sophon-sd/outputs/smoke"
@@ -30,10 +32,10 @@ def test_host_makefile_lists_the_tutorials_targets(host):
 
 def test_train_targets_use_the_tutorials_flags(host):
     dry_run = host.check_output(f"make -C {KIT_ROOT} -n train-fp16")
-    for flag in ['--mixed_precision="fp16"', "--resolution=512", "--random_flip", "--train_batch_size=1",
-                 "--num_train_epochs=10", "--checkpointing_steps=500", "--learning_rate=1e-04",
-                 '--lr_scheduler="constant"', "--lr_warmup_steps=0", "--seed=42",
-                 '--validation_prompt="cute dragon creature"', "sd-pokemon-model-lora_fp16"]:
+    tutorial = yaml.safe_load((REPO / "data" / "train-flags.yml").read_text())
+    assert "--resolution=512" in tutorial["flags"] and "--validation_prompt=cute dragon creature" in tutorial["flags"]
+    for flag in ['--mixed_precision="fp16"', f'--pretrained_model_name_or_path="{tutorial["model"]}"',
+                 *map(shlex.quote, tutorial["flags"]), "sd-pokemon-model-lora_fp16"]:
         assert flag in dry_run
     assert f"python3 {KIT_ROOT}/runners/sdkit_as_runner.py sophon-sd -- env" in dry_run, \
         "root must run the targets as the runner user, with no terminal"

@@ -16,7 +16,7 @@ from conftest import REPO
 
 MUNGE_KEY = "/etc/munge/munge.key"
 SLURM_CONF = "/etc/slurm/slurm.conf"
-GRES = yaml.safe_load((REPO / "playbooks/group_vars/all.yml").read_text())["sophon_sd_slurm_gres"]
+GRES = yaml.safe_load((REPO / "roles/sophon_sd/defaults/main.yml").read_text())["sophon_sd_slurm_gres"]
 GRES_TYPE = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())["sophon_slurm_gres_type"]
 
 
@@ -67,6 +67,13 @@ def test_slurm_daemons_run_where_they_belong(host):
     for daemon, expected in (("slurmctld", controller), ("slurmd", compute)):
         if expected:
             assert host.service(daemon).is_enabled, daemon
+
+
+def test_slurm_every_host_keeps_its_clock_with_chrony(host):
+    """munge refuses credentials from a host whose clock is off; chrony keeps it in sync (it runs where the host
+    may set its clock: not in the test containers)."""
+    assert host.package("chrony").is_installed
+    assert host.service("chrony").is_enabled
 
 
 def test_slurm_compute_host_offers_the_chips_its_device_fact_counts(host):

@@ -84,13 +84,16 @@ class FakeHost:
     def write_sources(self) -> None:
         self.write(f"{KIT}/src/sources.json", json.dumps(self.sources))
 
-    def install(self, name: str, version: str, direct_url: dict | None = None, author: str = "") -> None:
-        """A dist-info record as pip leaves it (METADATA, and direct_url.json for file and editable installs)."""
+    def install(self, name: str, version: str, direct_url: dict | None = None, author: str = "",
+                files: tuple[str, ...] = ()) -> None:
+        """A dist-info record as pip leaves it (METADATA, RECORD naming FILES, and direct_url.json for file and
+        editable installs)."""
         for old in self.site.glob(f"{name}-*.dist-info"):
             shutil.rmtree(old)
         info = self.site / f"{name}-{version}.dist-info"
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nAuthor: {author}\n")
+        (info / "RECORD").write_text("".join(f"{path},,\n" for path in files))
         if direct_url:
             (info / "direct_url.json").write_text(json.dumps(direct_url))
 
@@ -105,7 +108,8 @@ class FakeHost:
         os.symlink("libsophon-0.4.9", self.root / "opt/sophon/libsophon-current")
         wheel = f"{KIT}/vendor/torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
         self.write(wheel, "")
-        self.install("torch_tpu", "2.1.0.post1", {"url": f"file://{wheel}", "archive_info": {}}, author="sophgo")
+        self.install("torch_tpu", "2.1.0.post1", {"url": f"file://{wheel}", "archive_info": {}}, author="sophgo",
+                     files=("torch_tpu/__init__.py", "torch_tpu/tpu/__init__.py"))
 
 
 @pytest.fixture
@@ -283,6 +287,23 @@ def test_tpu_host_without_runtime_fails(fake_host, capsys, monkeypatch):
     assert code == 1
     assert [checks[name]["status"] for name in ("driver", "chips", "libsophon", "torch_tpu")] == ["fail"] * 4
     assert "modprobe bmsophon" in checks["driver"]["fix"] and "Google" in checks["torch_tpu"]["detail"]
+
+
+@pytest.mark.parametrize("author, files, sophgo", [
+    ("sophgo", ("torch_tpu/tpu/__init__.py",), True),
+    # The author line alone is not enough (the role's probe has always required the tpu package too).
+    ("sophgo", ("torch_tpu/__init__.py",), False),
+    ("Google LLC", ("torch_tpu/tpu/__init__.py",), False),
+])
+def test_torch_tpu_is_sophgos_by_the_rule_the_role_uses(fake_host, capsys, author, files, sophgo):
+    fake_host.make_tpu_host()
+    wheel = f"{KIT}/vendor/torch_tpu-2.1.0.post1-cp311-cp311-linux_x86_64.whl"
+    fake_host.install("torch_tpu", "2.1.0.post1", {"url": f"file://{wheel}", "archive_info": {}}, author=author,
+                      files=files)
+    _, checks = doctor(fake_host, capsys)
+    assert (checks["torch_tpu"]["status"] == "ok") is sophgo, checks["torch_tpu"]
+    if not sophgo:
+        assert "is not Sophgo's torch_tpu" in checks["torch_tpu"]["detail"]
 
 
 def test_json_parses_when_run_by_the_system_python(fake_host):

@@ -116,8 +116,9 @@ def test_hub_token_comes_from_the_file_the_env_key_names(tmp_path):
     token_file.write_text("\n")
     assert read_hub_token({HUB_TOKEN_FILE_KEY: str(token_file)}) is None  # created before anyone had a token
     with pytest.raises(EnvFileError) as info:
-        read_hub_token({HUB_TOKEN_FILE_KEY: str(tmp_path / "nope")})
-    assert "SOPHON_SD_HUB_TOKEN_FILE" in str(info.value) and "0640 root:sophon-sd" in str(info.value)
+        read_hub_token({HUB_TOKEN_FILE_KEY: str(tmp_path / "nope"), "SOPHON_SD_USER": "trainer"})
+    # The group the inventory chose (sophon_sd_user), as the env file records it.
+    assert "SOPHON_SD_HUB_TOKEN_FILE" in str(info.value) and "0640 root:trainer" in str(info.value)
 
 
 def test_fsync_tree_walks_files_and_folders(tmp_path, monkeypatch):

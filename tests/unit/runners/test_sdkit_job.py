@@ -588,3 +588,20 @@ def test_last_metrics_skips_a_line_nested_too_deep_for_the_parser(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 3, "loss": 0.5}\n' + "[" * 4000 + "\n")
     assert sdkit_job.last_metrics(metrics) == {"step": 3, "loss": 0.5}
+
+
+def test_runner_user_comes_from_the_env_file(tmp_path, capsys):
+    """Issue 22: the runner user is the inventory's sophon_sd_user, which the env file records as SOPHON_SD_USER;
+    a constant in the tool (sophon-sd) left hosts with another runner user managing jobs as the wrong one."""
+    env_file = tmp_path / "env"
+    env_file.write_text(f"SOPHON_SD_STATE_DIR={tmp_path}\nSOPHON_SD_USER=sdkit-nosuch-runner\n")
+    assert sdkit_job.main(["status", "--run-id", "r", "--env-file", str(env_file)]) == 2
+    assert "user 'sdkit-nosuch-runner' does not exist" in capsys.readouterr().err
+
+
+def test_env_file_without_runner_user_says_how_to_fix(tmp_path, capsys):
+    env_file = tmp_path / "env"
+    env_file.write_text(f"SOPHON_SD_STATE_DIR={tmp_path}\n")
+    assert sdkit_job.main(["status", "--run-id", "r", "--env-file", str(env_file)]) == 2
+    assert capsys.readouterr().err == (f"error: {env_file} has no SOPHON_SD_USER: "
+                                       "rerun the kit's site.yml (role sophon_host_env)\n")

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import sdkit_job
 import sdkit_slurm
+
+REPO = Path(__file__).resolve().parents[3]
 
 NODE_TEXT = ("NodeName=sdkit-slurm-a Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=2 CPULoad=0.10 "
              "AvailableFeatures=(null) ActiveFeatures=(null) Gres=tpu:bm1684x:2(S:0) NodeAddr=10.89.0.3")
@@ -67,6 +70,28 @@ def test_submit_argv_pins_the_tasks_to_the_node_and_asks_one_chip_and_its_cpus_e
     data_parallel = sdkit_slurm.submit_argv(name="n", node="a", gres="tpu", chips_per_task=4, cpus_per_task=8,
                                             array=None, output="/o", command="c")
     assert "--gres=tpu:4" in data_parallel and "--cpus-per-task=8" in data_parallel and not any(a.startswith("--array") for a in data_parallel)
+
+
+def test_the_sites_options_go_before_the_command():
+    site = sdkit_slurm.site_args("--partition=tpu  --account=lab-1 --qos=normal --time=2-00:00:00 --reservation=maint")
+    argv = sdkit_slurm.submit_argv(name="n", node="a", gres="tpu", chips_per_task=1, cpus_per_task=1, array=[0],
+                                   output="/o", command="c", site=site)
+    assert argv[-7:] == ["--partition=tpu", "--account=lab-1", "--qos=normal", "--time=2-00:00:00",
+                         "--reservation=maint", "--wrap", "c"]
+
+
+@pytest.mark.parametrize("text", [
+    "--wrap=rm",                    # the kit's own options stay the kit's
+    "--output=/etc/passwd",
+    "--nodelist=other --partition=tpu",
+    "--partition tpu",              # the value apart from its name would read as an option of its own
+    "-p=tpu",
+    "--partition=tpu;reboot",       # no shell or quoting characters in a value
+    "--account=",
+])
+def test_options_outside_the_sites_list_are_refused(text):
+    with pytest.raises(sdkit_slurm.SlurmError, match=r"give only --partition=VALUE, --account=VALUE, --qos=VALUE"):
+        sdkit_slurm.site_args(text)
 
 
 def test_missing_slurm_commands_say_how_to_join_the_cluster(monkeypatch):
@@ -235,3 +260,51 @@ def test_status_argv_takes_each_queue_line_apart():
                                  "--slurm-queue=a|1_0|RUNNING|None|u", "--slurm-queue=b|2|PENDING|A, B|u"])
     assert sdkit_job.given_queue(args.slurm_queue_names, args.slurm_queue) == {
         "a": {"1_0": {"state": "RUNNING", "reason": "None"}}, "b": {"2": {"state": "PENDING", "reason": "A, B"}}}
+
+
+# A node whose chip 1 failed: the kit's gres.conf lists the usable chips only, so Slurm's IDX 1 is chip 2.
+GRES_CONF = """# role sophon_slurm
+NodeName=node-a Name=tpu Type=bm1684x File=/dev/bm-sophon0
+NodeName=node-a Name=tpu Type=bm1684x File=/dev/bm-sophon1
+NodeName=node-b Name=tpu Type=bm1684x File=/dev/bm-sophon0
+NodeName=node-b Name=tpu Type=bm1684x File=/dev/bm-sophon2
+"""
+
+
+@pytest.mark.parametrize("conf, node, files", [
+    (GRES_CONF, "node-b", ["/dev/bm-sophon0", "/dev/bm-sophon2"]),
+    (GRES_CONF, "node-a", ["/dev/bm-sophon0", "/dev/bm-sophon1"]),
+    (GRES_CONF, "node-c", []),
+    # A site's own file: ranges of nodes and of files, no NodeName (every node), other resources, comments.
+    ("NodeName=n[1-3,7] name=tpu File=/dev/bm-sophon[0-1,3]\nName=gpu File=/dev/nvidia0\n", "n7",
+     ["/dev/bm-sophon0", "/dev/bm-sophon1", "/dev/bm-sophon3"]),
+    ("Name=tpu File=/dev/bm-sophon[8-11] # all nodes\nNodeName=n1 Name=tpu Count=4\n", "n1",
+     ["/dev/bm-sophon8", "/dev/bm-sophon9", "/dev/bm-sophon10", "/dev/bm-sophon11"]),
+])
+def test_node_device_files_are_in_the_order_slurm_numbers_them(conf, node, files):
+    assert sdkit_slurm.node_device_files(conf, node, "tpu") == files
+
+
+def fake_job(monkeypatch, tmp_path, gres_field: str, node: str) -> None:
+    (tmp_path / "gres.conf").write_text(GRES_CONF)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    monkeypatch.setattr(sdkit_slurm, "node_name", lambda: node)
+    monkeypatch.setattr(sdkit_slurm, "slurm", lambda *args: JOB_TEXT.replace("tpu:bm1684x:1(IDX:1)", gres_field))
+
+
+def test_the_second_chip_of_a_node_without_chip_1_is_chip_2(monkeypatch, tmp_path):
+    fake_job(monkeypatch, tmp_path, "tpu:bm1684x:1(IDX:1)", "node-b")
+    assert sdkit_slurm.job_chips("16_1", "tpu") == [2]
+    fake_job(monkeypatch, tmp_path, "tpu:bm1684x:2(IDX:0-1)", "node-b")
+    assert sdkit_slurm.job_chips("16", "tpu") == [0, 2]
+
+
+def test_an_index_gres_conf_does_not_list_is_one_clear_error(monkeypatch, tmp_path):
+    fake_job(monkeypatch, tmp_path, "tpu:bm1684x:1(IDX:2)", "node-b")
+    with pytest.raises(sdkit_slurm.SlurmError, match=r"IDX \[2\].*lists 2 File= device\(s\)"):
+        sdkit_slurm.job_chips("16_2", "tpu")
+
+
+def test_slurm_gives_a_cancelled_task_as_long_to_save_its_checkpoint_as_systemd_does():
+    defaults = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())
+    assert int(defaults["sophon_slurm_kill_wait"]) >= sdkit_job.STOP_TIMEOUT_S

@@ -34,7 +34,7 @@ def test_the_default_and_the_test_profile_exist():
     assert {"tutorial-2023", "tutorial-2023-cpu"} <= set(PROFILES)
     makefile = (REPO / "Makefile").read_text()
     assert "PROFILE ?= tutorial-2023\n" in makefile and "TEST_PROFILE := tutorial-2023-cpu\n" in makefile
-    assert "sophon_sd_profile: tutorial-2023\n" in (REPO / "playbooks/group_vars/all.yml").read_text()
+    assert "sophon_sd_profile: tutorial-2023\n" in (REPO / "roles/sophon_sd/defaults/main.yml").read_text()
 
 
 @pytest.mark.parametrize("name", PROFILES)

@@ -1,0 +1,1 @@
+../../../runners/sdkit_wheel.py

@@ -1,0 +1,137 @@
+"""The roles' check modules and action plugins run under Ansible (argument specs, module_utils packaging, the
+interpreter choices) against this machine, in seconds: one play on localhost, each result written as JSON.
+
+Needs the control node's .venv (ansible-core); skipped where it is not built. The messages themselves are asserted
+by the other tests here; this asserts that each module returns them through Ansible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import make_wheel
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
+ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon")
+
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: {python}
+    facts: {{os_family: Debian, distribution: Debian, distribution_version: "12", architecture: x86_64}}
+    pins: {{python_version: "{pyver}", torch_version: 2.13.0, constraints: c.txt, profile: p, profile_dir: /k/p}}
+    control: {{constraints_src: /k/c.txt, constraints_found: true, package_source: wheelhouse, wheelhouse_src: /k/w.tar,
+              wheelhouse_found: true, index_url: ""}}
+  tasks:
+    - name: The torch_tpu check under a venv's Python, with a wheel for another torch
+      sophon_torch_tpu_check:
+        wheel: {wheel}
+        wheel_name: {wheel_name}
+        vendor_dir: /v
+        venv: {venv}
+        host: h1
+      vars:
+        ansible_python_interpreter: {venv}/bin/python
+      register: torch_tpu
+    - name: The torch_tpu check where the venv's Python does not run
+      sophon_torch_tpu_check: {{wheel: /no.whl, wheel_name: no.whl, vendor_dir: /v, venv: /nowhere, host: h1}}
+      vars:
+        ansible_python_interpreter: /nowhere/bin/python
+      register: torch_tpu_broken
+      failed_when: false
+    - name: The torch_tpu preflight on a missing wheel
+      sophon_torch_tpu_preflight:
+        wheel: {tmp}/vendor/{wheel_name}
+        sha256: ""
+        version: 2.1.0.post1
+        python_tag: cp311
+        torch_version: ""
+        profile_torch: 2.13.0
+        profile: p
+        profile_dir: /k/p
+        stats: [{{sophon_torch_tpu_item: "{tmp}/vendor/{wheel_name}", stat: {{exists: false}}}}]
+        metadata: []
+      register: torch_tpu_preflight
+    - name: The upstream check with an archive missing on the control node
+      sophon_upstream_check:
+        src_dir: {tmp}/src
+        source: bundle
+        libraries: [{{name: diffusers, version: "0.20.0", sha256: "ab", tag: v0.20.0, commit: ""}}]
+        bundle_dir: /b
+        archives_on_control_node: []
+      register: upstream
+    - name: The venv check with an interpreter that is not there
+      sophon_venv_check:
+        {{host: h1, facts: "{{{{ facts }}}}", python: /nowhere/python3, venv: {tmp}/venv, root: {tmp}/root,
+         min_free_mb: 1, pins: "{{{{ pins }}}}", control_node: "{{{{ control }}}}"}}
+      register: venv
+    - name: The host_env check with a token in extra_env
+      sophon_host_env_check:
+        {{nofile_soft: 65535, nofile_hard: 65535, assets_source: hub, device: cpu, devices: [], env_values: {{A: x}},
+         runtime: none, fact: {{}}, extra_env: {{HF_TOKEN: secret}}, token_keys: [HF_TOKEN], env_file: /e,
+         hub_token_file: /t}}
+      register: host_env
+    - name: The libsophon preflight on an unsupported platform
+      sophon_libsophon_preflight:
+        {{platform: Debian 11, architecture: x86_64, supported_platforms: [Debian 12], supported_architectures: [x86_64],
+         version: 0.4.9, files: [], found: {{}}, vendor_dir: {tmp}, driver_enabled: true}}
+      register: libsophon
+    - name: Write the results
+      ansible.builtin.copy:
+        content: "{{{{ dict(torch_tpu=torch_tpu, torch_tpu_broken=torch_tpu_broken, torch_tpu_preflight=torch_tpu_preflight,
+                           upstream=upstream, venv=venv, host_env=host_env, libsophon=libsophon) | to_json }}}}"
+        dest: {tmp}/results.json
+        mode: "0644"
+"""
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    if not PLAYBOOK.exists():
+        pytest.skip("no .venv with ansible-core (make setup builds it)")
+    tmp = tmp_path_factory.mktemp("modules")
+    (tmp / "vendor").mkdir()
+    wheel = make_wheel.sophgo(tmp, "cp%d%d" % sys.version_info[:2], "2.8.0", "2.1.0.post1")
+    (tmp / "play.yml").write_text(PLAY.format(
+        python=sys.executable, pyver="%d.%d" % sys.version_info[:2], wheel=wheel, wheel_name=wheel.name,
+        venv=Path(sys.prefix), tmp=tmp))
+    (tmp / "ansible.cfg").write_text("[defaults]\n")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(tmp / "ansible.cfg"),
+           "ANSIBLE_LIBRARY": ":".join(str(REPO / "roles" / role / "library") for role in ROLES),
+           "ANSIBLE_MODULE_UTILS": ":".join(str(REPO / "roles" / role / "module_utils") for role in ROLES),
+           "ANSIBLE_ACTION_PLUGINS": ":".join(str(REPO / "roles" / role / "action_plugins") for role in ROLES)}
+    run = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(tmp / "play.yml")], env=env,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads((tmp / "results.json").read_text())
+
+
+def test_torch_tpu_check_runs_under_the_venvs_python(results):
+    found = results["torch_tpu"]
+    assert found["python"]["prefix"] == sys.prefix and found["torch"] and found["wheel"]["vendor"]
+    assert found["changed"] is False and len(found["problems"]) == 1
+    assert "is built for torch 2.8.0 (its Requires-Dist), but the venv\n" in found["problems"][0]
+
+
+def test_a_venv_python_that_does_not_run_leaves_no_problems_for_the_role_to_explain(results):
+    broken = results["torch_tpu_broken"]
+    assert "problems" not in broken and "/nowhere/bin/python" in broken["msg"]
+
+
+def test_the_other_checks_return_their_problems(results):
+    assert results["torch_tpu_preflight"]["problems"][0].startswith("Missing on the control node: ")
+    assert results["upstream"]["problems"] == [
+        "/b/diffusers-0.20.0.tar.gz is missing on the control node. Run `make wheelhouse` (it also downloads the source "
+        "archives) and rerun."]
+    assert results["venv"]["python"] is None and results["venv"]["problems"][0].startswith(
+        "/nowhere/python3 on h1 is missing, but the pins")
+    assert results["host_env"]["problems"][0].startswith("sophon_host_env_extra_env on localhost sets HF_TOKEN,")
+    assert "secret" not in json.dumps(results["host_env"])
+    assert results["libsophon"]["problems"][0].startswith("localhost runs Debian 11 on x86_64;")

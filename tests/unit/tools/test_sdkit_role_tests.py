@@ -50,6 +50,16 @@ def test_a_role_without_an_entry_is_named(repo):
         "tests/roles.yml: role three has no entry: add it with its unit, hosts, testinfra and scenario tests"]
 
 
+def test_a_role_of_defaults_only_needs_an_entry_like_any_other(repo):
+    """make docs lists every role's tests, sophon_sd's (defaults, no tasks) too, so the index must have it."""
+    (repo / "roles" / "shared" / "defaults").mkdir(parents=True)
+    assert role_tests.problems(repo) == [
+        "tests/roles.yml: role shared has no entry: add it with its unit, hosts, testinfra and scenario tests"]
+    index = repo / "tests" / "roles.yml"
+    index.write_text(index.read_text() + "shared:\n  unit: []\n")
+    assert role_tests.problems(repo) == []
+
+
 def test_a_missing_file_and_an_unknown_scenario_are_named(repo):
     index = repo / "tests" / "roles.yml"
     index.write_text(index.read_text().replace("test_two.py]", "test_gone.py]\n  scenario: [nowhere]"))

@@ -25,7 +25,7 @@ PEFT_PROFILE := sophgo-peft-cpu
 TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
 
-.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs test unit bench bench-data-scale bench-threads bench-fleet bench-report molecule host-tests test-inputs test-long test-profile roles test-image clean
+.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs measured test unit bench bench-data-scale bench-threads bench-fleet bench-report molecule host-tests role-known test-inputs test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -136,8 +136,19 @@ lint: setup ## ansible-lint (production profile) and yamllint
 	ansible-lint --profile production
 	yamllint --strict .
 
-docs: setup ## Regenerate each role README's variable table from meta/argument_specs.yml and defaults/main.yml
+docs: setup ## Regenerate each role README's variable table (meta/argument_specs.yml, defaults/main.yml) and its tests list (tests/roles.yml)
 	$(BIN)/python tools/sdkit_role_docs.py
+
+measured: ## Regenerate docs/measured.md from the records in docs/measured/*.json (make record-<bench> adds one)
+	python3 tools/sdkit_measured.py render
+
+# After a benchmark: copy build/<bench>.json into docs/measured/<bench>.json with the date, this machine and
+# the command, then re-render, e.g. make bench-threads record-bench-threads. COMMAND= names another
+# command (make bench SIZE=sd14 writes build/bench-sd14.json: make record-bench-sd14 COMMAND='make bench SIZE=sd14').
+# COMMAND reaches the tool through the environment (make exports command-line variables), never spliced
+# into the shell line, where its quotes would break it.
+record-%:
+	python3 tools/sdkit_measured.py record build/$*.json --name $* --command "$${COMMAND:-make $*}"
 
 $(ML_VENV)/.installed: profiles/$(TEST_PROFILE)/constraints.txt $(BUNDLE)/.wheelhouse-$(TEST_PROFILE)
 	python3 -m venv $(ML_VENV)
@@ -224,8 +235,20 @@ molecule-runtime molecule-slurm: $(ML_VENV)/.installed
 
 # One throwaway host per test module, three modules at a time (--dist loadfile keeps a module's
 # tests, and its host, in one worker); the slowest tests are listed at the end.
-roles: $(HOST_TEST_INPUTS) ## Bad-input tests of the roles on throwaway podman hosts
+# ROLE=<role>: that role's tests from tests/roles.yml instead: its unit tests, its tests on throwaway hosts,
+# and its testinfra checks when INVENTORY names provisioned hosts (tools/sdkit_role_tests.py). ROLE reaches
+# the tool through the environment (make exports command-line variables), as INVENTORY does.
+ROLE ?=
+roles: $(if $(ROLE),role-known) $(HOST_TEST_INPUTS) $(if $(ROLE),$(ML_VENV)/.installed) ## Bad-input tests of the roles on throwaway podman hosts; ROLE=<role>: that role's unit, host and testinfra tests
+ifeq ($(strip $(ROLE)),)
 	pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=12 tests/roles
+else
+	$(BIN)/python tools/sdkit_role_tests.py run "$$ROLE" --ml-python $(ML_VENV)/bin/python --limit '$(LIMIT)' \
+	  $(if $(filter command line environment,$(origin INVENTORY)),--inventory "$$INVENTORY")
+endif
+# A misspelt ROLE is one line before the test image and bundle are built, not after.
+role-known: setup
+	@$(BIN)/python tools/sdkit_role_tests.py list "$$ROLE" >/dev/null
 
 # The host tests wait on SSH, podman and apt more than they use the CPU, so everything runs side by
 # side once its inputs are built (those first, three at a time: venvs, wheelhouse, image, upstream

@@ -985,7 +985,7 @@ def download_wheelhouse(args: argparse.Namespace) -> int:
     if not pins:
         raise BadInput(f"profiles/{name}/constraints.txt {'has no pins' if constraints.is_file() else 'does not exist'}: the "
                        f"profile {name} has no resolved dependency set yet. Fix: resolve it for Python {profile['python']} "
-                       "(pip install --dry-run --report, see the README's profile table) and commit it; or pick another profile")
+                       "(pip install --dry-run --report, see docs/profiles.md) and commit it; or pick another profile")
     index = torch_index(name, profile)
     torch_pins, other_pins = split_torch_pins(pins) if index else ([], pins)
     if index:

@@ -7,6 +7,10 @@ generated from both, so it cannot disagree with them; the rest of the README is 
 alone. A README without the markers gets them around the table under its "## Variables" heading
 (or a new such section at its end).
 
+Each README also gets a generated "## Tests" list, between its own markers, from tests/roles.yml (the
+role's unit tests, tests on throwaway hosts, testinfra checks and Molecule scenarios), so that a reader
+who changed the role finds its tests there, and `make roles ROLE=<role>` runs them.
+
     tools/sdkit_role_docs.py            # rewrite the tables (make docs)
     tools/sdkit_role_docs.py --check    # exit 1 naming each stale README and each drifted variable
 
@@ -28,10 +32,17 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+import sdkit_role_tests
+
 ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
 BEGIN = "<!-- BEGIN argument_specs table (tools/sdkit_role_docs.py) -->"
 END = "<!-- END argument_specs table -->"
 HEADING = "## Variables"
+TESTS_BEGIN = "<!-- BEGIN tests list (tools/sdkit_role_docs.py, from tests/roles.yml) -->"
+TESTS_END = "<!-- END tests list -->"
+TESTS_HEADING = "## Tests"
+TEST_KINDS = (("unit", "Unit tests, no containers"), ("hosts", "On throwaway test hosts (bad input, wiring)"),
+              ("testinfra", "Installed state (testinfra)"), ("scenario_tests", "Run in the scenario's verify"))
 # Longer literal defaults (the pinned libraries, say) would swamp a table row.
 MAX_DEFAULT_CHARS = 100
 FIX = "run make docs"
@@ -64,6 +75,7 @@ class Role:
 class Report:
     problems: List[str] = field(default_factory=list)
     stale: List[Path] = field(default_factory=list)
+    what: Dict[Path, str] = field(default_factory=dict)  # which generated part of a stale README changed
 
 
 def load_role(path: Path) -> Role:
@@ -186,6 +198,27 @@ def render(role: Role) -> str:
     return "\n".join([*lines, END])
 
 
+def render_tests(tests: sdkit_role_tests.RoleTests) -> str:
+    """The generated tests list, markers included; paths link to the files from roles/<role>/README.md."""
+    lines = [TESTS_BEGIN, f"Run them with `make roles ROLE={tests.role}` (its testinfra checks need "
+                          f"`INVENTORY=<provisioned hosts>`).", ""]
+    for kind, label in TEST_KINDS:
+        paths = getattr(tests, kind)
+        if paths:
+            lines.append(f"- {label}: " + ", ".join(f"[`{path}`](../../{path})" for path in paths))
+    if tests.scenario:
+        lines.append("- Molecule: " + ", ".join(f"`make molecule-{name}`" for name in tests.scenario))
+    return "\n".join([*lines, TESTS_END])
+
+
+def updated_tests(text: str, block: str) -> str:
+    """The README with its tests list replaced, or a Tests section added at its end."""
+    if TESTS_BEGIN in text and TESTS_END in text:
+        start = text.index(TESTS_BEGIN)
+        return text[:start] + block + text[text.index(TESTS_END, start) + len(TESTS_END):]
+    return text.rstrip("\n") + f"\n\n{TESTS_HEADING}\n\n{block}\n"
+
+
 def updated_readme(text: str, block: str) -> str:
     """The README with its generated block replaced; the first run puts markers around the old table."""
     if BEGIN in text and END in text:
@@ -238,6 +271,9 @@ def drift(role: Role) -> List[str]:
 def run(roles_dir: Path, names: List[str], check: bool) -> Report:
     report = Report()
     paths = [roles_dir / name for name in names] if names else sorted(p for p in roles_dir.iterdir() if p.is_dir())
+    # The tests index sits beside roles/ (tests/roles.yml); a tree without one gets no tests lists.
+    has_index = (roles_dir.parent / sdkit_role_tests.INDEX).is_file()
+    tests_index = sdkit_role_tests.load(roles_dir.parent) if has_index else {}
     for path in paths:
         role = load_role(path)
         report.problems += drift(role)
@@ -245,6 +281,14 @@ def run(roles_dir: Path, names: List[str], check: bool) -> Report:
             continue
         text = role.readme.read_text() if role.readme.is_file() else f"# {role.name}\n"
         new_text = updated_readme(text, render(role))
+        if new_text == text:
+            report.what[role.readme] = "tests list"
+        if has_index:
+            if role.name in tests_index:
+                new_text = updated_tests(new_text, render_tests(tests_index[role.name]))
+            else:
+                report.problems.append(f"roles/{role.name}: no entry in {sdkit_role_tests.INDEX}: list the role's "
+                                       f"tests there, then {FIX}")
         if new_text != text:
             report.stale.append(role.readme)
             if not check:
@@ -263,7 +307,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     report = run(args.roles_dir, args.roles, args.check)
     for readme in report.stale:
         shown = readme.relative_to(args.roles_dir.parent)
-        print(f"{shown}: variable table out of date: {FIX}" if args.check else f"{shown}: variable table updated")
+        what = report.what.get(readme, "variable table")
+        print(f"{shown}: {what} out of date: {FIX}" if args.check else f"{shown}: {what} updated")
     for problem in report.problems:
         print(problem)
     return 1 if report.problems or (args.check and report.stale) else 0

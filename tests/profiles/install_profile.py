@@ -6,7 +6,8 @@ CUDA libraries, several GB: too much for make test, whose hosts run the profiles
 the real pin set once, on Debian 12's Python 3.11 (the nearest to 3.10 the test image has), through
 site.yml as an operator would: the wheelhouse downloaded for 3.11 into build/test-profile/<name>/,
 converge, a rerun that must change nothing, make smoke, and pip check. It prints one line per step
-and writes build/test-profile-<name>.json; the README's profile table records the outcome.
+and writes build/test-profile-<name>.json; docs/measured/ keeps it after
+`make record-test-profile-<name> COMMAND='make test-profile PROFILE=<name>'`.
 """
 
 from __future__ import annotations

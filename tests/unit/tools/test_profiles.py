@@ -77,7 +77,7 @@ def test_the_test_twin_installs_the_same_libraries_and_edits(name):
 
 
 # transformers' tags are not pinned yet: its repository was out of reach where the others were checked
-# (README, "The patches"). Its sdist sha256 is pinned, and no patch touches it.
+# (roles/sophon_upstream/README.md, "Pinned commits"). Its sdist sha256 is pinned, and no patch touches it.
 UNPINNED_COMMITS = {"transformers"}
 
 

@@ -55,7 +55,7 @@ def test_python_the_pins_cannot_run_stops_before_any_change(throwaway_host):
 
 
 def test_too_little_disk_is_caught_before_installing(throwaway_host):
-    result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny"}, tags="venv")
+    result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_sd_venv": "/opt/tiny/venv"}, tags="venv")
     assert result.failed
     single_line(result.output, "MB free under /opt/tiny")
     assert "need about 4000 MB" in result.output and "rerun" in result.output
@@ -65,8 +65,9 @@ def test_too_little_disk_is_caught_before_installing(throwaway_host):
 
 def test_disk_filling_up_during_the_build_leaves_no_venv(throwaway_host):
     # With the free-space check disabled, pip itself runs out of space half-way through torch.
-    result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_venv_min_free_mb": 0,
-                                            "sophon_venv_wheelhouse_dir": "/var/tmp/wheelhouse"}, tags="venv")
+    result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_sd_venv": "/opt/tiny/venv",
+                                               "sophon_venv_min_free_mb": 0, "sophon_venv_wheelhouse_dir": "/var/tmp/wheelhouse"},
+                                 tags="venv")
     assert result.failed
     single_line(result.output, "Disk full while installing into the venv /opt/tiny/venv")
     assert "rerun" in result.output
@@ -116,7 +117,7 @@ def test_package_missing_from_the_wheelhouse_is_named(throwaway_host, git_vars, 
             if not member.name.split("/")[-1].startswith("networkx-"):
                 out.addfile(member, full.extractfile(member) if member.isfile() else None)
     result = throwaway_host.play("stack.yml", {**git_vars, "sophon_venv_wheelhouse_src": str(partial),
-                                               "sophon_venv_root": "/opt/partial",
+                                               "sophon_venv_root": "/opt/partial", "sophon_sd_venv": "/opt/partial/venv",
                                                "sophon_venv_wheelhouse_dir": "/opt/partial/wheelhouse"}, tags="venv")
     assert result.failed
     message = single_line(result.output, "is missing from the wheelhouse")

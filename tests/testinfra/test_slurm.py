@@ -92,8 +92,9 @@ def test_slurm_sinfo_shows_every_compute_host_idle_with_its_chips(host):
     assert nodes == {name: [gres, "idle"] for name, gres in node_gres(host).items()}
 
 
-RUNNER_GROUP = yaml.safe_load((REPO / "roles/sophon_host_env/defaults/main.yml").read_text())["sophon_host_env_group"]
-RUNNER_USER = yaml.safe_load((REPO / "roles/sophon_host_env/defaults/main.yml").read_text())["sophon_host_env_user"]
+# The runner user, and its group of the same name (role sophon_host_env's defaults derive both from it).
+RUNNER_USER = yaml.safe_load((REPO / "roles/sophon_sd/defaults/main.yml").read_text())["sophon_sd_user"]
+RUNNER_GROUP = RUNNER_USER
 OUTSIDER = "sdkit-outsider"
 
 

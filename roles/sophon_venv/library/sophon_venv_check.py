@@ -2,14 +2,14 @@
 """Ansible module: whether this host can run the pinned stack (sophon_venv's preflight), as problems."""
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sophon_venv_checks import PYTHON_VERSION, free_mb, problems, venv_exists
+from ansible.module_utils.sophon_venv_checks import PYTHON_VERSION, problems, tightest_disk, venv_exists
 
 DOCUMENTATION = r"""
 ---
 module: sophon_venv_check
 short_description: Check that the host can run the pinned stack before the venv is built
 description:
-  - Runs I(python) to read its version, and reads whether I(venv) exists and the free disk under I(root).
+  - Runs I(python) to read its version, and reads whether I(venv) exists and the free disk under I(root) and I(venv) (the tighter of the two).
   - Returns those facts and C(problems), the messages that stop the role before the host changes (empty when it
     may go ahead) - a platform the kit does not support, an interpreter that is not the pins' Python, no
     constraints file or wheelhouse on the control node (from I(control_node)), an index source without a URL,
@@ -85,7 +85,7 @@ venv:
   returned: always
   type: bool
 free_mb:
-  description: Free MiB on the filesystem of I(root) (its nearest existing folder).
+  description: Free MiB on the tighter of the filesystems of I(root) and I(venv) (each its nearest existing folder).
   returned: always
   type: int
 """
@@ -113,11 +113,11 @@ def main() -> None:
         rc, out = 127, ""
     python = out.strip() if rc == 0 else None
     venv = venv_exists(params["venv"])
-    free = free_mb(params["root"])
+    free, tightest = tightest_disk([params["root"], params["venv"]])
     pins = {key: str(value) for key, value in params["pins"].items()}
     module.exit_json(changed=False, python=python, venv=venv, free_mb=free, problems=problems(
         params["host"], params["facts"], params["python"], python, venv, free, pins, params["control_node"],
-        params["root"], params["min_free_mb"]))
+        tightest, params["min_free_mb"]))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ def free_mb(root):
     return stat.f_bavail * stat.f_frsize // (1024 * 1024)
 
 
+def tightest_disk(paths):
+    """(free MiB, path) of the path whose filesystem has the least free: the venv and the wheelhouse may sit
+    on different disks, and either filling up stops the build."""
+    return min((free_mb(path), path) for path in paths)
+
+
 def venv_exists(venv):
     return os.path.exists(os.path.join(venv, "bin", "python"))
 
@@ -57,5 +63,6 @@ def problems(host, facts, python, python_found, venv_found, free, pins, control_
     # Only before a first build: a venv that exists is rebuilt in place, and the wheelhouse is already there.
     if python_found is not None and not venv_found and free < int(min_free_mb):
         out.append("Only %s MB free under %s on %s; the wheelhouse and the venv need about %s MB. Free some space (or "
-                   "set sophon_venv_root to a larger disk) and rerun." % (free, root, host, min_free_mb))
+                   "move the venv, sophon_sd_venv, and its wheelhouse, sophon_venv_root, to a larger disk) and rerun."
+                   % (free, root, host, min_free_mb))
     return out

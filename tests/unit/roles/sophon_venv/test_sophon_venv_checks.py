@@ -65,9 +65,16 @@ def test_index_source_needs_a_url():
     assert problems(control={"package_source": "index", "index_url": "https://pkgs.example/simple"}) == []
 
 
+def test_the_disk_with_less_free_is_the_one_checked(monkeypatch):
+    # The venv (sophon_sd_venv) may be on another disk than the kit's root, where the wheelhouse goes.
+    monkeypatch.setattr(checks, "free_mb", {"/opt/sophon-sd": 9000, "/data/venv": 300}.get)
+    assert checks.tightest_disk(["/opt/sophon-sd", "/data/venv"]) == (300, "/data/venv")
+
+
 def test_too_little_disk_before_a_first_build_only():
     message = ("Only 100 MB free under /opt/sophon-sd on sdkit-stack-1; the wheelhouse and the venv need about 4000 "
-               "MB. Free some space (or set sophon_venv_root to a larger disk) and rerun.")
+               "MB. Free some space (or move the venv, sophon_sd_venv, and its wheelhouse, sophon_venv_root, to a larger "
+               "disk) and rerun.")
     assert problems(free=100) == [message]
     assert problems(free=100, venv=True) == [], "a venv that exists is not built again from nothing"
     assert problems(free=100, python=None)[1:] == [], "without a Python the disk was not looked at"

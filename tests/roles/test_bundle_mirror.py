@@ -6,14 +6,17 @@ over its loopback, so the bytes it receives on its network interface are what th
 Tests run in file order on that host: the mirror serves the bundle read-only and a rerun changes nothing;
 a wheel and a source archive changed on the mirror are refused and named; the mirror's own rerun puts
 them right; the venv then installs from it, a rerun changes nothing, and the bytes the control node sent
-the host are compared with a push.
+the host are compared with a push. Last, since its bundle is newer than the test bundle: the assets of a
+small bundle come from the mirror, and one changed there is refused and named.
 """
 
 import hashlib
 import json
 import re
+import shutil
+import subprocess
 
-from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, borrow_ml_venv
+from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, borrow_ml_venv, build_bundle
 
 WHEELS = REPO / "bundle" / "wheelhouse" / TEST_PROFILE
 PODMAN_OPTIONS = [*ML_SITE_MOUNT]
@@ -141,3 +144,50 @@ def test_apt_reads_the_bundle_repository_from_the_mirror(throwaway_host):
     assert "127.0.0.1:8080/apt" in throwaway_host.check_output("apt-cache policy git")
     rerun = throwaway_host.play("apt.yml", variables)
     assert not rerun.failed and "changed=0" in recap(rerun.output), rerun.output[-3000:]
+
+
+# The assets test's download share: a model file big enough that a push would show in the bytes sent.
+ASSET_FILES = {"CompVis_SD14_pretrained_weights/unet/diffusion_pytorch_model.bin": 3_000_000,
+               "dataset/data/train-00000-of-00001.parquet": 2_000}
+ASSETS_ON_HOST = "/opt/sophon-sd/assets"
+
+
+def test_assets_come_from_the_mirror_checked_against_the_manifest(throwaway_host, tmp_path):
+    # A signed bundle with the test bundle's apt repository and the share's folders (make assets-sums).
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "bundle/apt", bundle / "apt")
+    shutil.copy2(REPO / "bundle/apt.tar", bundle / "apt.tar")
+    for relative, size in ASSET_FILES.items():
+        (bundle / "assets" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / "assets" / relative).write_bytes(hashlib.sha256(relative.encode()).digest() * (size // 32))
+    subprocess.run(["make", "-s", "-C", str(REPO), "assets-sums", f"BUNDLE={bundle}"], check=True, capture_output=True)
+    build_bundle(bundle)
+    small = {"sophon_sd_bundle_dir": str(bundle)}
+    served = throwaway_host.play("mirror.yml", {**MIRROR_PLAY, **small, "sophon_mirror_profiles": []})
+    assert not served.failed, served.output[-3000:]
+
+    pull = {**MIRROR, **small, "sophon_assets_items": ["CompVis_SD14_pretrained_weights", "dataset"]}
+    before = sent_to_host(throwaway_host)
+    first = throwaway_host.play("assets.yml", pull)
+    sent = sent_to_host(throwaway_host) - before
+    assert not first.failed, first.output[-3000:]
+    for relative in [*ASSET_FILES, "SHA256SUMS"]:
+        staged = throwaway_host.check_output(f"sha256sum {ASSETS_ON_HOST}/{relative}").split()[0]
+        assert staged == hashlib.sha256((bundle / "assets" / relative).read_bytes()).hexdigest(), relative
+    assert throwaway_host.run(f"cd {ASSETS_ON_HOST} && sha256sum --check --quiet SHA256SUMS").returncode == 0
+    # The model file came over the mirror's loopback, not from the control node.
+    assert sent < 1_000_000, sent
+    rerun = throwaway_host.play("assets.yml", pull)
+    assert not rerun.failed and "changed=0" in recap(rerun.output), rerun.output[-3000:]
+    checked = throwaway_host.play("assets.yml", pull, check=True)
+    assert not checked.failed and "changed=0" in recap(checked.output), checked.output[-3000:]
+
+    # A file changed on the mirror is refused by the manifest's sha256, and named; the host keeps no copy.
+    dataset = "dataset/data/train-00000-of-00001.parquet"
+    throwaway_host.check_output(f"printf x >> {DOCROOT}/assets/{dataset} && rm {ASSETS_ON_HOST}/{dataset}")
+    refused = throwaway_host.play("assets.yml", pull)
+    assert refused.failed
+    message = [line for line in refused.output.splitlines() if "did not serve" in line and "file(s)" in line]
+    assert message, refused.output[-3000:]
+    assert f"assets/{dataset}" in message[0] and "changed file" in message[0] and "1 file(s)" in message[0]
+    assert not throwaway_host.exists(f"{ASSETS_ON_HOST}/{dataset}")

@@ -931,6 +931,10 @@ def torch_index(name: str, profile: dict) -> str:
         raise BadInput(f"{where} takes torch from the index {key!r}, which {in_kit(TORCH_INDEXES)} does not map to a URL "
                        f"({type(exc).__name__}: {exc}). Fix: add `{key}: <the index's simple URL>` there, or drop "
                        f"torch_index from {where}") from None
+    if not url:
+        raise BadInput(f"{where} takes torch from the index {key!r}, whose URL {in_kit(TORCH_INDEXES)} leaves empty (the kit "
+                       f"names no index host). Fix: set `{key}: <its https simple-index URL>` there (for pytorch-cpu, the "
+                       "URL PyTorch's install selector gives for Linux, pip, CPU, or your mirror of it) and rerun")
     parts = urllib.parse.urlsplit(url)
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
     if not (parts.scheme == "https" and parts.hostname) and not (parts.scheme == "http" and loopback):

@@ -102,7 +102,9 @@ def test_the_real_profiles_take_the_cpu_build_of_torch_from_the_named_index(name
     cannot use. Sophgo installs torch==X+cpu from PyTorch's CPU index; so do the real profiles."""
     profile = load(name)
     assert profile.get("torch_index") in TORCH_INDEXES, f"{name}: name an index of profiles/torch-indexes.yml"
-    assert TORCH_INDEXES[profile["torch_index"]].startswith("https://")
+    # The operator sets the URL (the kit names no index host); what is set must be https.
+    url = TORCH_INDEXES[profile["torch_index"]]
+    assert url == "" or url.startswith("https://"), url
     constraints = REPO / "profiles" / name / "constraints.txt"
     if constraints.is_file():
         pinned = pins(name)

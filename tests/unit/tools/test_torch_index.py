@@ -139,3 +139,12 @@ def test_a_profile_naming_an_unmapped_index_says_where_to_map_it(tmp_path):
     result = wheelhouse(profiles, tmp_path / "bundle", dict(os.environ))
     assert result.returncode == 2
     assert "takes torch from the index 'local-cpu', which" in result.stderr and "add `local-cpu: <the index's simple URL>`" in result.stderr
+
+
+def test_an_index_whose_url_is_not_set_says_to_set_it(tmp_path):
+    # The kit ships profiles/torch-indexes.yml with empty URLs: it names no index host; the operator sets one.
+    profiles = throwaway_profile(tmp_path / "profiles", "", "torch==2.13.0+cpu\n")
+    result = wheelhouse(profiles, tmp_path / "bundle", dict(os.environ))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "whose URL" in result.stderr and "leaves empty" in result.stderr and "set `local-cpu: <its https" in result.stderr
+    assert not (tmp_path / "bundle" / "wheelhouse").exists()

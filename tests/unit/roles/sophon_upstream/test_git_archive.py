@@ -13,6 +13,7 @@ import json
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import make_git_archive
 import pytest
@@ -25,7 +26,7 @@ SDIST = "diffusers-0.29.2.tar.gz"
 
 
 @pytest.fixture()
-def made(tmp_path):
+def made(tmp_path: Path) -> Dict[str, Any]:
     """A host's sources folder holding the pushed git archive; the pin set to the archive's commit."""
     src = tmp_path / "src"
     commit, sha = make_git_archive.make(tmp_path, src / ".archives" / GIT_ARCHIVE, "diffusers", "0.29.2")
@@ -34,14 +35,15 @@ def made(tmp_path):
             "manifest": {f"sources/{GIT_ARCHIVE}": sha, f"sources/{SDIST}": SDIST_SHA}}
 
 
-def check(made, library=None, manifest=None):
+def check(made: Dict[str, Any], library: Optional[dict] = None,
+          manifest: Optional[Dict[str, str]] = None) -> Tuple[dict, List[str]]:
     library = library or made["library"]
     manifest = made["manifest"] if manifest is None else manifest
     found = checks.look(str(made["src"]), "bundle", [library], manifest)
     return found, checks.problems(found, [library], "bundle", str(made["src"]), BUNDLE, [GIT_ARCHIVE, SDIST], manifest)
 
 
-def unpack_as_the_role_does(made, found):
+def unpack_as_the_role_does(made: Dict[str, Any], found: dict) -> None:
     """fetch_bundle.yml: unpack into staging, write the module's marker there, move into place."""
     staging = made["src"] / ".staging-diffusers"
     staging.mkdir()

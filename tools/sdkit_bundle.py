@@ -607,7 +607,8 @@ class Builder:
 
     def sources(self) -> None:
         """The three libraries: `git archive` of the pinned tag when git is reachable, and always
-        the PyPI sdists (the wheelhouse rule downloads them; the upstream role's bundle mode uses them)."""
+        the PyPI sdists (the wheelhouse rule downloads them). The upstream role's bundle mode unpacks
+        the git archive where the manifest lists one, and the sdist otherwise."""
         for library in self.libraries():
             name, version, tag = str(library["name"]), str(library["version"]), str(library["tag"])
             pinned_commit, pinned_sha = str(library.get("commit") or ""), str(library.get("sha256") or "")

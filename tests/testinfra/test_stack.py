@@ -5,6 +5,9 @@ import json
 import pytest
 from conftest import REPO, not_roots, patch_changed_lines
 
+# roles/sophon_upstream/module_utils/sophon_upstream_checks.py MARKER: written into a tree unpacked from a git archive.
+GIT_ARCHIVE_MARKER = ".sophon-sd-archive.json"
+
 IMPORT_PROBE = (
     "import json, torch, diffusers, transformers, accelerate;"
     "print(json.dumps({m.__name__: [m.__version__, m.__file__]"
@@ -65,12 +68,14 @@ def test_checkout_differs_from_upstream_by_exactly_the_patches(host, sources_man
         changed_files = sorted(line[3:] for line in status.splitlines())
         diff = host.check_output(f"git -C {src} diff --no-color --no-ext-diff")
     else:
-        # The pristine archive stays on the host; compare the tree against a fresh unpack of it.
+        # The pristine archive stays on the host (the tag's git archive, or the sdist); compare the tree against a
+        # fresh unpack of it. The kit's marker in a git archive's tree is its only other file.
         lib = next(item for item in sources_manifest["libraries"] if item["name"] == library)
-        archive = f"{sources_manifest['src_dir']}/.archives/{library}-{lib['version']}.tar.gz"
+        archive_name = sources_manifest.get("archives", {}).get(library, f"{library}-{lib['version']}.tar.gz")
+        archive = f"{sources_manifest['src_dir']}/.archives/{archive_name}"
         diff = host.run(
             f"d=$(mktemp -d) && tar -C $d --strip-components=1 -xzf {archive} && "
-            f"diff -ruN -x '*.egg-info' -x __pycache__ $d {src}; rc=$?; rm -rf $d; exit $rc"
+            f"diff -ruN -x '*.egg-info' -x __pycache__ -x {GIT_ARCHIVE_MARKER} $d {src}; rc=$?; rm -rf $d; exit $rc"
         ).stdout
         changed_files = sorted(
             line[4:].split("\t")[0][len(src) + 1:] for line in diff.splitlines() if line.startswith("+++ ")

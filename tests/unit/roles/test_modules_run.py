@@ -13,11 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import make_git_archive
 import make_wheel
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
+PIN = "1" * 40
 ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon")
 
 PLAY = """
@@ -67,6 +69,15 @@ PLAY = """
         bundle_dir: /b
         archives_on_control_node: []
       register: upstream
+    - name: The upstream check with a git archive of another commit than the pin
+      sophon_upstream_check:
+        src_dir: {tmp}/src
+        source: bundle
+        libraries: [{{name: diffusers, version: "0.29.2", sha256: "ab", tag: v0.29.2, commit: "{pin}"}}]
+        bundle_dir: /b
+        archives_on_control_node: [diffusers-0.29.2.git.tar.gz]
+        manifest_sources: {{"sources/diffusers-0.29.2.git.tar.gz": "{git_sha}"}}
+      register: upstream_git
     - name: The venv check with an interpreter that is not there
       sophon_venv_check:
         {{host: h1, facts: "{{{{ facts }}}}", python: /nowhere/python3, venv: {tmp}/venv, root: {tmp}/root,
@@ -86,7 +97,7 @@ PLAY = """
     - name: Write the results
       ansible.builtin.copy:
         content: "{{{{ dict(torch_tpu=torch_tpu, torch_tpu_broken=torch_tpu_broken, torch_tpu_preflight=torch_tpu_preflight,
-                           upstream=upstream, venv=venv, host_env=host_env, libsophon=libsophon) | to_json }}}}"
+                           upstream=upstream, upstream_git=upstream_git, venv=venv, host_env=host_env, libsophon=libsophon) | to_json }}}}"
         dest: {tmp}/results.json
         mode: "0644"
 """
@@ -99,9 +110,11 @@ def results(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("modules")
     (tmp / "vendor").mkdir()
     wheel = make_wheel.sophgo(tmp, "cp%d%d" % sys.version_info[:2], "2.8.0", "2.1.0.post1")
+    commit, git_sha = make_git_archive.make(tmp, tmp / "src/.archives/diffusers-0.29.2.git.tar.gz", "diffusers", "0.29.2")
+    (tmp / "commit").write_text(commit)
     (tmp / "play.yml").write_text(PLAY.format(
         python=sys.executable, pyver="%d.%d" % sys.version_info[:2], wheel=wheel, wheel_name=wheel.name,
-        venv=Path(sys.prefix), tmp=tmp))
+        venv=Path(sys.prefix), tmp=tmp, pin=PIN, git_sha=git_sha))
     (tmp / "ansible.cfg").write_text("[defaults]\n")
     env = {**os.environ, "ANSIBLE_CONFIG": str(tmp / "ansible.cfg"),
            "ANSIBLE_LIBRARY": ":".join(str(REPO / "roles" / role / "library") for role in ROLES),
@@ -110,7 +123,7 @@ def results(tmp_path_factory) -> dict:
     run = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(tmp / "play.yml")], env=env,
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return json.loads((tmp / "results.json").read_text())
+    return dict(json.loads((tmp / "results.json").read_text()), commit=(tmp / "commit").read_text())
 
 
 def test_torch_tpu_check_runs_under_the_venvs_python(results):
@@ -130,6 +143,12 @@ def test_the_other_checks_return_their_problems(results):
     assert results["upstream"]["problems"] == [
         "/b/diffusers-0.20.0.tar.gz is missing on the control node. Run `make wheelhouse` (it also downloads the source "
         "archives) and rerun."]
+    assert results["upstream_git"]["found"]["diffusers"]["archive_commit"] == results["commit"]
+    assert results["upstream_git"]["marker_file"] == ".sophon-sd-archive.json"
+    assert results["upstream_git"]["problems"] == [
+        f"diffusers-0.29.2.git.tar.gz was made from commit {results['commit']}, not diffusers v0.29.2's pinned "
+        f"commit {PIN} (the tag moved, or the bundle was built from another repository). Rebuild the bundle (make "
+        "bundle) from a repository whose tag is at the pin, or correct the pin in the profile, and rerun."]
     assert results["venv"]["python"] is None and results["venv"]["problems"][0].startswith(
         "/nowhere/python3 on h1 is missing, but the pins")
     assert results["host_env"]["problems"][0].startswith("sophon_host_env_extra_env on localhost sets HF_TOKEN,")

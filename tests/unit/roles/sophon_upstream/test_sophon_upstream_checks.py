@@ -25,8 +25,9 @@ def sdist(src: Path, name: str, version: str) -> None:
 
 def test_bundle_host_with_nothing_yet_has_no_problems(tmp_path):
     found = checks.look(str(tmp_path), "bundle", LIBRARIES)
-    assert found == {name: {"present": False, "version": None, "archive_sha256": None}
-                     for name in ("diffusers", "accelerate")}
+    assert found == {name: {"present": False, "version": None, "archive": f"{name}-{version}.tar.gz",
+                            "from_archive": f"{name}-{version}.tar.gz", "archive_sha256": None, "marker": None}
+                     for name, version in (("diffusers", "0.20.0"), ("accelerate", "0.30.1"))}
     assert checks.problems(found, LIBRARIES, "bundle", str(tmp_path), BUNDLE, ARCHIVES) == []
 
 
@@ -55,7 +56,9 @@ def test_archive_on_the_host_with_another_sha256_and_a_tree_at_another_version(t
 def test_tree_at_the_pin_is_present_and_fine(tmp_path):
     sdist(tmp_path, "diffusers", "0.20.0")
     found = checks.look(str(tmp_path), "bundle", LIBRARIES)
-    assert found["diffusers"] == {"present": True, "version": "0.20.0", "archive_sha256": None}
+    assert found["diffusers"] == {"present": True, "tree": "sdist", "version": "0.20.0", "archive_sha256": None,
+                                  "archive": "diffusers-0.20.0.tar.gz", "from_archive": "diffusers-0.20.0.tar.gz",
+                                  "marker": None}
     assert checks.problems(found, LIBRARIES, "bundle", str(tmp_path), BUNDLE, ARCHIVES) == []
 
 

@@ -13,6 +13,10 @@ Slurm sets no index variable for a resource of its own name (only ``gpu`` gets
 CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``), a
 position in the node's device list, and looks that position up in the node's gres.conf.
 
+A task's trainer runs under ``slurm-task`` (sdkit_job.py), which outlives scancel's SIGTERM to
+record the trainer's exit code, as systemd's ExecStopPost does for a unit: Slurm drops a cancelled
+task from squeue at once, so the task counts as running while that process lives (``supervising``).
+
 Standard library only, like sdkit_job.py.
 """
 
@@ -21,13 +25,19 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import socket
 import subprocess
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from sdkit_files import count, read_limited, write_text_atomic
 
 # squeue's states while a task waits for its turn, and while it may still run.
 QUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD")
 RUNNING_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING")
+JOB_ID_FILE = "slurm_job"  # in a job's folder: its id in Slurm's queue (123_0 for task 0 of array 123)
+Queue = Dict[str, Dict[str, str]]  # a task's id (123_0, or 123) to its state and reason
 
 
 class SlurmError(Exception):
@@ -77,7 +87,11 @@ def node_chips(node: str, gres: str) -> int:
     except SlurmError as exc:
         raise SlurmError(f"this host is not a node of the Slurm cluster ({exc}); add {node} to the inventory group "
                          "slurm_compute and rerun site.yml (role sophon_slurm)") from None
-    return gres_count(text, gres)
+    chips = gres_count(text, gres)
+    if chips < 1:
+        raise SlurmError(f"Slurm counts no '{gres}' chips on node {node} (scontrol show node {node}): check its "
+                         "Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
+    return chips
 
 
 def allocated_indexes(job_text: str, gres: str) -> List[int]:
@@ -205,6 +219,28 @@ def submit(argv: List[str]) -> str:
     return slurm(*argv).strip().split(";")[0]
 
 
+def submit_jobs(jobs: Sequence[Any], *, task: List[str], name: str, node: str, gres: str, threads: int,
+                site: List[str]) -> None:
+    """One sbatch for the jobs to (re)start (sdkit_job's Job: name, dir, chips): an array of the per-chip
+    tasks (task<i>), or the one data-parallel job. Each task asks for the CPUs its processes' threads use, so
+    that Slurm's accounting (and cgroup's ConstrainCores, where a site turns it on) matches what they run."""
+    first = jobs[0]
+    array = [int(job.name[len("task"):]) for job in jobs] if first.name.startswith("task") else None
+    output = f"{first.dir.parent}/task%a/slurm.log" if array is not None else f"{first.dir}/slurm.log"
+    command = task if array is not None else task + ["--job", first.name]
+    job_id = submit(submit_argv(name=name, node=node, gres=gres, chips_per_task=first.chips,
+                                cpus_per_task=threads * first.chips, array=array, output=output,
+                                command=shlex.join(command), site=site))
+    for job in jobs:
+        write_text_atomic(job.dir / JOB_ID_FILE, f"{job_id}_{job.name[len('task'):]}\n" if array is not None
+                          else f"{job_id}\n")
+
+
+def job_id_of(job_dir: Path) -> str:
+    """The id submit_jobs recorded for a job (the runner user's file: read bounded, as every such file)."""
+    return (read_limited(job_dir / JOB_ID_FILE, 64) or b"").decode(errors="replace").strip()
+
+
 def parse_queue(text: str) -> Dict[str, Dict[str, str]]:
     """``squeue --array -o %i|%T|%r`` lines: each task's id (``123_0``, or ``123``) to its state and reason."""
     queue = {}
@@ -218,6 +254,47 @@ def parse_queue(text: str) -> Dict[str, Dict[str, str]]:
 def queue(name: str) -> Dict[str, Dict[str, str]]:
     """This user's tasks of the named job still in the queue (a task that ended is no longer listed)."""
     return parse_queue(slurm("squeue", "--noheader", "--array", f"--user={me()}", f"--name={name}", "--format=%i|%T|%r"))
+
+
+def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Queue]]:
+    """status --slurm-queue-names and --slurm-queue: each named job's tasks from the playbook's squeue lines
+    (name|id|state|reason[|user]); a name without lines has none left in the queue."""
+    if not names:
+        return None
+    queues: Dict[str, Queue] = {name: {} for name in names.split(",") if name}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) >= 4 and fields[0] in queues:
+            queues[fields[0]][fields[1]] = {"state": fields[2], "reason": fields[3]}
+    return queues
+
+
+def process_start_ticks(pid: int) -> Optional[int]:
+    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone: with the pid,
+    it tells the task's own process from a later one that got the same pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold ')'
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
+
+
+def supervisor() -> Dict[str, Optional[int]]:
+    """What a task's attempt records of the process that runs it (slurm-task), for ``supervising``."""
+    return {"supervisor_pid": os.getpid(), "supervisor_ticks": process_start_ticks(os.getpid())}
+
+
+def task_state(entry: Dict[str, str], attempt: Dict[str, Any]) -> Dict[str, Any]:
+    """A task's state from its queue entry (empty when squeue no longer lists it): queued (with Slurm's
+    reason), running (listed as such, or its attempt's process still saves a checkpoint after scancel),
+    else gone."""
+    pid, ticks = count(attempt.get("supervisor_pid")), count(attempt.get("supervisor_ticks"))
+    if pid and ticks is not None and process_start_ticks(pid) == ticks:
+        return {"state": "running", "pid": pid}
+    state = entry.get("state", "")
+    if state in QUEUED_STATES:
+        return {"state": "queued", "reason": entry["reason"]}
+    return {"state": "running" if state in RUNNING_STATES else "gone"}
 
 
 def cancel(name: str) -> None:

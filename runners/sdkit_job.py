@@ -430,19 +430,18 @@ def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, sdkit_slur
     """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run.
     ``slurm_queue``: the queue as the playbook's one squeue of the round found it."""
     records = {d: read_json(d / "job.json") or {} for d in job_dirs}
-    in_slurm = [d for d, r in records.items()
-                if r.get("scheduler") == "slurm" and r.get("attempts") and isinstance(r.get("slurm_name"), str)]
+    in_slurm = [d for d, r in records.items() if r.get("scheduler") == "slurm" and isinstance(r.get("slurm_name"), str)]
     units = unit_states([unit_name(d) for d in job_dirs if d not in in_slurm])
     live = {d: {"state": "running" if units[unit_name(d)].get("ActiveState") in ACTIVE_STATES else "gone",
                 "pid": int(units[unit_name(d)].get("MainPID") or 0) or None}
             for d in job_dirs if d not in in_slurm}
     queues = dict(slurm_queue or {})
     for d in in_slurm:
-        name, attempt = records[d]["slurm_name"], records[d]["attempts"][-1]
+        name, attempts = records[d]["slurm_name"], records[d].get("attempts")
         if name not in queues:
             queues[name] = sdkit_slurm.queue(name)
-        live[d] = sdkit_slurm.task_state(queues[name].get(sdkit_slurm.job_id_of(d), {}),
-                                         attempt if isinstance(attempt, dict) else {})
+        attempt = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
+        live[d] = sdkit_slurm.task_state(queues[name].get(sdkit_slurm.job_id_of(d), {}), attempt)
     return live
 
 
@@ -460,9 +459,9 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
               "total_steps": None, "loss": None, "elapsed_s": None, "exit_status": None, "attempts": 0,
               "checkpoint": None}
     attempts = job.get("attempts") if job else None
-    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
+    if not isinstance(attempts, list):
         return status
-    attempt = attempts[-1]
+    attempt = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}  # {}: not run yet
     live = live or live_states([job_dir])[job_dir]
     status.update(device=attempt.get("device", job.get("device")), attempts=len(attempts), pid=live.get("pid"),
                   scheduler=job.get("scheduler", "systemd"))
@@ -552,8 +551,9 @@ def wait_while_running(run_dir: Path, seconds: float, pause: float,
 
 
 def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, str]] = None) -> List[dict]:
-    """Record a new attempt of each job that must (re)start and say what happens to each; the jobs'
-    status after. ``scheduler``: what a new job's record keeps of its scheduler (default: a systemd unit)."""
+    """Record each job (job.json) and say what happens to it: left alone, started or resumed. The job's
+    own process (launch, slurm-task) records each attempt as it begins. ``scheduler``: what a new job's
+    record keeps of its scheduler (default: a systemd unit)."""
     scheduler = scheduler or {"scheduler": "systemd"}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -586,15 +586,10 @@ def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, st
         if current["state"] in ("queued", "running", "finished"):
             plans.append({"job": job.name, "launch": False, "action": f"already {current['state']}"})
             continue
-        resuming = bool(record["attempts"])
         job.dir.mkdir(exist_ok=True)
-        (job.dir / EXIT_FILE).unlink(missing_ok=True)  # the previous attempt's
-        attempt = {"started": time.time(), "argv": attempt_argv(job.argv, resuming)}
-        if scheduler["scheduler"] == "systemd":
-            attempt["unit"] = job.unit
-        record["attempts"].append(attempt)
         write_json_atomic(job.dir / "job.json", record)  # atomic: a status poll must never read half a file
-        action = f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if resuming else "started"
+        action = (f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if record["attempts"]
+                  else "started")
         plans.append({"job": job.name, "launch": True, "action": action})
     return plans
 
@@ -605,19 +600,17 @@ def jobs_status(jobs: List[Job]) -> List[dict]:
 
 
 def next_attempt(job_dir: Path) -> Optional[Tuple[dict, dict]]:
-    """The job's record and the attempt to run now; None for a job that has finished.
-
-    An attempt that already ran means that a boot (or Slurm's requeue), not ``start``, started the job
-    again: it gets a new attempt that resumes from the latest checkpoint."""
+    """The job's record with the attempt to run now added; None for a job that has finished (a boot
+    starts its unit again). Every attempt after the first resumes from the latest checkpoint, whoever
+    started it: ``start``, a boot or Slurm's requeue."""
     record = read_json(job_dir / "job.json")
     attempts = record.get("attempts") if record else None
-    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
-        raise JobError(f"{job_dir / 'job.json'} has no attempt to run")
-    if "ran_at" in attempts[-1]:
-        if read_small_int(job_dir / EXIT_FILE) == 0:
-            return None
-        attempts.append({"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True)})
-    attempts[-1]["ran_at"] = time.time()
+    if not isinstance(attempts, list) or not isinstance(record.get("argv"), list):
+        raise JobError(f"{job_dir / 'job.json'} is no job's record: rerun make train")
+    if attempts and read_small_int(job_dir / EXIT_FILE) == 0:
+        return None
+    attempts.append({"started": time.time(), "argv": attempt_argv(record["argv"], resuming=bool(attempts)),
+                     "ran_at": time.time()})
     (job_dir / EXIT_FILE).unlink(missing_ok=True)  # the previous attempt's
     return record, attempts[-1]
 

@@ -437,11 +437,10 @@ def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, sdkit_slur
             for d in job_dirs if d not in in_slurm}
     queues = dict(slurm_queue or {})
     for d in in_slurm:
-        name, attempts = records[d]["slurm_name"], records[d].get("attempts")
+        name = records[d]["slurm_name"]
         if name not in queues:
             queues[name] = sdkit_slurm.queue(name)
-        attempt = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
-        live[d] = sdkit_slurm.task_state(queues[name].get(sdkit_slurm.job_id_of(d), {}), attempt)
+        live[d] = sdkit_slurm.task_state(queues[name].get(sdkit_slurm.job_id_of(d), {}))
     return live
 
 
@@ -644,8 +643,8 @@ def exit_code(how: str, status: str) -> int:
 def run_attempt(job_dir: Path, record: dict, attempt: dict) -> int:
     """A Slurm task's trainer, as a child whose exit code this process records (Slurm has no ExecStopPost).
 
-    scancel sends SIGTERM to every process of the task, the trainer included: this one must live on
-    to record the trainer's 130, and pass nothing on (a second SIGTERM aborts the trainer)."""
+    stop (sdkit_slurm.cancel) sends SIGTERM to every process of the task, the trainer included: this one
+    must live on to record the trainer's 130, and pass nothing on (a second SIGTERM aborts the trainer)."""
     signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, not SIG_IGN, which the trainer would inherit
     argv, env = open_log(job_dir, record, attempt)
     try:
@@ -736,7 +735,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """``systemctl stop`` of the run's units, or scancel of its Slurm jobs: the trainer saves a checkpoint at
+    """``systemctl stop`` of the run's units, or SIGTERM to its Slurm tasks: the trainer saves a checkpoint at
     the next step and exits 130."""
     run_dir = run_dir_of(args)
     account = account_of(args)
@@ -788,7 +787,7 @@ def cmd_slurm_task(args: argparse.Namespace) -> int:
     os.environ.update(EnvFile.read(args.env_file).values)
     account = pwd.getpwuid(os.getuid())
     os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-    attempt.update(slurm_job=sdkit_slurm.job_id_of(job_dir), **sdkit_slurm.supervisor())
+    attempt["slurm_job"] = sdkit_slurm.job_id_of(job_dir)
     try:
         chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)
     except (SlurmError, KeyError) as exc:

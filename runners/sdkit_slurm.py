@@ -13,9 +13,10 @@ Slurm sets no index variable for a resource of its own name (only ``gpu`` gets
 CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``), a
 position in the node's device list, and looks that position up in the node's gres.conf.
 
-A task's trainer runs under ``slurm-task`` (sdkit_job.py), which outlives scancel's SIGTERM to
-record the trainer's exit code, as systemd's ExecStopPost does for a unit: Slurm drops a cancelled
-task from squeue at once, so the task counts as running while that process lives (``supervising``).
+A task's trainer runs under ``slurm-task`` (sdkit_job.py), which outlives the trainer to record its
+exit code, as systemd's ExecStopPost does for a unit. Slurm alone says whether a task still runs:
+``cancel`` signals a running task rather than cancelling it, so it stays in squeue, running, until
+its trainer has saved the checkpoint and ended.
 
 Standard library only, like sdkit_job.py.
 """
@@ -31,7 +32,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from sdkit_files import count, read_limited, write_text_atomic
+from sdkit_files import read_limited, write_text_atomic
 
 # squeue's states while a task waits for its turn, and while it may still run.
 QUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD")
@@ -269,28 +270,9 @@ def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Queue]]:
     return queues
 
 
-def process_start_ticks(pid: int) -> Optional[int]:
-    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone: with the pid,
-    it tells the task's own process from a later one that got the same pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold ')'
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
-
-
-def supervisor() -> Dict[str, Optional[int]]:
-    """What a task's attempt records of the process that runs it (slurm-task), for ``supervising``."""
-    return {"supervisor_pid": os.getpid(), "supervisor_ticks": process_start_ticks(os.getpid())}
-
-
-def task_state(entry: Dict[str, str], attempt: Dict[str, Any]) -> Dict[str, Any]:
+def task_state(entry: Dict[str, str]) -> Dict[str, Any]:
     """A task's state from its queue entry (empty when squeue no longer lists it): queued (with Slurm's
-    reason), running (listed as such, or its attempt's process still saves a checkpoint after scancel),
-    else gone."""
-    pid, ticks = count(attempt.get("supervisor_pid")), count(attempt.get("supervisor_ticks"))
-    if pid and ticks is not None and process_start_ticks(pid) == ticks:
-        return {"state": "running", "pid": pid}
+    reason), running, or gone."""
     state = entry.get("state", "")
     if state in QUEUED_STATES:
         return {"state": "queued", "reason": entry["reason"]}
@@ -298,6 +280,9 @@ def task_state(entry: Dict[str, str], attempt: Dict[str, Any]) -> Dict[str, Any]
 
 
 def cancel(name: str) -> None:
-    """scancel: every process of a running task gets SIGTERM (the trainer saves a checkpoint and exits
-    130) and KillWait seconds (role sophon_slurm) before SIGKILL; a queued task is dropped."""
-    slurm("scancel", f"--user={me()}", f"--name={name}")
+    """Drop the named job's queued tasks, and send SIGTERM to every process of its running ones (--full: the
+    batch step too), as systemctl stop does to a unit: the trainer saves a checkpoint and exits 130, which
+    slurm-task records. A plain scancel would end the task in Slurm's books at once, and squeue would stop
+    listing it while its trainer still saves (and SIGKILL it after KillWait)."""
+    slurm("scancel", f"--user={me()}", f"--name={name}", "--state=PENDING")
+    slurm("scancel", f"--user={me()}", f"--name={name}", "--state=RUNNING", "--signal=TERM", "--full")

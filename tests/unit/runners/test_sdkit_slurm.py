@@ -177,12 +177,17 @@ def test_an_array_task_asks_for_its_chips_by_its_own_id(monkeypatch):
     assert sdkit_slurm.this_task() == "16"
 
 
-def test_a_cancelled_task_runs_while_its_supervisor_saves_the_checkpoint(tmp_path, monkeypatch):
-    """scancel drops the task from squeue at once; make train-cancel must wait for the checkpoint."""
-    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
-    me = {"supervisor_pid": os.getpid(), "supervisor_ticks": sdkit_slurm.process_start_ticks(os.getpid())}
-    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0, **me})
-    assert sdkit_job.run_status(job_dir.parent)["state"] == "running"
+def test_cancel_signals_running_tasks_and_drops_queued_ones(monkeypatch):
+    """make train-cancel must wait for the checkpoints: a plain scancel dropped a running task from squeue at
+    once (so the job tool kept its own liveness check, a pid and its start ticks). A running task gets SIGTERM
+    in every process instead, and squeue lists it as running until its trainer has saved and ended."""
+    calls = []
+    monkeypatch.setattr(sdkit_slurm, "me", lambda: "sophon-sd")
+    monkeypatch.setattr(sdkit_slurm, "slurm", lambda *args: calls.append(args) or "")
+    sdkit_slurm.cancel("sdkit-train-r1.a")
+    assert sorted(calls) == [
+        ("scancel", "--user=sophon-sd", "--name=sdkit-train-r1.a", "--state=PENDING"),
+        ("scancel", "--user=sophon-sd", "--name=sdkit-train-r1.a", "--state=RUNNING", "--signal=TERM", "--full")]
 
 
 def keep_environment(monkeypatch) -> None:

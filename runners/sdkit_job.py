@@ -1,40 +1,30 @@
 #!/usr/bin/env python3
-"""Start, watch and stop LoRA training jobs on this host as systemd services of the runner user.
+"""Plan, start, watch and stop LoRA training jobs on this host; systemd (or Slurm) runs them.
 
-``playbooks/train.yml`` drives this over SSH; a fine-tune runs for hours, so ``start`` hands each job
-to systemd: ``sdkit-train-<run-id>-<job>.service``, written by root into /etc/systemd/system (from
-validated paths only) and enabled for boot. The unit runs as the runner user (User=) with the kit's
-env file (EnvironmentFile=); ``systemctl status|stop`` and ``journalctl -u`` work and the job
-outlives the operator's logout. systemd owns the trainer: ExecStart's ``launch`` becomes the trainer
-(exec), so systemd's SIGTERM reaches it directly (it saves a checkpoint at the next step and exits
-130, SuccessExitStatus; TimeoutStopSec gives it --stop-timeout seconds), its pid is the unit's
-MainPID, and ExecStopPost's ``ended`` records the exit code systemd passes ($EXIT_CODE, $EXIT_STATUS)
-in a file that outlives a reboot. A host that reboots mid-run starts the job again by itself, and
-``launch`` resumes it from its latest checkpoint; ``stop`` disables the unit, so a cancelled job stays
-stopped; the next ``start`` disables the units of finished jobs. A hub token file (SOPHON_SD_HUB_TOKEN_FILE)
-reaches the trainer as the credential ``hub_token`` (LoadCredential=), never as an argument.
+``playbooks/train.yml`` drives this over SSH. ``start`` hands each job to systemd as
+``sdkit-train-<run-id>-<job>.service``, a unit file root writes into /etc/systemd/system from
+validated values only and enables for boot. systemd owns the trainer: the unit runs as the runner
+user (User=) with the kit's env file (EnvironmentFile=) and the hub token as the credential
+``hub_token`` (LoadCredential=); ExecStart's ``launch`` execs the trainer, so systemd's SIGTERM
+reaches it (it checkpoints and exits 130, SuccessExitStatus) and ExecStopPost's ``ended`` records
+systemd's $EXIT_CODE in exit_status, which outlives a reboot. After a reboot the unit starts again
+and ``launch`` resumes from the latest checkpoint; ``stop`` disables the units, so a cancelled job
+stays stopped. ``start`` is idempotent: it leaves running or finished jobs alone and resumes dead
+or stopped ones with ``--resume_from_checkpoint latest``.
 
-Everything about a run lives under ``<runs-dir>/<run-id>/<job>/``: job.json (the command, its
-environment and every attempt), train.log (every attempt appended), exit_status (the trainer's exit
-code; negative: killed by that signal) and output/ (the trainer's --output_dir).
+With ``start --scheduler slurm`` the same jobs queue in the cluster of role sophon_slurm instead
+(sdkit_slurm.py): the same folders and states, plus ``queued``. Each task runs ``slurm-task``,
+which prepares the attempt as ``launch`` does and, as Slurm has no ExecStopPost, waits for the
+trainer to record its exit code.
 
-systemd opens StandardOutput=append: files as root (systemd.exec(5)), and a job folder is the runner
-user's: ``launch`` opens train.log itself, as the runner user, without following links. Root never
-works on the runs folder: what this tool reads or writes there is done by a process that has become
-the runner user first. Root only reads the env file and asks systemd to start, stop or describe units.
-
-A run has one job per chip (``per_chip``: tpu0, tpu1, ...) or one ``accelerate launch`` job over all
-chips (``data_parallel``); the chips are SOPHON_SD_DEVICES from the env file, and a host without chips
-gets one job on the CPU. ``start`` is idempotent: it leaves a running or finished job alone and restarts
-a dead or stopped one with ``--resume_from_checkpoint latest``. With ``start --scheduler slurm`` the
-jobs queue in the cluster of role sophon_slurm instead (sdkit_slurm.py): the same folders and states,
-plus ``queued``; each task runs ``slurm-task``, which prepares the attempt as ``launch`` does and, as
-Slurm has no ExecStopPost, waits for the trainer to record its exit code.
-
-Standard library only (sdkit_env loads torch: seconds on every status poll). Values reach the trainer
-as argv from job.json, never through a shell or ExecStart (where systemd would expand $VARIABLES).
-Everything read back from a run folder is the runner user's to write: read with read_limited (regular
-files only, bounded), values of the wrong type count as unknown, and every printed line is printable().
+A run lives in ``<runs-dir>/<run-id>/<job>/``: job.json (the command, its environment, every
+attempt), train.log, exit_status (negative: killed by that signal) and output/. A job folder is the
+runner user's, so root never works in it: ``launch`` opens train.log itself, as that user, without
+following links (systemd would open a StandardOutput=append: file as root), and root's ``start``
+does its file work in a child that became that user. Everything read back from a folder is bounded
+(read_limited), values of the wrong type count as unknown, and printed lines are printable().
+Standard library only (sdkit_env loads torch: seconds on every status poll); values reach the
+trainer as argv from job.json, never through a shell or ExecStart (which expands $VARIABLES).
 """
 
 from __future__ import annotations
@@ -66,8 +56,6 @@ RESUME_ARGS = ["--resume_from_checkpoint", "latest"]
 # A resumed attempt continues the job's own output: starting over again would throw away its steps.
 FIRST_ATTEMPT_ONLY = ("--overwrite_output_dir",)
 MODES = ("per_chip", "data_parallel")
-# systemd: the host runs its jobs itself (the default, no controller needed); slurm: they queue in
-# the cluster of role sophon_slurm (sdkit_slurm.py).
 SCHEDULERS = ("systemd", "slurm")
 INTERRUPTED = 130  # the trainer's exit code after Ctrl-C or SIGTERM: it saved a checkpoint first
 # Run ids and job names become folder names and reach playbooks and logs: no '/', no '..', no
@@ -78,37 +66,28 @@ NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or
 # (run id, job) pairs give the same unit.
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,63}")
 UNIT_PREFIX = "sdkit-train"
+UNIT_DIR = "/etc/systemd/system"
 # systemd's ActiveState values while the job's process may still run.
 ACTIVE_STATES = ("active", "activating", "deactivating", "reloading")
 # Time for the step in progress and a checkpoint after SIGTERM, before systemd kills the job.
 STOP_TIMEOUT_S = 900
-# How often `status --wait` looks while the jobs run: each look asks systemd, or slurmctld (squeue,
-# scontrol) on behalf of every host of the fleet at once, so not every second; a run that ends is
-# seen within this many seconds.
+# How often `status --wait` looks: each look asks systemd, or slurmctld for every host at once.
 STATUS_PAUSE_S = 3.0
 # --model and --dataset: a hub id (owner/name, or a download-share folder name) or an absolute path.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-# What root writes into a unit file as a path: nothing that systemd would read as quoting, a specifier
-# (%), a variable ($) or a new setting (newline).
+# What root writes into a unit file as a path: nothing systemd reads as quoting, a specifier (%), a
+# variable ($) or a new setting (newline).
 UNIT_VALUE = re.compile(r"/[A-Za-z0-9/._+-]*")
-# The job units' folder: files written here by root, from validated values only.
-UNIT_DIR = "/etc/systemd/system"
-EXIT_FILE = "exit_status"  # the trainer's exit code, negative for a signal: written by ExecStopPost or slurm-task
+EXIT_FILE = "exit_status"  # written by ExecStopPost or slurm-task
 SOURCE_FLAGS = {"model": "--pretrained_model_name_or_path", "dataset": "--dataset_name"}
-# argparse accepts any unambiguous prefix of a flag (--hub_t, --hub_tok, ...); --hub_ alone is ambiguous.
-HUB_TOKEN_FLAGS = tuple("--hub_token"[:n] for n in range(len("--hub_t"), len("--hub_token") + 1))
 # How much of a job's files status reads: metrics.jsonl from its end (its last line is wanted), the
-# start of train.log (where the step count is logged), and the small files (exit_status, slurm_job).
+# start of train.log (where the step count is logged) and exit_status.
 METRICS_TAIL = 4096
 LOG_HEAD = 1 << 18
 SMALL_FILE = 64
-# The trainer records the step count in run.json once it is known (it follows from
-# --num_train_epochs and the dataset size); before that, and for trainers that do not, its log
-# line at start-up is read.
+# For trainers that do not record total_steps in run.json (or before they know it).
 TOTAL_STEPS_PATTERN = re.compile(rb"total optimization steps = (\d+)")
-
-
 # torch gives each process one thread per CPU: N trainers on one host would keep N times as many
 # threads busy as it has CPUs, and idle OpenMP threads spin while they wait for their share.
 THREADS_KEY = "OMP_NUM_THREADS"
@@ -130,6 +109,7 @@ class Job:
     argv: List[str]
     env: Dict[str, str]
     dir: Path
+    chips: int = 1  # what a Slurm task asks for
 
     @property
     def unit(self) -> str:
@@ -155,21 +135,16 @@ def check_run_id(run_id: str) -> None:
         raise JobError(f"run id {run_id!r} is not usable as a folder name: use {NAME_RULE}")
 
 
-def check_source(what: str, value: str) -> None:
-    """A model or dataset must name a hub id or an absolute path on the host, nothing else."""
-    if CONTROL_CHARACTERS.search(value) or not (HUB_ID.fullmatch(value) or value.startswith("/")):
-        raise JobError(f"--{what} {value!r} (make train {what.upper()}=...) is not usable: give a hub id such as "
-                       f"owner/name, a download-share name, or an absolute path on the host, without control "
-                       f"characters")
-
-
 def with_sources(train_args: List[str], sources: Dict[str, Optional[str]]) -> List[str]:
     """The trainer's flags with --pretrained_model_name_or_path / --dataset_name set to the given model
-    and dataset (replacing the tutorial's), checked first."""
+    and dataset (replacing the tutorial's). Each must be a hub id or an absolute path on the host."""
     for what, value in sources.items():
         if value is None:
             continue
-        check_source(what, value)
+        if CONTROL_CHARACTERS.search(value) or not (HUB_ID.fullmatch(value) or value.startswith("/")):
+            raise JobError(f"--{what} {value!r} (make train {what.upper()}=...) is not usable: give a hub id such as "
+                           f"owner/name, a download-share name, or an absolute path on the host, without control "
+                           f"characters")
         flag = SOURCE_FLAGS[what]
         kept: List[str] = []
         args = iter(train_args)
@@ -184,13 +159,17 @@ def with_sources(train_args: List[str], sources: Dict[str, Optional[str]]) -> Li
 
 def check_train_args(train_args: List[str]) -> None:
     for arg in train_args:
-        if arg.partition("=")[0] in HUB_TOKEN_FLAGS:
+        name = arg.partition("=")[0]
+        # argparse takes any unambiguous prefix of a flag: --hub_t, --hub_tok, ... (--hub_ alone is ambiguous).
+        if name.startswith("--hub_t") and "--hub_token".startswith(name):
             raise JobError(f"--hub_token in the trainer's flags (TRAIN_ARGS) would be in every process list: take "
                            f"it out, and give the token to the role sophon_host_env as sophon_host_env_hub_token "
                            f"(it writes the file the env file names as {HUB_TOKEN_FILE_KEY})")
         if CONTROL_CHARACTERS.search(arg):
             raise JobError(f"trainer flag {printable(arg)!r} (TRAIN_ARGS) contains a control character: "
                            "give each flag on one line, without tabs or escapes")
+        if name == "--output_dir":
+            raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
 
 
 def attempt_argv(argv: List[str], resuming: bool) -> List[str]:
@@ -201,70 +180,63 @@ def attempt_argv(argv: List[str], resuming: bool) -> List[str]:
     return argv if any(a.split("=")[0] == RESUME_ARGS[0] for a in argv) else argv + RESUME_ARGS
 
 
-def plan_jobs(run_dir: Path, mode: str, devices: List[str], python: str, trainer: str,
-              train_args: List[str]) -> List[Job]:
+def plan_jobs(run_dir: Path, mode: str, devices: List[str], python: str, trainer: str, train_args: List[str],
+              slurm_chips: Optional[int] = None) -> List[Job]:
     """The jobs of a run: their names, commands and device environment.
 
-    ``per_chip`` runs an independent training per chip (e.g. different seeds or datasets on one
-    server; each chip's result stands alone). ``data_parallel`` runs one training over all chips
-    with ``accelerate launch``: the trainer picks its chip from LOCAL_RANK when
-    ACCELERATE_TORCH_DEVICE names the kind without an index, which is why the chips must be
-    tpu:0..tpu:N-1. With one device (or the CPU) both modes are the same single job.
+    ``per_chip`` runs an independent training per chip (each chip's result stands alone).
+    ``data_parallel`` runs one training over all chips with ``accelerate launch``: the trainer picks
+    its chip from LOCAL_RANK when ACCELERATE_TORCH_DEVICE names the kind without an index, which is
+    why the chips must be tpu:0..tpu:N-1. With one device (or the CPU) both modes are one job.
+
+    Under Slurm (``slurm_chips``: the chips Slurm counts on this node) per_chip is one task per chip,
+    task0, task1, ...: which chip a task gets is Slurm's choice when it starts (slurm-task). On a host
+    without a Sophgo runtime the jobs train on SOPHON_SD_DEVICES' kind of device while Slurm still
+    counts out chips.
     """
     if mode not in MODES:
         raise JobError(f"mode '{mode}' is not known: use {' or '.join(MODES)}")
     devices = devices or ["cpu"]
+    kind = devices[0].partition(":")[0]
+
+    def job(name: str, device: str, launcher: List[str], chips: int = 1) -> Job:
+        argv = [*launcher, trainer, *train_args, "--output_dir", str(run_dir / name / "output")]
+        return Job(name, device, argv, {"ACCELERATE_TORCH_DEVICE": device}, run_dir / name, chips)
+
+    if slurm_chips is not None:
+        if mode == "per_chip":
+            return [job(f"task{i}", kind, [python]) for i in range(slurm_chips)]
+        devices = [f"{kind}:{i}" for i in range(slurm_chips)] if kind == "tpu" else [kind]
     if mode == "data_parallel" and len(devices) > 1:
-        kind = devices[0].partition(":")[0]
         expected = [f"{kind}:{i}" for i in range(len(devices))]
         if devices != expected:
             raise JobError(f"data_parallel needs the chips {','.join(expected)} (each process takes the chip of its "
                            f"LOCAL_RANK), but SOPHON_SD_DEVICES is {','.join(devices)}; use mode per_chip, "
                            "or list the chips from 0 upwards")
-        name = f"dp{len(devices)}"
         launch = [python, "-m", "accelerate.commands.launch", "--num_processes", str(len(devices)),
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
-        argv = [*launch, trainer, *train_args, "--output_dir", str(run_dir / name / "output")]
-        return [Job(name, kind, argv, {"ACCELERATE_TORCH_DEVICE": kind}, run_dir / name)]
-    jobs = []
-    for device in devices:
-        name = job_name(device)
-        argv = [python, trainer, *train_args, "--output_dir", str(run_dir / name / "output")]
-        jobs.append(Job(name, device, argv, {"ACCELERATE_TORCH_DEVICE": device}, run_dir / name))
-    return jobs
-
-
-def cpu_share(processes: int) -> int:
-    """Threads for each of PROCESSES trainer processes on this host: an equal share of the CPUs this
-    tool may use, at least one."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+        return [job(f"dp{len(devices)}", kind, launch, len(devices))]
+    chips = slurm_chips if slurm_chips and mode == "data_parallel" else 1
+    return [job(job_name(device), device, [python], chips) for device in devices]
 
 
 def share_cpus(jobs: List[Job], processes: int, threads: Optional[int], env_file: EnvFile) -> int:
     """Give every job's processes THREADS threads (--cpu-threads), else the env file's OMP_NUM_THREADS
-    (an operator's setting for the host, which the unit already has), else an equal share of the CPUs.
-    Returns the threads each process gets: what a Slurm task asks for as its CPUs."""
+    (an operator's setting for the host, which the unit already has), else an equal share of the CPUs
+    this tool may use, at least one. Returns the threads each process gets: a Slurm task's CPUs."""
     if threads is None and env_file.get(THREADS_KEY):
         value = env_file.get(THREADS_KEY)
         if not value.isdigit() or int(value) < 1:
             raise JobError(f"{THREADS_KEY}={value} in {env_file.path} is not a whole number of at least 1: "
                            "fix it in sophon_host_env_extra_env and rerun the role, or pass THREADS=n")
         return int(value)
-    threads = threads or cpu_share(processes)
+    threads = threads or max(1, len(os.sched_getaffinity(0)) // max(1, processes))
     for job in jobs:
         job.env[THREADS_KEY] = str(threads)
     return threads
 
 
 # --------------------------------------------------------------------------- the runner user
-
-
-def runner_user(args: argparse.Namespace) -> str:
-    """--user, else the env file's SOPHON_SD_USER: the name the inventory chose (sophon_sd_user), which
-    no constant here could know."""
-    if args.user is not None:
-        return args.user
-    return EnvFile.read(args.env_file).require(USER_KEY)
 
 
 def runner_account(user: Optional[str]) -> Optional[pwd.struct_passwd]:
@@ -283,8 +255,10 @@ def runner_account(user: Optional[str]) -> Optional[pwd.struct_passwd]:
     return account
 
 
-def become(account: pwd.struct_passwd) -> None:
+def become(account: Optional[pwd.struct_passwd]) -> None:
     """Drop root for good: the runner's groups, group and user (in that order: setuid comes last)."""
+    if account is None:
+        return
     os.initgroups(account.pw_name, account.pw_gid)
     os.setgid(account.pw_gid)
     os.setuid(account.pw_uid)
@@ -296,8 +270,8 @@ def as_user(account: Optional[pwd.struct_passwd], work: Callable[..., Any], *arg
     """``work(*args)`` run by a child that has become ``account`` (in this process when None).
 
     Root keeps its privileges for systemd and hands every file of the runs folder to the child, so a
-    link planted there is only ever followed with the runner user's rights. The result (JSON) and a
-    JobError's message come back through a pipe.
+    link planted there is only ever followed with the runner user's rights. The result (JSON) and an
+    error's message come back through a pipe.
     """
     if account is None:
         return work(*args)
@@ -311,7 +285,7 @@ def as_user(account: Optional[pwd.struct_passwd], work: Callable[..., Any], *arg
             try:
                 become(account)
                 answer = {"result": work(*args)}
-            except JobError as exc:
+            except (JobError, SlurmError) as exc:
                 answer = {"error": str(exc)}
             except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
@@ -331,29 +305,19 @@ def as_user(account: Optional[pwd.struct_passwd], work: Callable[..., Any], *arg
     return answer["result"]
 
 
-# --------------------------------------------------------------------------- systemd
+# --------------------------------------------------------------------------- systemd (as root)
 
 
-def systemd(*args: str) -> subprocess.CompletedProcess:
+def systemctl(*args: str) -> str:
+    """systemctl's output; a failure is one JobError line with its message."""
     try:
-        return subprocess.run(list(args), capture_output=True, text=True, check=False)
+        result = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise JobError(f"{args[0]} not found: jobs run as systemd services, so this host needs systemd "
+        raise JobError("systemctl not found: jobs run as systemd services, so this host needs systemd "
                        "running as its init") from None
-
-
-def unit_states(units: List[str]) -> Dict[str, Dict[str, str]]:
-    """ActiveState and MainPID of each unit (unknown units are inactive)."""
-    if not units:
-        return {}
-    result = systemd("systemctl", "show", "--property=Id,ActiveState,MainPID", "--", *units)
     if result.returncode != 0:
-        raise JobError(f"systemctl show failed: {' '.join(result.stderr.split())}")
-    states = {}
-    for block in result.stdout.strip().split("\n\n"):
-        values = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
-        states[values.get("Id", "")] = values
-    return {unit: states.get(unit, {"ActiveState": "inactive"}) for unit in units}
+        raise JobError(f"systemctl {args[0]} failed: {' '.join(result.stderr.split())}")
+    return result.stdout
 
 
 def unit_value(what: str, value: str) -> str:
@@ -405,34 +369,43 @@ def credential_file(path: Optional[str]) -> Optional[str]:
 def launch_unit(job: Job, text: str, unit_dir: Path) -> None:
     """Write the job's unit (in systemd's root-owned folder), enable it for boot and start it."""
     write_text_atomic(unit_dir / job.unit, text)
-    systemd("systemctl", "reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
-    for command in (["daemon-reload"], ["enable", "--now", "--", job.unit]):
-        result = systemd("systemctl", *command)
-        if result.returncode != 0:
-            raise JobError(f"job {job.name} did not start: systemctl {command[0]}: {' '.join(result.stderr.split())}; "
-                           f"see journalctl -u {job.unit}")
+    try:
+        systemctl("reset-failed", "--", job.unit)  # the previous attempt's failed unit, if any
+    except JobError:
+        pass  # a unit that never failed has nothing to reset
+    try:
+        systemctl("daemon-reload")
+        systemctl("enable", "--now", "--", job.unit)
+    except JobError as exc:
+        raise JobError(f"job {job.name} did not start: {exc}; see journalctl -u {job.unit}") from None
 
 
 def disable_units(units: List[str]) -> None:
     """Keep the units of stopped or finished jobs from starting at boot (start enables them again)."""
     if units:
-        result = systemd("systemctl", "disable", "--", *units)
-        if result.returncode != 0:
-            raise JobError(f"systemctl disable failed: {' '.join(result.stderr.split())}")
+        systemctl("disable", "--", *units)
 
 
-# --------------------------------------------------------------------------- state on disk
+def unit_states(units: List[str]) -> Dict[str, Dict[str, str]]:
+    """ActiveState and MainPID of each unit (unknown units are inactive)."""
+    if not units:
+        return {}
+    states = {}
+    for block in systemctl("show", "--property=Id,ActiveState,MainPID", "--", *units).strip().split("\n\n"):
+        values = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+        states[values.get("Id", "")] = values
+    return {unit: states.get(unit, {"ActiveState": "inactive"}) for unit in units}
 
 
-def process_start_ticks(pid: int) -> Optional[int]:
-    """The start time of a live process (field 22 of /proc/PID/stat), None when it is gone. Only for a
-    Slurm task's supervisor: Slurm forgets a cancelled task while its trainer still saves a checkpoint."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces and ')'
-    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
+def run_units(run_id: str) -> List[str]:
+    """The loaded units of a run's jobs (sdkit-train-<run-id>-<job>.service, job without '-')."""
+    prefix = f"{UNIT_PREFIX}-{run_id}-"
+    listed = systemctl("list-units", "--all", "--plain", "--no-legend", "--type=service", f"{prefix}*")
+    names = [line.split()[0] for line in listed.splitlines() if line.split()]
+    return [n for n in names if n.startswith(prefix) and JOB_NAME_PATTERN.fullmatch(n[len(prefix):-len(".service")])]
+
+
+# --------------------------------------------------------------------------- status (as the runner user)
 
 
 def last_metrics(path: Path) -> Optional[dict]:
@@ -446,58 +419,28 @@ def last_metrics(path: Path) -> Optional[dict]:
     return None
 
 
-def total_steps(log: Path) -> Optional[int]:
-    found = TOTAL_STEPS_PATTERN.search(read_limited(log, LOG_HEAD) or b"")
-    return int(found.group(1)) if found else None
-
-
 def read_small_int(path: Path) -> Optional[int]:
     """The whole number in a file of a few bytes (exit_status); None when absent or not a number."""
     text = (read_limited(path, SMALL_FILE) or b"").strip()
     return int(text) if re.fullmatch(rb"-?[0-9]{1,12}", text) else None
 
 
-def latest_checkpoint(output_dir: Path) -> Optional[str]:
-    steps = [int(p.name[11:]) for p in output_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
-    return f"checkpoint-{max(steps)}" if steps else None
-
-
-def slurm_live(records: Dict[Path, dict], given: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
-               ) -> Dict[Path, dict]:
-    """Each Slurm job's state: queued (with Slurm's reason), running (in the queue, or its supervisor still
-    waits for the trainer's checkpoint), or gone. ``given``: the queue as the playbook's one squeue of the
-    round found it."""
-    queues: Dict[str, Dict[str, Dict[str, str]]] = dict(given or {})
-    live = {}
-    for job_dir, record in records.items():
-        name = record["slurm_name"]
-        if name not in queues:
-            queues[name] = sdkit_slurm.queue(name)
-        entry = queues[name].get(slurm_job_of(job_dir), {})
-        state = entry.get("state", "")
-        attempt = record["attempts"][-1] if isinstance(record["attempts"][-1], dict) else {}
-        pid, ticks = count(attempt.get("supervisor_pid")), count(attempt.get("supervisor_ticks"))
-        supervising = bool(pid) and ticks is not None and process_start_ticks(pid) == ticks
-        live[job_dir] = ({"state": "running", "pid": pid} if supervising
-                         else {"state": "queued", "reason": entry["reason"]} if state in sdkit_slurm.QUEUED_STATES
-                         else {"state": "running"} if state in sdkit_slurm.RUNNING_STATES else {"state": "gone"})
-    return live
-
-
-def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None
+def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None
                 ) -> Dict[Path, dict]:
-    """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run."""
+    """What each job's scheduler says of it (systemd's unit, or Slurm's queue), asked once per run.
+    ``slurm_queue``: the queue as the playbook's one squeue of the round found it."""
     records = {d: read_json(d / "job.json") or {} for d in job_dirs}
-    queued = {d: r for d, r in records.items()
-              if r.get("scheduler") == "slurm" and r.get("attempts") and isinstance(r.get("slurm_name"), str)}
-    units = unit_states([unit_name(d) for d in job_dirs if d not in queued])
+    in_slurm = [d for d, r in records.items() if r.get("scheduler") == "slurm" and isinstance(r.get("slurm_name"), str)]
+    units = unit_states([unit_name(d) for d in job_dirs if d not in in_slurm])
     live = {d: {"state": "running" if units[unit_name(d)].get("ActiveState") in ACTIVE_STATES else "gone",
                 "pid": int(units[unit_name(d)].get("MainPID") or 0) or None}
-            for d in job_dirs if d not in queued}
-    try:
-        live.update(slurm_live(queued, slurm_queue))
-    except SlurmError as exc:
-        raise JobError(str(exc)) from None
+            for d in job_dirs if d not in in_slurm}
+    queues = dict(slurm_queue or {})
+    for d in in_slurm:
+        name = records[d]["slurm_name"]
+        if name not in queues:
+            queues[name] = sdkit_slurm.queue(name)
+        live[d] = sdkit_slurm.task_state(queues[name].get(sdkit_slurm.job_id_of(d), {}))
     return live
 
 
@@ -515,16 +458,16 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
               "total_steps": None, "loss": None, "elapsed_s": None, "exit_status": None, "attempts": 0,
               "checkpoint": None}
     attempts = job.get("attempts") if job else None
-    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
+    if not isinstance(attempts, list):
         return status
-    attempt = attempts[-1]
+    attempt = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}  # {}: not run yet
     live = live or live_states([job_dir])[job_dir]
-    status.update(device=attempt.get("device", job.get("device")), attempts=len(job["attempts"]),
-                  pid=live.get("pid"), scheduler=job.get("scheduler", "systemd"))
-    if status["scheduler"] == "slurm" and isinstance(job.get("slurm_name"), str):
-        status["slurm_name"] = printable(job["slurm_name"])  # the playbook's one squeue of a round asks for it
+    status.update(device=attempt.get("device", job.get("device")), attempts=len(attempts), pid=live.get("pid"),
+                  scheduler=job.get("scheduler", "systemd"))
     if status["scheduler"] == "slurm":
-        status["unit"] = f"slurm job {slurm_job_of(job_dir)}"
+        status["unit"] = f"slurm job {sdkit_slurm.job_id_of(job_dir)}"
+        if isinstance(job.get("slurm_name"), str):  # the playbook's one squeue of a round asks for it
+            status["slurm_name"] = printable(job["slurm_name"])
     exit_file = job_dir / EXIT_FILE
     ended_at = None
     if live["state"] in ("running", "queued"):
@@ -541,34 +484,33 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     if metrics:  # the trainer's to write, the runner user's to forge: of the wrong type, unknown
         status.update(step=count(metrics.get("step")), loss=number(metrics.get("loss")))
     run = read_json(job_dir / "output" / "run.json") or {}
-    status["total_steps"] = count(run.get("total_steps")) or total_steps(job_dir / "train.log")
-    status["checkpoint"] = latest_checkpoint(job_dir / "output")
+    logged = TOTAL_STEPS_PATTERN.search(read_limited(job_dir / "train.log", LOG_HEAD) or b"")
+    status["total_steps"] = count(run.get("total_steps")) or (int(logged.group(1)) if logged else None)
+    steps = [int(p.name[11:]) for p in (job_dir / "output").glob("checkpoint-*") if p.name[11:].isdigit()]
+    status["checkpoint"] = f"checkpoint-{max(steps)}" if steps else None
     started = number(attempt.get("ran_at")) or number(attempt.get("started"))
     status["elapsed_s"] = round((ended_at or time.time()) - started, 1) if started else None
     return status
 
 
 def describe(status: dict) -> str:
-    """One line per job for people: what the playbook prints at each poll.
-
-    The job's name is a folder name the runner user chose and the numbers come from its files:
-    the line is made printable, and a number of the wrong type shows as '?'."""
-    parts = [f"{status['job']}: {status['state']}"]
+    """One line per job for people: what the playbook prints at each poll. The job's name is a folder
+    name the runner user chose and the numbers come from its files: the line is made printable, and a
+    number of the wrong type shows as '?'."""
+    head = f"{status['job']}: {status['state']}"
     if status["state"] == "queued":
-        return printable(f"{parts[0]} in Slurm ({status.get('reason') or 'waiting'}), {status['unit']}")
-    if status["state"] != "absent":
-        step, total = count(status.get("step")), count(status.get("total_steps"))
-        parts.append(f"step {'?' if step is None else step}/{total or '?'}")
-        loss, elapsed = number(status.get("loss")), number(status.get("elapsed_s"))
-        attempts = count(status.get("attempts"))
-        if loss is not None:
-            parts.append(f"loss {loss:.4f}")
-        parts.append(f"{elapsed:.0f} s" if elapsed is not None else "? s")
-        if attempts and attempts > 1:
-            parts.append(f"attempt {attempts}")
-        if status["state"] in ("failed", "stopped"):
-            parts.append(f"exit {status['exit_status']}, log {status['log']}"
-                         if status["exit_status"] is not None else f"no exit status recorded, log {status['log']}")
+        return printable(f"{head} in Slurm ({status.get('reason') or 'waiting'}), {status['unit']}")
+    if status["state"] == "absent":
+        return printable(head)
+    step, total, attempts = count(status.get("step")), count(status.get("total_steps")), count(status.get("attempts"))
+    loss, elapsed = number(status.get("loss")), number(status.get("elapsed_s"))
+    parts = [head, f"step {'?' if step is None else step}/{total or '?'}",
+             *([f"loss {loss:.4f}"] if loss is not None else []),
+             f"{elapsed:.0f} s" if elapsed is not None else "? s",
+             *([f"attempt {attempts}"] if attempts and attempts > 1 else [])]
+    if status["state"] in ("failed", "stopped"):
+        parts.append(f"exit {status['exit_status']}, log {status['log']}" if status["exit_status"] is not None
+                     else f"no exit status recorded, log {status['log']}")
     return printable(", ".join(parts))
 
 
@@ -580,7 +522,7 @@ def run_job_dirs(run_dir: Path) -> List[Path]:
     return [d for d in sorted(run_dir.iterdir()) if JOB_NAME_PATTERN.fullmatch(d.name) and (d / "job.json").is_file()]
 
 
-def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None) -> dict:
+def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None) -> dict:
     """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
     job_dirs = run_job_dirs(run_dir)
     live = live_states(job_dirs, slurm_queue)
@@ -593,13 +535,24 @@ def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, Dict[str, Dict[str
             "lines": [describe(j) for j in jobs] or [printable(f"{run_dir.name}: no jobs on this host")]}
 
 
-# --------------------------------------------------------------------------- start, as the runner user
+def wait_while_running(run_dir: Path, seconds: float, pause: float,
+                       slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None) -> dict:
+    """run_status, once no job runs or after ``seconds``; ``slurm_queue`` stands for the first look only."""
+    deadline = time.monotonic() + seconds
+    status = run_status(run_dir, slurm_queue)
+    while status["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        status = run_status(run_dir)
+    return status
+
+
+# --------------------------------------------------------------------------- attempts (as the runner user)
 
 
 def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, str]] = None) -> List[dict]:
-    """Record a new attempt of each job that must (re)start; say what happens to each (runner user).
-
-    ``scheduler``: what a new job's record keeps of its scheduler (default: a systemd unit)."""
+    """Record each job (job.json) and say what happens to it: left alone, started or resumed. The job's
+    own process (launch, slurm-task) records each attempt as it begins. ``scheduler``: what a new job's
+    record keeps of its scheduler (default: a systemd unit)."""
     scheduler = scheduler or {"scheduler": "systemd"}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -628,21 +581,13 @@ def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, st
         records[job.name] = record
     plans = []
     for job in jobs:
-        record = records[job.name]
-        current = job_status(job.dir)
+        record, current = records[job.name], job_status(job.dir)
         if current["state"] in ("queued", "running", "finished"):
             plans.append({"job": job.name, "launch": False, "action": f"already {current['state']}"})
             continue
-        resuming = bool(record["attempts"])
         job.dir.mkdir(exist_ok=True)
-        (job.dir / "exit_status").unlink(missing_ok=True)  # the previous attempt's
-        attempt = {"started": time.time(), "argv": attempt_argv(job.argv, resuming)}
-        if record.get("scheduler", "systemd") == "systemd":
-            attempt["unit"] = job.unit
-        record["attempts"].append(attempt)
-        # Atomic: a status poll must never read half a file.
-        write_json_atomic(job.dir / "job.json", record)
-        action = (f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if resuming
+        write_json_atomic(job.dir / "job.json", record)  # atomic: a status poll must never read half a file
+        action = (f"resumed from {current['checkpoint'] or 'the start (no checkpoint yet)'}" if record["attempts"]
                   else "started")
         plans.append({"job": job.name, "launch": True, "action": action})
     return plans
@@ -653,25 +598,18 @@ def jobs_status(jobs: List[Job]) -> List[dict]:
     return [job_status(job.dir, live[job.dir]) for job in jobs]
 
 
-
-
-# --------------------------------------------------------------------------- the job's process (runner user)
-
-
 def next_attempt(job_dir: Path) -> Optional[Tuple[dict, dict]]:
-    """The job's record and the attempt to run now; None for a job that has finished.
-
-    An attempt that already ran means that a boot (or Slurm's requeue), not ``start``, started the job
-    again: it gets a new attempt that resumes from the latest checkpoint."""
+    """The job's record with the attempt to run now added; None for a job that has finished (a boot
+    starts its unit again). Every attempt after the first resumes from the latest checkpoint, whoever
+    started it: ``start``, a boot or Slurm's requeue."""
     record = read_json(job_dir / "job.json")
     attempts = record.get("attempts") if record else None
-    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
-        raise JobError(f"{job_dir / 'job.json'} has no attempt to run")
-    if "ran_at" in attempts[-1]:
-        if read_small_int(job_dir / EXIT_FILE) == 0:
-            return None
-        attempts.append({"started": time.time(), "argv": attempt_argv(record["argv"], resuming=True)})
-    attempts[-1]["ran_at"] = time.time()
+    if not isinstance(attempts, list) or not isinstance(record.get("argv"), list):
+        raise JobError(f"{job_dir / 'job.json'} is no job's record: rerun make train")
+    if attempts and read_small_int(job_dir / EXIT_FILE) == 0:
+        return None
+    attempts.append({"started": time.time(), "argv": attempt_argv(record["argv"], resuming=bool(attempts)),
+                     "ran_at": time.time()})
     (job_dir / EXIT_FILE).unlink(missing_ok=True)  # the previous attempt's
     return record, attempts[-1]
 
@@ -693,21 +631,6 @@ def open_log(job_dir: Path, record: dict, attempt: dict) -> Tuple[List[str], Dic
     return attempt["argv"], {**os.environ, **record.get("env", {}), **attempt.get("env", {}), "PYTHONUNBUFFERED": "1"}
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
-    """ExecStart of a job's unit, as the runner user: becomes the trainer of the job's next attempt."""
-    job_dir = Path(args.job_dir)
-    planned = next_attempt(job_dir)
-    if planned is None:
-        return 0  # the unit of a finished job, started by a boot
-    write_json_atomic(job_dir / "job.json", planned[0])
-    argv, env = open_log(job_dir, *planned)
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as exc:
-        print(f"=== cannot run {argv[0]}: {exc}", flush=True)
-    return 127
-
-
 def exit_code(how: str, status: str) -> int:
     """systemd's $EXIT_CODE and $EXIT_STATUS as one exit code: the process's, or minus the signal's number."""
     if how == "exited" and status.isdigit():
@@ -717,25 +640,11 @@ def exit_code(how: str, status: str) -> int:
     return 1  # the unit failed before its process ran ($EXIT_CODE empty)
 
 
-def cmd_ended(args: argparse.Namespace) -> int:
-    """ExecStopPost of a job's unit, as the runner user: the exit code, for status after a reboot too."""
-    path = Path(args.job_dir) / EXIT_FILE
-    if not path.exists():  # else launch found the job finished and ran nothing: its end stays as it was
-        write_text_atomic(path, f"{exit_code(os.environ.get('EXIT_CODE', ''), os.environ.get('EXIT_STATUS', ''))}\n")
-    return 0
-
-
-# --------------------------------------------------------------------------- Slurm
-
-
-SLURM_JOB_FILE = "slurm_job"  # the job's id in Slurm's queue (123_0 for task 0 of array 123)
-
-
 def run_attempt(job_dir: Path, record: dict, attempt: dict) -> int:
     """A Slurm task's trainer, as a child whose exit code this process records (Slurm has no ExecStopPost).
 
-    scancel sends SIGTERM to every process of the task, the trainer included: this one must live on
-    to record the trainer's 130, and pass nothing on (a second SIGTERM aborts the trainer)."""
+    stop (sdkit_slurm.cancel) sends SIGTERM to every process of the task, the trainer included: this one
+    must live on to record the trainer's 130, and pass nothing on (a second SIGTERM aborts the trainer)."""
     signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, not SIG_IGN, which the trainer would inherit
     argv, env = open_log(job_dir, record, attempt)
     try:
@@ -747,99 +656,6 @@ def run_attempt(job_dir: Path, record: dict, attempt: dict) -> int:
     return code if code >= 0 else 128 - code
 
 
-def plan_slurm_jobs(run_dir: Path, mode: str, devices: List[str], chips: int, python: str, trainer: str,
-                    train_args: List[str]) -> Tuple[List[Job], int]:
-    """The jobs of a run under Slurm, and how many chips each asks for.
-
-    per_chip: one array task per chip Slurm counts on this node (task0, task1, ...); which chip a
-    task gets is Slurm's choice, made when it starts (slurm-task). data_parallel: one job over all
-    of them, planned as plan_jobs does. On a host without a Sophgo runtime the tasks train on its
-    CPU (or SOPHON_SD_DEVICES' kind of device) while Slurm still counts out chips.
-    """
-    kind = devices[0].partition(":")[0] if devices else "cpu"
-    if mode == "data_parallel":
-        return plan_jobs(run_dir, mode, [f"{kind}:{i}" for i in range(chips)] if kind == "tpu" else [kind],
-                         python, trainer, train_args), chips
-    return [Job(f"task{i}", kind, [python, trainer, *train_args, "--output_dir", str(run_dir / f"task{i}" / "output")],
-                {"ACCELERATE_TORCH_DEVICE": kind}, run_dir / f"task{i}") for i in range(chips)], 1
-
-
-def submit_to_slurm(run_dir: Path, jobs: List[Job], chips_per_job: int, threads: int, name: str, node: str,
-                    gres: str, env_file: str, site: List[str]) -> None:
-    """One sbatch for the jobs to (re)start: an array of the per-chip tasks, or the data-parallel job.
-    Each task asks for the CPUs its processes' threads use, so that Slurm's accounting (and cgroup's
-    ConstrainCores, where a site turns it on) matches what the trainers run."""
-    task = [sys.executable, str(Path(__file__).resolve()), "slurm-task", "--run-dir", str(run_dir),
-            "--env-file", env_file, "--gres", gres]
-    per_chip = all(job.name.startswith("task") for job in jobs)
-    if per_chip:
-        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=1, cpus_per_task=threads,
-                                       array=[int(job.name[len("task"):]) for job in jobs],
-                                       output=f"{run_dir}/task%a/slurm.log", command=shlex.join(task), site=site)
-    else:
-        [job] = jobs
-        argv = sdkit_slurm.submit_argv(name=name, node=node, gres=gres, chips_per_task=chips_per_job,
-                                       cpus_per_task=threads * chips_per_job, array=None,
-                                       output=f"{job.dir}/slurm.log", command=shlex.join(task + ["--job", job.name]),
-                                       site=site)
-    job_id = sdkit_slurm.submit(argv)
-    for job in jobs:
-        write_text_atomic(job.dir / SLURM_JOB_FILE, f"{job_id}_{job.name[len('task'):]}\n" if per_chip else f"{job_id}\n")
-
-
-def slurm_job_of(job_dir: Path) -> str:
-    return (read_limited(job_dir / SLURM_JOB_FILE, SMALL_FILE) or b"").decode(errors="replace").strip()
-
-
-def start_in_slurm(args: argparse.Namespace, env_file: EnvFile, run_dir: Path, devices: List[str], python: str,
-                   train_args: List[str]) -> Tuple[List[Job], List[dict]]:
-    """Queue the run's jobs that must (re)start, as the runner user (whom Slurm then runs them as)."""
-    site = sdkit_slurm.site_args(args.slurm_args)
-    node = sdkit_slurm.node_name()
-    chips = sdkit_slurm.node_chips(node, args.slurm_gres)
-    if chips < 1:
-        raise JobError(f"Slurm counts no '{args.slurm_gres}' chips on node {node} (scontrol show node {node}): "
-                       "check its Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
-    jobs, chips_per_job = plan_slurm_jobs(run_dir, args.mode, devices, chips, python, args.trainer, train_args)
-    threads = share_cpus(jobs, chips, args.cpu_threads, env_file)
-    name = sdkit_slurm.job_name(run_dir.name, node)
-    plans = prepare_run(run_dir, jobs, {"scheduler": "slurm", "slurm_name": name})
-    queued = [job for job, plan in zip(jobs, plans) if plan["launch"]]
-    if queued:
-        submit_to_slurm(run_dir, queued, chips_per_job, threads, name, node, args.slurm_gres,
-                        str(Path(args.env_file).resolve()), site)
-    return jobs, plans
-
-
-def cmd_slurm_task(args: argparse.Namespace) -> int:
-    """What a Slurm task runs, as the runner user: the env file, the chip Slurm gave it, then the trainer."""
-    job_dir = Path(args.run_dir) / (args.job or f"task{os.environ.get('SLURM_ARRAY_TASK_ID', '')}")
-    planned = next_attempt(job_dir)
-    if planned is None:
-        return 0
-    record, attempt = planned
-    # As systemd's EnvironmentFile= gives a unit the env file (sbatch --export=NIL gave nothing).
-    os.environ.update(EnvFile.read(args.env_file).values)
-    account = pwd.getpwuid(os.getuid())
-    os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-    # Slurm drops a cancelled task from its queue at once, while the trainer still saves its checkpoint:
-    # the job runs as long as this process does.
-    attempt.update(slurm_job=slurm_job_of(job_dir), supervisor_pid=os.getpid(),
-                   supervisor_ticks=process_start_ticks(os.getpid()))
-    try:
-        chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)
-    except (SlurmError, KeyError) as exc:
-        write_json_atomic(job_dir / "job.json", record)
-        write_text_atomic(job_dir / EXIT_FILE, "2\n")
-        raise JobError(f"cannot tell which chip Slurm gave this task: {exc}") from None
-    device = record["device"]
-    if device == "tpu" and args.job is None:
-        device = f"tpu:{chips[0]}"  # tpu:N is chip N as bm-smi numbers it, as gres.conf's File= does
-    attempt.update(device=device, chips=chips, env={"ACCELERATE_TORCH_DEVICE": device})
-    write_json_atomic(job_dir / "job.json", record)
-    return run_attempt(job_dir, record, attempt)
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -848,6 +664,12 @@ def run_dir_of(args: argparse.Namespace) -> Path:
     check_run_id(args.run_id)
     runs_dir = args.runs_dir or f"{EnvFile.read(args.env_file).require(STATE_DIR_KEY)}/{RUNS_SUBDIR}"
     return Path(runs_dir) / args.run_id
+
+
+def account_of(args: argparse.Namespace) -> Optional[pwd.struct_passwd]:
+    """--user, else the env file's SOPHON_SD_USER (the inventory's sophon_sd_user, which no constant here
+    could know): the account to work as, None for "as I am"."""
+    return runner_account(args.user if args.user is not None else EnvFile.read(args.env_file).require(USER_KEY))
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -863,108 +685,121 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise JobError(f"--extra-args is not valid shell quoting ({exc})") from None
     check_train_args(train_args)
     train_args = with_sources(train_args, {"model": args.model, "dataset": args.dataset})
-    if "--output_dir" in train_args or any(a.startswith("--output_dir=") for a in train_args):
-        raise JobError("--output_dir is chosen per job (<runs-dir>/<run-id>/<job>/output); leave it out")
     run_dir = run_dir_of(args)
-    account = runner_account(runner_user(args))
+    account = account_of(args)
+    plan = (run_dir, args.mode, devices, python, args.trainer, train_args)
     if args.scheduler == "slurm":
-        if account:
-            become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
-        try:
-            jobs, plans = start_in_slurm(args, env_file, run_dir, devices, python, train_args)
-        except SlurmError as exc:
-            raise JobError(str(exc)) from None
-        statuses = jobs_status(jobs)
+        become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
+        account = None
+        site = sdkit_slurm.site_args(args.slurm_args)
+        node = sdkit_slurm.node_name()
+        chips = sdkit_slurm.node_chips(node, args.slurm_gres)
+        jobs = plan_jobs(*plan, slurm_chips=chips)
+        threads = share_cpus(jobs, chips, args.cpu_threads, env_file)
+        scheduler = {"scheduler": "slurm", "slurm_name": sdkit_slurm.job_name(run_dir.name, node)}
     else:
-        jobs = plan_jobs(run_dir, args.mode, devices, python, args.trainer, train_args)
+        jobs = plan_jobs(*plan)
         share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)
-        plans = as_user(account, prepare_run, run_dir, jobs)
+        scheduler = {"scheduler": "systemd"}
+    plans = as_user(account, prepare_run, run_dir, jobs, scheduler)
+    to_start = [job for job, planned in zip(jobs, plans) if planned["launch"]]
+    if args.scheduler == "slurm" and to_start:
+        task = [sys.executable, str(Path(__file__).resolve()), "slurm-task", "--run-dir", str(run_dir),
+                "--env-file", str(Path(args.env_file).resolve()), "--gres", args.slurm_gres]
+        sdkit_slurm.submit_jobs(to_start, task=task, name=scheduler["slurm_name"], node=node, gres=args.slurm_gres,
+                                threads=threads, site=site)
+    elif args.scheduler == "systemd":
         token_file = credential_file(env_file.get(HUB_TOKEN_FILE_KEY))
-        for job, plan in zip(jobs, plans):
-            if plan["launch"]:
-                launch_unit(job, unit_text(job, account, str(env_file.path.resolve()), args.stop_timeout, token_file),
-                            Path(args.unit_dir))
-        disable_units([job.unit for job, plan in zip(jobs, plans) if plan["action"] == "already finished"])
-        statuses = as_user(account, jobs_status, jobs)
-    results = [{"job": plan["job"], "action": plan["action"], "status": status}
-               for plan, status in zip(plans, statuses)]
+        for job in to_start:
+            text = unit_text(job, account, str(env_file.path.resolve()), args.stop_timeout, token_file)
+            launch_unit(job, text, Path(args.unit_dir))
+        disable_units([job.unit for job, planned in zip(jobs, plans) if planned["action"] == "already finished"])
+    statuses = as_user(account, jobs_status, jobs)
+    results = [{"job": planned["job"], "action": planned["action"], "status": status}
+               for planned, status in zip(plans, statuses)]
     lines = [f"{result['job']}: {result['action']}" for result in results]
     print(json.dumps({"run_id": args.run_id, "jobs": results, "lines": lines}, sort_keys=True) if args.json
           else "\n".join(lines))
     return 0
 
 
-def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Dict[str, Dict[str, str]]]]:
-    """--slurm-queue-names and --slurm-queue: each named job's tasks from the playbook's squeue lines
-    (name|id|state|reason[|user]); a name without lines has none left in the queue."""
-    if not names:
-        return None
-    queue: Dict[str, Dict[str, Dict[str, str]]] = {name: {} for name in names.split(",") if name}
-    for line in lines:
-        fields = line.strip().split("|")
-        if len(fields) >= 4 and fields[0] in queue:
-            queue[fields[0]][fields[1]] = {"state": fields[2], "reason": fields[3]}
-    return queue
-
-
-def wait_while_running(run_dir: Path, seconds: float, pause: float,
-                       slurm_queue: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None) -> dict:
-    deadline = time.monotonic() + seconds
-    status = run_status(run_dir, slurm_queue)
-    while status["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        status = run_status(run_dir)
-    return status
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
-    account = runner_account(runner_user(args))
-    if account:
-        become(account)  # status needs no root at all: systemctl show works for anyone
-    # --wait lets one poll cover a stretch of time, so that a playbook printing each poll
-    # prints a line every --wait seconds rather than every second.
-    # The queue as the playbook's one squeue of the round saw it stands for the first look only.
-    queue = given_queue(args.slurm_queue_names, args.slurm_queue)
+    become(account_of(args))  # status needs no root at all: systemctl show works for anyone
+    # --wait lets one poll cover a stretch of time, so that a playbook printing each poll prints a line
+    # every --wait seconds rather than every second.
+    queue = sdkit_slurm.given_queue(args.slurm_queue_names, args.slurm_queue)
     status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
 
-def run_units(run_id: str) -> List[str]:
-    """The loaded units of a run's jobs (sdkit-train-<run-id>-<job>.service, job without '-')."""
-    result = systemd("systemctl", "list-units", "--all", "--plain", "--no-legend", "--type=service",
-                     f"{UNIT_PREFIX}-{run_id}-*")
-    prefix = f"{UNIT_PREFIX}-{run_id}-"
-    names = [line.split()[0] for line in result.stdout.splitlines() if line.split()]
-    return [n for n in names if n.startswith(prefix) and JOB_NAME_PATTERN.fullmatch(n[len(prefix):-len(".service")])]
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
-    """``systemctl stop`` of the run's units, or scancel of its Slurm jobs: the trainer saves a checkpoint at
+    """``systemctl stop`` of the run's units, or SIGTERM to its Slurm tasks: the trainer saves a checkpoint at
     the next step and exits 130."""
     run_dir = run_dir_of(args)
-    account = runner_account(runner_user(args))
+    account = account_of(args)
     units = run_units(args.run_id)
     if units:
         disable_units(units)  # a cancelled job stays stopped through a reboot
-        result = systemd("systemctl", "stop", "--no-block", "--", *units)
-        if result.returncode != 0:
-            raise JobError(f"systemctl stop failed: {' '.join(result.stderr.split())}")
+        systemctl("stop", "--no-block", "--", *units)
         for unit in units:
             print(f"{unit}: asked to stop (systemctl stop: SIGTERM, then a checkpoint)")
-    if account:
-        become(account)
-    job_dirs = run_job_dirs(run_dir)
-    for name in sorted({(read_json(d / "job.json") or {}).get("slurm_name") for d in job_dirs} - {None}):
-        try:
-            sdkit_slurm.cancel(name)
-        except SlurmError as exc:
-            raise JobError(str(exc)) from None
+    become(account)
+    for name in sorted({(read_json(d / "job.json") or {}).get("slurm_name") for d in run_job_dirs(run_dir)} - {None}):
+        sdkit_slurm.cancel(name)
         print(f"{name}: cancelled in Slurm (running tasks get SIGTERM, then save a checkpoint)")
-    status = wait_while_running(run_dir, args.wait, 0.5)
-    print("\n".join(status["lines"]))
+    print("\n".join(wait_while_running(run_dir, args.wait, 0.5)["lines"]))
     return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    """ExecStart of a job's unit, as the runner user: becomes the trainer of the job's next attempt."""
+    job_dir = Path(args.job_dir)
+    planned = next_attempt(job_dir)
+    if planned is None:
+        return 0  # the unit of a finished job, started by a boot
+    write_json_atomic(job_dir / "job.json", planned[0])
+    argv, env = open_log(job_dir, *planned)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        print(f"=== cannot run {argv[0]}: {exc}", flush=True)
+    return 127
+
+
+def cmd_ended(args: argparse.Namespace) -> int:
+    """ExecStopPost of a job's unit, as the runner user: the exit code, for status after a reboot too."""
+    path = Path(args.job_dir) / EXIT_FILE
+    if not path.exists():  # else launch found the job finished and ran nothing: its end stays as it was
+        write_text_atomic(path, f"{exit_code(os.environ.get('EXIT_CODE', ''), os.environ.get('EXIT_STATUS', ''))}\n")
+    return 0
+
+
+def cmd_slurm_task(args: argparse.Namespace) -> int:
+    """What a Slurm task runs, as the runner user: the env file, the chip Slurm gave it, then the trainer."""
+    job_dir = Path(args.run_dir) / (args.job or f"task{os.environ.get('SLURM_ARRAY_TASK_ID', '')}")
+    planned = next_attempt(job_dir)
+    if planned is None:
+        return 0
+    record, attempt = planned
+    # What a unit gets from EnvironmentFile= and User= (sbatch --export=NIL gave nothing).
+    os.environ.update(EnvFile.read(args.env_file).values)
+    account = pwd.getpwuid(os.getuid())
+    os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    attempt["slurm_job"] = sdkit_slurm.job_id_of(job_dir)
+    try:
+        chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)
+    except (SlurmError, KeyError) as exc:
+        write_json_atomic(job_dir / "job.json", record)
+        write_text_atomic(job_dir / EXIT_FILE, "2\n")
+        raise JobError(f"cannot tell which chip Slurm gave this task: {exc}") from None
+    device = record["device"]
+    if device == "tpu" and args.job is None:
+        device = f"tpu:{chips[0]}"  # tpu:N is chip N as bm-smi numbers it, as gres.conf's File= does
+    attempt.update(device=device, chips=chips, env={"ACCELERATE_TORCH_DEVICE": device})
+    write_json_atomic(job_dir / "job.json", record)
+    return run_attempt(job_dir, record, attempt)
 
 
 def thread_count(value: str) -> int:
@@ -1006,12 +841,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                             "over all chips. A host without chips has one CPU job either way.")
     start.add_argument("--devices", default=None,
                        help="Comma-separated devices instead of SOPHON_SD_DEVICES (empty: the CPU).")
-    start.add_argument("--model", default=None,
-                       help="The base model (hub id, download-share name or absolute path): replaces the "
-                            f"trainer's {SOURCE_FLAGS['model']}.")
-    start.add_argument("--dataset", default=None,
-                       help="The dataset (hub id, download-share name or absolute path): replaces the "
-                            f"trainer's {SOURCE_FLAGS['dataset']}.")
+    for what in SOURCE_FLAGS:
+        start.add_argument(f"--{what}", default=None,
+                           help=f"The {'base model' if what == 'model' else what} (hub id, download-share name or "
+                                f"absolute path): replaces the trainer's {SOURCE_FLAGS[what]}.")
     start.add_argument("--python", default=None, help="Python for the trainer (default: SOPHON_SD_VENV's).")
     start.add_argument("--trainer", default=str(Path(__file__).resolve().with_name("train_lora.py")),
                        help="The training script (default: train_lora.py next to this file).")
@@ -1080,7 +913,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         return args.func(args)
-    except (JobError, EnvFileError) as exc:
+    except (JobError, EnvFileError, SlurmError) as exc:
         print(f"error: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
 

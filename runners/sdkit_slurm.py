@@ -13,6 +13,11 @@ Slurm sets no index variable for a resource of its own name (only ``gpu`` gets
 CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``), a
 position in the node's device list, and looks that position up in the node's gres.conf.
 
+A task's trainer runs under ``slurm-task`` (sdkit_job.py), which outlives the trainer to record its
+exit code, as systemd's ExecStopPost does for a unit. Slurm alone says whether a task still runs:
+``cancel`` signals a running task rather than cancelling it, so it stays in squeue, running, until
+its trainer has saved the checkpoint and ended.
+
 Standard library only, like sdkit_job.py.
 """
 
@@ -21,13 +26,19 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import socket
 import subprocess
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from sdkit_files import read_limited, write_text_atomic
 
 # squeue's states while a task waits for its turn, and while it may still run.
 QUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD")
 RUNNING_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING")
+JOB_ID_FILE = "slurm_job"  # in a job's folder: its id in Slurm's queue (123_0 for task 0 of array 123)
+Queue = Dict[str, Dict[str, str]]  # a task's id (123_0, or 123) to its state and reason
 
 
 class SlurmError(Exception):
@@ -77,7 +88,11 @@ def node_chips(node: str, gres: str) -> int:
     except SlurmError as exc:
         raise SlurmError(f"this host is not a node of the Slurm cluster ({exc}); add {node} to the inventory group "
                          "slurm_compute and rerun site.yml (role sophon_slurm)") from None
-    return gres_count(text, gres)
+    chips = gres_count(text, gres)
+    if chips < 1:
+        raise SlurmError(f"Slurm counts no '{gres}' chips on node {node} (scontrol show node {node}): check its "
+                         "Gres= in slurm.conf (role sophon_slurm, from the host's chip fact)")
+    return chips
 
 
 def allocated_indexes(job_text: str, gres: str) -> List[int]:
@@ -205,6 +220,28 @@ def submit(argv: List[str]) -> str:
     return slurm(*argv).strip().split(";")[0]
 
 
+def submit_jobs(jobs: Sequence[Any], *, task: List[str], name: str, node: str, gres: str, threads: int,
+                site: List[str]) -> None:
+    """One sbatch for the jobs to (re)start (sdkit_job's Job: name, dir, chips): an array of the per-chip
+    tasks (task<i>), or the one data-parallel job. Each task asks for the CPUs its processes' threads use, so
+    that Slurm's accounting (and cgroup's ConstrainCores, where a site turns it on) matches what they run."""
+    first = jobs[0]
+    array = [int(job.name[len("task"):]) for job in jobs] if first.name.startswith("task") else None
+    output = f"{first.dir.parent}/task%a/slurm.log" if array is not None else f"{first.dir}/slurm.log"
+    command = task if array is not None else task + ["--job", first.name]
+    job_id = submit(submit_argv(name=name, node=node, gres=gres, chips_per_task=first.chips,
+                                cpus_per_task=threads * first.chips, array=array, output=output,
+                                command=shlex.join(command), site=site))
+    for job in jobs:
+        write_text_atomic(job.dir / JOB_ID_FILE, f"{job_id}_{job.name[len('task'):]}\n" if array is not None
+                          else f"{job_id}\n")
+
+
+def job_id_of(job_dir: Path) -> str:
+    """The id submit_jobs recorded for a job (the runner user's file: read bounded, as every such file)."""
+    return (read_limited(job_dir / JOB_ID_FILE, 64) or b"").decode(errors="replace").strip()
+
+
 def parse_queue(text: str) -> Dict[str, Dict[str, str]]:
     """``squeue --array -o %i|%T|%r`` lines: each task's id (``123_0``, or ``123``) to its state and reason."""
     queue = {}
@@ -220,7 +257,32 @@ def queue(name: str) -> Dict[str, Dict[str, str]]:
     return parse_queue(slurm("squeue", "--noheader", "--array", f"--user={me()}", f"--name={name}", "--format=%i|%T|%r"))
 
 
+def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Queue]]:
+    """status --slurm-queue-names and --slurm-queue: each named job's tasks from the playbook's squeue lines
+    (name|id|state|reason[|user]); a name without lines has none left in the queue."""
+    if not names:
+        return None
+    queues: Dict[str, Queue] = {name: {} for name in names.split(",") if name}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) >= 4 and fields[0] in queues:
+            queues[fields[0]][fields[1]] = {"state": fields[2], "reason": fields[3]}
+    return queues
+
+
+def task_state(entry: Dict[str, str]) -> Dict[str, Any]:
+    """A task's state from its queue entry (empty when squeue no longer lists it): queued (with Slurm's
+    reason), running, or gone."""
+    state = entry.get("state", "")
+    if state in QUEUED_STATES:
+        return {"state": "queued", "reason": entry["reason"]}
+    return {"state": "running" if state in RUNNING_STATES else "gone"}
+
+
 def cancel(name: str) -> None:
-    """scancel: every process of a running task gets SIGTERM (the trainer saves a checkpoint and exits
-    130) and KillWait seconds (role sophon_slurm) before SIGKILL; a queued task is dropped."""
-    slurm("scancel", f"--user={me()}", f"--name={name}")
+    """Drop the named job's queued tasks, and send SIGTERM to every process of its running ones (--full: the
+    batch step too), as systemctl stop does to a unit: the trainer saves a checkpoint and exits 130, which
+    slurm-task records. A plain scancel would end the task in Slurm's books at once, and squeue would stop
+    listing it while its trainer still saves (and SIGKILL it after KillWait)."""
+    slurm("scancel", f"--user={me()}", f"--name={name}", "--state=PENDING")
+    slurm("scancel", f"--user={me()}", f"--name={name}", "--state=RUNNING", "--signal=TERM", "--full")

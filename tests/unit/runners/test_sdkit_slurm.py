@@ -103,20 +103,26 @@ def test_missing_slurm_commands_say_how_to_join_the_cluster(monkeypatch):
         sdkit_slurm.queue("x")
 
 
+def plan_slurm_jobs(run_dir, mode, devices, chips, python, trainer, train_args):
+    """The jobs of a run under Slurm, and how many chips each asks for."""
+    jobs = sdkit_job.plan_jobs(run_dir, mode, devices, python, trainer, train_args, slurm_chips=chips)
+    return jobs, jobs[0].chips
+
+
 def test_per_chip_under_slurm_is_one_task_per_chip_slurm_counts(tmp_path):
-    jobs, chips_per_job = sdkit_job.plan_slurm_jobs(tmp_path, "per_chip", ["tpu:0", "tpu:1"], 2, "/py", "/t.py",
+    jobs, chips_per_job = plan_slurm_jobs(tmp_path, "per_chip", ["tpu:0", "tpu:1"], 2, "/py", "/t.py",
                                                     ["--seed", "1"])
     assert chips_per_job == 1
     assert [(j.name, j.device, j.env) for j in jobs] == [("task0", "tpu", {"ACCELERATE_TORCH_DEVICE": "tpu"}),
                                                         ("task1", "tpu", {"ACCELERATE_TORCH_DEVICE": "tpu"})]
     assert jobs[1].argv == ["/py", "/t.py", "--seed", "1", "--output_dir", str(tmp_path / "task1" / "output")]
     # A host with no Sophgo runtime trains on its CPU, one task per chip Slurm hands out.
-    cpu_jobs, _ = sdkit_job.plan_slurm_jobs(tmp_path, "per_chip", [], 2, "/py", "/t.py", [])
+    cpu_jobs, _ = plan_slurm_jobs(tmp_path, "per_chip", [], 2, "/py", "/t.py", [])
     assert [(j.name, j.device) for j in cpu_jobs] == [("task0", "cpu"), ("task1", "cpu")]
 
 
 def test_data_parallel_under_slurm_is_one_job_over_every_chip(tmp_path):
-    [job], chips_per_job = sdkit_job.plan_slurm_jobs(tmp_path, "data_parallel", ["tpu:0", "tpu:1"], 2, "/py",
+    [job], chips_per_job = plan_slurm_jobs(tmp_path, "data_parallel", ["tpu:0", "tpu:1"], 2, "/py",
                                                      "/t.py", [])
     assert (job.name, chips_per_job, job.env) == ("dp2", 2, {"ACCELERATE_TORCH_DEVICE": "tpu"})
 
@@ -156,7 +162,7 @@ def test_slurm_job_states(tmp_path, monkeypatch, queue, attempt, exit_status, st
 def test_a_run_keeps_its_scheduler(tmp_path):
     jobs = sdkit_job.plan_jobs(tmp_path / "r1", "per_chip", [], "/py", "/t.py", [])
     sdkit_job.prepare_run(tmp_path / "r1", jobs)
-    slurm_jobs, _ = sdkit_job.plan_slurm_jobs(tmp_path / "r1", "per_chip", [], 1, "/py", "/t.py", [])
+    slurm_jobs, _ = plan_slurm_jobs(tmp_path / "r1", "per_chip", [], 1, "/py", "/t.py", [])
     with pytest.raises(sdkit_job.JobError, match="started with SCHEDULER=systemd, not slurm"):
         sdkit_job.prepare_run(tmp_path / "r1", slurm_jobs, {"scheduler": "slurm", "slurm_name": "n"})
 
@@ -171,12 +177,17 @@ def test_an_array_task_asks_for_its_chips_by_its_own_id(monkeypatch):
     assert sdkit_slurm.this_task() == "16"
 
 
-def test_a_cancelled_task_runs_while_its_supervisor_saves_the_checkpoint(tmp_path, monkeypatch):
-    """scancel drops the task from squeue at once; make train-cancel must wait for the checkpoint."""
-    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
-    me = {"supervisor_pid": os.getpid(), "supervisor_ticks": sdkit_job.process_start_ticks(os.getpid())}
-    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0, **me})
-    assert sdkit_job.run_status(job_dir.parent)["state"] == "running"
+def test_cancel_signals_running_tasks_and_drops_queued_ones(monkeypatch):
+    """make train-cancel must wait for the checkpoints: a plain scancel dropped a running task from squeue at
+    once (so the job tool kept its own liveness check, a pid and its start ticks). A running task gets SIGTERM
+    in every process instead, and squeue lists it as running until its trainer has saved and ended."""
+    calls = []
+    monkeypatch.setattr(sdkit_slurm, "me", lambda: "sophon-sd")
+    monkeypatch.setattr(sdkit_slurm, "slurm", lambda *args: calls.append(args) or "")
+    sdkit_slurm.cancel("sdkit-train-r1.a")
+    assert sorted(calls) == [
+        ("scancel", "--user=sophon-sd", "--name=sdkit-train-r1.a", "--state=PENDING"),
+        ("scancel", "--user=sophon-sd", "--name=sdkit-train-r1.a", "--state=RUNNING", "--signal=TERM", "--full")]
 
 
 def keep_environment(monkeypatch) -> None:
@@ -284,17 +295,17 @@ def test_status_takes_the_rounds_one_squeue_instead_of_its_own(tmp_path, monkeyp
     name = json.loads((job_dir / "job.json").read_text())["slurm_name"]
     lines = [f"{name}|16_0|RUNNING|None|sophon-sd", f"{name}|16_1|PENDING|Resources, Priority|sophon-sd",
              "other|16_0|PENDING|x|sophon-sd"]
-    status = sdkit_job.run_status(job_dir.parent, sdkit_job.given_queue(name, lines))
+    status = sdkit_job.run_status(job_dir.parent, sdkit_slurm.given_queue(name, lines))
     assert status["jobs"][0]["state"] == "running" and status["jobs"][0]["slurm_name"] == name
     # A name the controller was asked about, without lines: none of its tasks is left in the queue.
-    status = sdkit_job.run_status(job_dir.parent, sdkit_job.given_queue(name, []))
+    status = sdkit_job.run_status(job_dir.parent, sdkit_slurm.given_queue(name, []))
     assert status["jobs"][0]["state"] == "failed"
 
 
 def test_status_argv_takes_each_queue_line_apart():
     args = sdkit_job.parse_args(["status", "--run-id", "r1", "--slurm-queue-names=a,b",
                                  "--slurm-queue=a|1_0|RUNNING|None|u", "--slurm-queue=b|2|PENDING|A, B|u"])
-    assert sdkit_job.given_queue(args.slurm_queue_names, args.slurm_queue) == {
+    assert sdkit_slurm.given_queue(args.slurm_queue_names, args.slurm_queue) == {
         "a": {"1_0": {"state": "RUNNING", "reason": "None"}}, "b": {"2": {"state": "PENDING", "reason": "A, B"}}}
 
 

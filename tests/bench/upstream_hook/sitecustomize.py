@@ -37,7 +37,9 @@ def _append(row: dict) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
-# The schemas of torchvision 0.28's csrc/ops/nms.cpp; kept alive for the process's life.
+# The two operators torchvision's _meta_registrations registers fake kernels for whether or not its
+# _C.so loaded. Nothing here calls them, so only their names must exist; the Library object that
+# declares them is kept in _LIBRARIES, as the declarations last only as long as it does.
 _TORCHVISION_SCHEMAS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
                         "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 _LIBRARIES = []

@@ -188,9 +188,20 @@ patches-upstream: setup ## Every profile's patches against real upstream checkou
 # SIZE=sd14: SD v1.4's real shapes at RES px (fixtures built once into build/fixtures-sd14/, about 4 GB).
 SIZE ?= tiny
 RES ?= 256
-bench: $(ML_VENV)/.installed ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json. SIZE=sd14 [RES=256]: SD v1.4's shapes, FLOPs, peak, memory; writes build/bench-sd14.json. SIZE=sd14 DATASET=photos: non-square photos with --buckets and square images, 10 epochs; writes build/bench-photos.json
+# DATASET=photos runs the real upstream script from UPSTREAM=dir (the same folder of <library>-<tag>
+# checkouts as patches-upstream: it needs diffusers-v0.20.0) with torchvision from BENCH_UPSTREAM_SITE,
+# a folder on that process's path only: .venv-ml stays without torchvision.
+BENCH_UPSTREAM_SITE := build/bench-upstream-site
+$(BENCH_UPSTREAM_SITE)/.installed: tests/bench/upstream-requirements.txt | $(ML_VENV)/.installed
+	rm -rf $(BENCH_UPSTREAM_SITE)
+	$(ML_VENV)/bin/pip install --no-deps --require-hashes --target $(BENCH_UPSTREAM_SITE) -r tests/bench/upstream-requirements.txt
+	touch $@
+
+bench: $(ML_VENV)/.installed $(if $(filter sd14photos,$(SIZE)$(DATASET)),$(BENCH_UPSTREAM_SITE)/.installed) ## Runner vs upstream-style training loop and plain pipeline, tiny model, CPU; writes build/bench.json. SIZE=sd14 [RES=256]: SD v1.4's shapes, FLOPs, peak, memory; writes build/bench-sd14.json. SIZE=sd14 DATASET=photos UPSTREAM=dir: against the real v0.20.0 script (UPSTREAM/diffusers-v0.20.0), non-square photos with --buckets and square images, 10 epochs; writes build/bench-photos.json
 ifeq ($(SIZE)$(DATASET),sd14photos)
-	$(ML_VENV)/bin/python tests/bench/bench_photos.py --resolution $(RES) --out build/bench-photos.json
+	@test -n "$(UPSTREAM)" || { echo "set UPSTREAM=dir: the folder holding a diffusers checkout at tag v0.20.0 named diffusers-v0.20.0"; exit 2; }
+	$(ML_VENV)/bin/python tests/bench/bench_photos.py --resolution $(RES) --upstream-script $(UPSTREAM)/diffusers-v0.20.0 \
+		--upstream-site $(BENCH_UPSTREAM_SITE) --out build/bench-photos.json
 else
 	$(ML_VENV)/bin/python tests/bench/bench_runners.py $(if $(filter sd14,$(SIZE)),--size sd14 --resolution $(RES) --out build/bench-sd14.json,--out build/bench.json)
 endif

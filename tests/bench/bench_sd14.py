@@ -127,22 +127,25 @@ def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n ** 3 / best
 
 
-def run_loop(fixtures: Dict[str, Path], out: Path, args: argparse.Namespace, cached: bool,
-             extra: Tuple[str, ...] = ()) -> Dict[str, Any]:
-    """One training run in its own process, so its peak RSS and start-up are its own; ``extra``: more flags."""
-    argv = [
-        sys.executable, str(RUNNERS / "train_lora.py"),
-        "--pretrained_model_name_or_path", str(fixtures["model"]), "--dataset_name", str(fixtures["parquet"]),
-        "--max_train_samples", str(args.images),
-        # The tutorial's flags (roles/sophon_runners/templates/Makefile.j2), fp32, except the resolution
-        # and epochs; no --validation_prompt: validation generates images, the same work in both loops.
-        "--caption_column", "text", "--resolution", str(args.resolution), "--random_flip",
-        "--train_batch_size", "1", "--num_train_epochs", str(args.epochs), "--checkpointing_steps", "500",
+def tutorial_flags(model: Path, dataset: Path, resolution: int, epochs: int, images: int, out: Path) -> List[str]:
+    """The tutorial's fp32 training flags (seed, roles/sophon_runners/templates/Makefile.j2), for either side.
+
+    Changed: the model and dataset paths, the resolution, the epochs, the output folder, and
+    --max_train_samples (the same ``images`` rows on both sides). Left out: --validation_prompt, which
+    generates images each epoch, the same work in both loops, and would bury the training in it.
+    """
+    return [
+        "--mixed_precision", "no", "--pretrained_model_name_or_path", str(model),
+        "--dataset_name", str(dataset), "--caption_column", "text", "--max_train_samples", str(images),
+        "--resolution", str(resolution), "--random_flip", "--train_batch_size", "1",
+        "--num_train_epochs", str(epochs), "--checkpointing_steps", "500",
         "--learning_rate", "1e-04", "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--seed", "42",
-        "--report_to", "none", "--device", "cpu", "--output_dir", str(out),
-    ] + ([] if cached else ["--no_cache"]) + list(extra)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    log = out.with_suffix(".log")
+        "--output_dir", str(out),
+    ]
+
+
+def run_process(argv: List[str], env: Dict[str, str], log: Path, what: str) -> Dict[str, Any]:
+    """Run ``argv`` to its end, output to ``log``: wall seconds, its own CPU seconds and peak RSS, load around it."""
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with log.open("w") as handle:
@@ -150,11 +153,22 @@ def run_loop(fixtures: Dict[str, Path], out: Path, args: argparse.Namespace, cac
         _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own rusage, not all children's
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training ({'cached' if cached else '--no_cache'}) failed; see {log}")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        raise SystemExit(f"training ({what}) failed; see {log}")
     # The 1-minute load average around the run: on a shared machine, how many others wanted the cores.
-    return {"wall_s": wall, "max_rss_kib": usage.ru_maxrss, "metrics": metrics, "cpu_s": usage.ru_utime + usage.ru_stime,
+    return {"wall_s": wall, "max_rss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime,
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def run_loop(fixtures: Dict[str, Path], out: Path, args: argparse.Namespace, cached: bool,
+             extra: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """One runner training in its own process, so its peak RSS and start-up are its own; ``extra``: more flags."""
+    argv = [sys.executable, str(RUNNERS / "train_lora.py")] + tutorial_flags(
+        fixtures["model"], fixtures["parquet"], args.resolution, args.epochs, args.images, out
+    ) + ["--report_to", "none", "--device", "cpu"] + ([] if cached else ["--no_cache"]) + list(extra)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    run = run_process(argv, env, out.with_suffix(".log"), "runner" if cached else "runner --no_cache")
+    run["metrics"] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return run
 
 
 def summarise(run: Dict[str, Any]) -> Dict[str, Any]:

@@ -39,8 +39,9 @@ def munge_key_problem(path: str, min_bytes: int) -> Optional[str]:
             what = f"readable by other users (mode {mode:04o})"
         else:
             return None
+    # The line break is the one the message had as YAML in tasks/check.yml: every message stays as it was.
     return (f"The cluster's munge key {path} (sophon_slurm_munge_key_file) on the control node is {what}: run "
-            "`make slurm-key` (creates it once, mode 0600), or point sophon_slurm_munge_key_file at the cluster's key, "
+            "`make slurm-key` (creates it\nonce, mode 0600), or point sophon_slurm_munge_key_file at the cluster's key, "
             "and rerun.")
 
 

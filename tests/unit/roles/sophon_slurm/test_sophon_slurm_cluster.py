@@ -101,7 +101,7 @@ def test_the_runner_users_uid_differs(key):
 
 def key_message(path: str, what: str) -> str:
     return (f"The cluster's munge key {path} (sophon_slurm_munge_key_file) on the control node is {what}: run "
-            "`make slurm-key` (creates it once, mode 0600), or point sophon_slurm_munge_key_file at the cluster's key, "
+            "`make slurm-key` (creates it\nonce, mode 0600), or point sophon_slurm_munge_key_file at the cluster's key, "
             "and rerun.")
 
 

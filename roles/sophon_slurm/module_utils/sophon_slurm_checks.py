@@ -152,8 +152,8 @@ def cluster_plan(*, controller_group: str, compute_group: str, controllers: List
         else:
             warnings.append(f"{host} in group {compute_group} is not in this run (unreachable, failed, or left out by "
                             "--limit) and the kit has never configured it: slurm.conf leaves it out for now, and no task "
-                            f"runs there. Add it later with ansible-playbook playbooks/slurm.yml --limit {controller},{host} "
-                            "(or a run of the whole cluster).")
+                            f"runs there. Add it later with ansible-playbook playbooks/slurm.yml --limit "
+                            f"localhost,{controller},{host} (localhost checks the bundle), or a run of the whole cluster.")
     user_ids = next((node["user"] for node in nodes.values() if node.get("user")), "")
     return {"problems": problems, "warnings": warnings,
             "controller": node_line(hosts[controller]) if controller in here else {},

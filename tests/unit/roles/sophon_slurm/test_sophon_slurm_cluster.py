@@ -165,7 +165,8 @@ def test_a_left_out_compute_host_never_configured_is_left_out_with_a_warning(key
     assert found["warnings"] == [
         "bm-b in group slurm_compute is not in this run (unreachable, failed, or left out by --limit) and the kit has "
         "never configured it: slurm.conf leaves it out for now, and no task runs there. Add it later with "
-        "ansible-playbook playbooks/slurm.yml --limit ctl,bm-b (or a run of the whole cluster)."]
+        "ansible-playbook playbooks/slurm.yml --limit localhost,ctl,bm-b (localhost checks the bundle), or a run of "
+        "the whole cluster."]
 
 
 def test_a_host_taken_out_of_the_group_leaves_the_record(key):

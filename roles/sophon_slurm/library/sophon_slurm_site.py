@@ -42,6 +42,13 @@ options:
     description: The kit's runners on this host (root's), whose sdkit_slurm reads Slurm's output.
     type: path
     required: true
+  unavailable_states:
+    description: >-
+      The node states (sinfo's words) of a node that takes no jobs, the role's sophon_slurm_unavailable_states:
+      then the test submission goes to the cluster rather than to this node.
+    type: list
+    elements: str
+    required: true
 author: sophon-sd-kit
 """
 
@@ -55,6 +62,7 @@ EXAMPLES = r"""
     user: sophon-sd
     chips: 2
     runners_dir: /opt/sophon-sd/runners
+    unavailable_states: [drained, draining, drain, down, fail, failing]
 """
 
 RETURN = r"""
@@ -94,10 +102,6 @@ def run(argv: List[str], stdin: bytes | None = None) -> Tuple[int, str]:
 def field(text: str, name: str) -> str:
     found = re.search(rf"(?:^|\s){name}=(\S*)", text)
     return found.group(1) if found else ""
-
-
-# sinfo's states of a node that takes no jobs (role sophon_slurm's sophon_slurm_unavailable_states).
-UNAVAILABLE = ("drained", "draining", "drain", "down", "fail", "failing")
 
 
 def node_state(text: str) -> str:
@@ -149,7 +153,7 @@ def check(params: dict, sdkit_slurm) -> Tuple[List[str], str, str]:
                         "start munged (systemctl start munge) with the cluster's key")
     elif not problems:
         # A drained or down node takes no job, not even a test one: then the user's access is what is tested.
-        here = [] if state in UNAVAILABLE else [f"--nodelist={node}"]
+        here = [] if state in params["unavailable_states"] else [f"--nodelist={node}"]
         submit = ["runuser", "-u", user, "--", "sbatch", "--test-only", *here, f"--gres={gres}:1",
                   *([f"--partition={partition}"] if partition else []), "--wrap=true"]
         rc, text = run(submit)
@@ -173,6 +177,7 @@ def main() -> None:
             "user": {"type": "str", "required": True},
             "chips": {"type": "int", "required": True},
             "runners_dir": {"type": "path", "required": True},
+            "unavailable_states": {"type": "list", "elements": "str", "required": True},
         },
         supports_check_mode=True,
     )

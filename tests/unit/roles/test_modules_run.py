@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
 PIN = "1" * 40
-ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon")
+ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon", "sophon_slurm")
 
 PLAY = """
 - hosts: localhost
@@ -94,10 +94,29 @@ PLAY = """
         {{platform: Debian 11, architecture: x86_64, supported_platforms: [Debian 12], supported_architectures: [x86_64],
          version: 0.4.9, files: [], found: {{}}, vendor_dir: {tmp}, driver_enabled: true}}
       register: libsophon
+    - name: The Slurm cluster check with bm-b left out of the run, known from the controller's record
+      sophon_slurm_cluster:
+        controller_group: slurm_controller
+        compute_group: slurm_compute
+        controllers: [ctl]
+        compute_hosts: [bm-a, bm-b]
+        play_hosts: [ctl, bm-a]
+        hosts:
+          ctl: {{name: ctl, addr: 10.0.0.1, cpus: 2, memory_mb: 900, claimed: 0, usable: [], dev_nodes: [], user: ""}}
+          bm-a: {{name: bm-a, addr: 10.0.0.2, cpus: 8, memory_mb: 15000, claimed: 1, usable: [0], dev_nodes: [], user: "9:9"}}
+        user: sophon-sd
+        munge_key_file: {tmp}/no-munge.key
+        munge_key_min_bytes: 32
+        record: "{{{{ recorded | to_json | b64encode }}}}"
+        record_path: /etc/slurm/sophon-sd-nodes.json
+      vars:
+        recorded: {{nodes: {{bm-b: {{name: bm-b, addr: 10.0.0.3, cpus: 8, memory_mb: 15000, chips: [0, 2], user: "9:9"}}}}}}
+      register: slurm_cluster
     - name: Write the results
       ansible.builtin.copy:
         content: "{{{{ dict(torch_tpu=torch_tpu, torch_tpu_broken=torch_tpu_broken, torch_tpu_preflight=torch_tpu_preflight,
-                           upstream=upstream, upstream_git=upstream_git, venv=venv, host_env=host_env, libsophon=libsophon) | to_json }}}}"
+                           upstream=upstream, upstream_git=upstream_git, venv=venv, host_env=host_env, libsophon=libsophon,
+                           slurm_cluster=slurm_cluster) | to_json }}}}"
         dest: {tmp}/results.json
         mode: "0644"
 """
@@ -123,7 +142,8 @@ def results(tmp_path_factory) -> dict:
     run = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(tmp / "play.yml")], env=env,
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return dict(json.loads((tmp / "results.json").read_text()), commit=(tmp / "commit").read_text())
+    return {**json.loads((tmp / "results.json").read_text()), "commit": (tmp / "commit").read_text(),
+            "output": run.stdout + run.stderr}
 
 
 def test_torch_tpu_check_runs_under_the_venvs_python(results):
@@ -154,3 +174,15 @@ def test_the_other_checks_return_their_problems(results):
     assert results["host_env"]["problems"][0].startswith("sophon_host_env_extra_env on localhost sets HF_TOKEN,")
     assert "secret" not in json.dumps(results["host_env"])
     assert results["libsophon"]["problems"][0].startswith("localhost runs Debian 11 on x86_64;")
+
+
+def test_the_slurm_cluster_check_reads_the_record_slurp_returns(results):
+    """The record arrives base64, as slurp returns it, and a compute host left out keeps its node line."""
+    found = results["slurm_cluster"]
+    assert found["changed"] is False
+    assert [(node["name"], node["chips"]) for node in found["nodes"]] == [("bm-a", [0]), ("bm-b", [0, 2])]
+    # Shown as Ansible's warning, not only registered: the operator sees which host was left out.
+    assert "bm-b in group slurm_compute is not in this run" in found["warnings"][0]
+    assert "bm-bingroupslurm_computeisnotinthisrun" in "".join(results["output"].split())  # wrapped by Ansible
+    [problem] = found["problems"]
+    assert problem.startswith("The cluster's munge key ") and "/no-munge.key (sophon_slurm_munge_key_file)" in problem

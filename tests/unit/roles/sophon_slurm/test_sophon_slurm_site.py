@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "runners"))
@@ -21,7 +22,10 @@ SPEC.loader.exec_module(site)
 
 NODE = "NodeName=bm-a Arch=x86_64 CPUTot=8 Gres=tpu:bm1684x:2 State={state} Reason={reason} Partitions=train"
 GRES_CONF = "NodeName=bm-a Name=tpu Type=bm1684x File=/dev/bm-sophon[0-1]\n"
-PARAMS = {"host": "a", "node": "bm-a", "gres": "tpu", "partition": "train", "user": "sophon-sd", "chips": 2}
+# The states the role passes in: its own list, the one home of "takes no jobs".
+UNAVAILABLE = yaml.safe_load((REPO / "roles/sophon_slurm/vars/main.yml").read_text())["sophon_slurm_unavailable_states"]
+PARAMS = {"host": "a", "node": "bm-a", "gres": "tpu", "partition": "train", "user": "sophon-sd", "chips": 2,
+          "unavailable_states": UNAVAILABLE}
 
 
 @pytest.fixture()
@@ -66,6 +70,18 @@ def test_a_drained_node_takes_no_test_job_so_the_users_access_is_tested_without_
     assert site.check(PARAMS, sdkit_slurm) == ([], "drained", "maintenance")
     [submit] = [argv for argv in cluster["asked"] if argv[0] == "runuser"]
     assert not any(arg.startswith("--nodelist") for arg in submit)
+
+
+def test_the_states_that_take_no_jobs_are_the_roles_not_the_modules(cluster):
+    """The module has no list of its own: a state the role names (here a site's PLANNED) skips --nodelist, and
+    drained no longer does once the role leaves it out."""
+    cluster["scontrol show node"] = (0, NODE.format(state="PLANNED", reason="maintenance"))
+    site.check({**PARAMS, "unavailable_states": ["planned"]}, sdkit_slurm)
+    cluster["scontrol show node"] = (0, NODE.format(state="IDLE+DRAIN", reason="maintenance"))
+    site.check({**PARAMS, "unavailable_states": ["down"]}, sdkit_slurm)
+    first, second = [argv for argv in cluster["asked"] if argv[0] == "runuser"]
+    assert not any(arg.startswith("--nodelist") for arg in first)
+    assert "--nodelist=bm-a" in second
 
 
 def test_an_unknown_node_is_the_only_problem(cluster):

@@ -229,9 +229,11 @@ def submit_jobs(jobs: Sequence[Any], *, task: List[str], name: str, node: str, g
     array = [int(job.name[len("task"):]) for job in jobs] if first.name.startswith("task") else None
     output = f"{first.dir.parent}/task%a/slurm.log" if array is not None else f"{first.dir}/slurm.log"
     command = task if array is not None else task + ["--job", first.name]
+    # exec: the task tool is the batch script's process itself. cancel's SIGTERM reaches every process of
+    # the task; a shell in between would die of it, ending the task while the trainer still saves.
     job_id = submit(submit_argv(name=name, node=node, gres=gres, chips_per_task=first.chips,
                                 cpus_per_task=threads * first.chips, array=array, output=output,
-                                command=shlex.join(command), site=site))
+                                command="exec " + shlex.join(command), site=site))
     for job in jobs:
         write_text_atomic(job.dir / JOB_ID_FILE, f"{job_id}_{job.name[len('task'):]}\n" if array is not None
                           else f"{job_id}\n")

@@ -355,3 +355,15 @@ def test_an_index_gres_conf_does_not_list_is_one_clear_error(monkeypatch, tmp_pa
 def test_slurm_gives_a_cancelled_task_as_long_to_save_its_checkpoint_as_systemd_does():
     defaults = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())
     assert int(defaults["sophon_slurm_kill_wait"]) >= sdkit_job.STOP_TIMEOUT_S
+
+
+def test_the_batch_script_execs_the_task_tool_so_a_cancel_signal_does_not_end_the_task(monkeypatch, tmp_path):
+    # cancel sends SIGTERM to every process of a running task (--full): sbatch --wrap's /bin/sh would die of it
+    # and end the task while the trainer saves; with exec the task tool, which waits for the trainer, is that script.
+    submitted = []
+    monkeypatch.setattr(sdkit_slurm, "submit", lambda argv: submitted.append(argv) or "42")
+    job = type("Job", (), {"name": "task0", "dir": tmp_path / "task0", "chips": 1})()
+    job.dir.mkdir()
+    sdkit_slurm.submit_jobs([job], task=["/venv/bin/python", "/kit/sdkit_job.py", "slurm-task"], name="n", node="a",
+                            gres="tpu", threads=2, site=[])
+    assert submitted[0][-2:] == ["--wrap", "exec /venv/bin/python /kit/sdkit_job.py slurm-task"]

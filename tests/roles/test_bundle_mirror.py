@@ -191,3 +191,10 @@ def test_assets_come_from_the_mirror_checked_against_the_manifest(throwaway_host
     assert message, refused.output[-3000:]
     assert f"assets/{dataset}" in message[0] and "changed file" in message[0] and "1 file(s)" in message[0]
     assert not throwaway_host.exists(f"{ASSETS_ON_HOST}/{dataset}")
+
+    # The mirror's own rerun finds the changed asset against the manifest and serves the signed one again.
+    repaired = throwaway_host.play("mirror.yml", {**MIRROR_PLAY, **small, "sophon_mirror_profiles": []})
+    assert not repaired.failed and re.search(r"changed=[1-9]", recap(repaired.output)), repaired.output[-3000:]
+    again = throwaway_host.play("assets.yml", pull)
+    assert not again.failed, again.output[-3000:]
+    assert throwaway_host.run(f"cd {ASSETS_ON_HOST} && sha256sum --check --quiet SHA256SUMS").returncode == 0

@@ -444,13 +444,15 @@ def live_states(job_dirs: List[Path], slurm_queue: Optional[Dict[str, sdkit_slur
     return live
 
 
-def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
+def job_status(job_dir: Path, live: Optional[dict] = None, accounting: Optional[sdkit_slurm.Accounting] = None
+               ) -> dict:
     """What one job is doing: state, step, total steps, last loss, elapsed seconds of this attempt.
 
     States: absent (never started), queued (waiting in Slurm's queue), running (its unit is active, or
     Slurm runs it), finished (exit 0), stopped (exit 130: a checkpoint was saved; or cancelled while
     queued), failed (any other exit, or gone without one recorded, as after a power loss). ``live`` is
-    the scheduler's word on the job (live_states; asked for here when not given).
+    the scheduler's word on the job (live_states; asked for here when not given). ``accounting``: what the
+    pass's one sacct recorded of the run's Slurm tasks, added to those that have ended.
     """
     job = read_json(job_dir / "job.json")
     status = {"job": job_dir.name, "dir": str(job_dir), "output_dir": str(job_dir / "output"),
@@ -465,7 +467,11 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
     status.update(device=attempt.get("device", job.get("device")), attempts=len(attempts), pid=live.get("pid"),
                   scheduler=job.get("scheduler", "systemd"))
     if status["scheduler"] == "slurm":
-        status["unit"] = f"slurm job {sdkit_slurm.job_id_of(job_dir)}"
+        job_id = sdkit_slurm.job_id_of(job_dir)
+        status["unit"] = f"slurm job {job_id}"
+        # The playbook's one sacct of a pass asks for it; the file is the runner user's, so only an id's shape.
+        if sdkit_slurm.TASK_ID.fullmatch(job_id):
+            status["slurm_job"] = job_id
         if isinstance(job.get("slurm_name"), str):  # the playbook's one squeue of a round asks for it
             status["slurm_name"] = printable(job["slurm_name"])
     exit_file = job_dir / EXIT_FILE
@@ -480,6 +486,11 @@ def job_status(job_dir: Path, live: Optional[dict] = None) -> dict:
         status["state"] = "finished" if code == 0 else "stopped" if code == INTERRUPTED else "failed"
     else:  # a Slurm task cancelled before it ever ran lost nothing; else gone without a word (a power loss)
         status["state"] = "stopped" if status["scheduler"] == "slurm" and "ran_at" not in attempt else "failed"
+    # Slurm's own record of a task that ended: its state (NODE_FAIL, TIMEOUT... say why one failed without an
+    # exit status), the node and chips it had, how long it ran. Not of one still queued or running: sacct
+    # then tells of an attempt before a requeue.
+    if status["state"] not in ("running", "queued") and status.get("slurm_job") in (accounting or {}):
+        status["accounting"] = (accounting or {})[status["slurm_job"]]
     metrics = last_metrics(job_dir / "output" / "metrics.jsonl")
     if metrics:  # the trainer's to write, the runner user's to forge: of the wrong type, unknown
         status.update(step=count(metrics.get("step")), loss=number(metrics.get("loss")))
@@ -511,6 +522,8 @@ def describe(status: dict) -> str:
     if status["state"] in ("failed", "stopped"):
         parts.append(f"exit {status['exit_status']}, log {status['log']}" if status["exit_status"] is not None
                      else f"no exit status recorded, log {status['log']}")
+    if isinstance(status.get("accounting"), dict):
+        parts.append(f"{status['unit']}: {sdkit_slurm.describe_acct(status['accounting'])}")
     return printable(", ".join(parts))
 
 
@@ -522,11 +535,12 @@ def run_job_dirs(run_dir: Path) -> List[Path]:
     return [d for d in sorted(run_dir.iterdir()) if JOB_NAME_PATTERN.fullmatch(d.name) and (d / "job.json").is_file()]
 
 
-def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None) -> dict:
+def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None,
+               accounting: Optional[sdkit_slurm.Accounting] = None) -> dict:
     """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
     job_dirs = run_job_dirs(run_dir)
     live = live_states(job_dirs, slurm_queue)
-    jobs = [job_status(d, live[d]) for d in job_dirs]
+    jobs = [job_status(d, live[d], accounting) for d in job_dirs]
     states = {j["state"] for j in jobs}
     # A queued job counts as running: it will run, and polling must go on.
     state = "running" if "queued" in states else next(
@@ -536,13 +550,15 @@ def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]
 
 
 def wait_while_running(run_dir: Path, seconds: float, pause: float,
-                       slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None) -> dict:
-    """run_status, once no job runs or after ``seconds``; ``slurm_queue`` stands for the first look only."""
+                       slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None,
+                       accounting: Optional[sdkit_slurm.Accounting] = None) -> dict:
+    """run_status, once no job runs or after ``seconds``; ``slurm_queue`` stands for the first look only
+    (``accounting``, of tasks that had ended then, holds for every look)."""
     deadline = time.monotonic() + seconds
-    status = run_status(run_dir, slurm_queue)
+    status = run_status(run_dir, slurm_queue, accounting)
     while status["state"] == "running" and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        status = run_status(run_dir)
+        status = run_status(run_dir, accounting=accounting)
     return status
 
 
@@ -729,7 +745,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     # --wait lets one poll cover a stretch of time, so that a playbook printing each poll prints a line
     # every --wait seconds rather than every second.
     queue = sdkit_slurm.given_queue(args.slurm_queue_names, args.slurm_queue)
-    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue)
+    accounting = sdkit_slurm.parse_acct(args.slurm_acct, args.slurm_gres)
+    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue, accounting)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
@@ -883,6 +900,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     status.add_argument("--slurm-queue", action="append", default=[],
                         help="One squeue line name|id|state|reason[|user] of those names, once per line (a name "
                              "without lines has no task left in the queue).")
+    status.add_argument("--slurm-acct", action="append", default=[],
+                        help="One sacct line of this run's tasks, fields "
+                             f"{'|'.join(sdkit_slurm.ACCT_FIELDS)} (sacct --parsable2), once per line: each "
+                             "task that has ended shows Slurm's state, node, chips and elapsed time. "
+                             "train_status.yml asks the controller once for the whole run.")
+    status.add_argument("--slurm-gres", default="tpu",
+                        help="The chips' generic resource name, counted in the sacct lines' AllocTRES (default tpu).")
     status.set_defaults(func=cmd_status)
 
     stop = commands.add_parser("stop", parents=[common],

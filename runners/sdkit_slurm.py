@@ -272,6 +272,62 @@ def given_queue(names: str, lines: List[str]) -> Optional[Dict[str, Queue]]:
     return queues
 
 
+# What train_status.yml's one sacct of a pass asks for, in this order (--parsable2, --allocations: one line
+# per task, none per step). AllocTRES counts the chips as gres/<name>=N where slurm.conf's
+# AccountingStorageTRES names the chips' resource (role sophon_slurm does).
+ACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NodeList", "AllocTRES", "ExitCode")
+# A task's id as submit_jobs records it: the runner user's file, checked before it goes into sacct's --jobs.
+TASK_ID = re.compile(r"[0-9]{1,12}(?:_[0-9]{1,9})?")
+Accounting = Dict[str, Dict[str, Any]]  # a task's id to what Slurm's accounting recorded of it
+
+
+def elapsed_seconds(text: str) -> Optional[int]:
+    """sacct's Elapsed, ``[D-][HH:]MM:SS`` (``1-02:03:04``, ``00:00:35``), in seconds; None if unreadable."""
+    found = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if not found:
+        return None
+    days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def tres_chips(alloc_tres: str, gres: str) -> Optional[int]:
+    """The chips in AllocTRES (``billing=1,cpu=1,gres/tpu=1,node=1``): gres/<gres>=N, else the sum of its typed
+    counts (gres/<gres>:<type>=N); None when the cluster does not account the resource."""
+    counts: Dict[str, int] = {}
+    for item in alloc_tres.split(","):
+        key, _, value = item.partition("=")
+        if value.isdigit() and (key == f"gres/{gres}" or key.startswith(f"gres/{gres}:")):
+            counts[key] = int(value)
+    if f"gres/{gres}" in counts:
+        return counts[f"gres/{gres}"]
+    return sum(counts.values()) if counts else None
+
+
+def parse_acct(lines: Sequence[str], gres: str) -> Accounting:
+    """``sacct --parsable2 --format=<ACCT_FIELDS>`` lines: each task's state (CANCELLED, not ``CANCELLED by
+    1000``), elapsed seconds, node, chips and exit code. Lines of another shape are skipped: a task sacct does
+    not list is left to the host's own files."""
+    records: Accounting = {}
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) != len(ACCT_FIELDS) or not TASK_ID.fullmatch(fields[0]):
+            continue
+        record = dict(zip(ACCT_FIELDS, fields))
+        records[record["JobID"]] = {"state": (record["State"].split() or [""])[0],
+                                    "elapsed_s": elapsed_seconds(record["Elapsed"]),
+                                    "node": record["NodeList"], "chips": tres_chips(record["AllocTRES"], gres),
+                                    "exit_code": record["ExitCode"]}
+    return records
+
+
+def describe_acct(record: Dict[str, Any]) -> str:
+    """What sacct says of a task, for the status line: ``sacct COMPLETED on node-a, 1 chip, 35 s, exit 0:0``."""
+    chips, elapsed = record.get("chips"), record.get("elapsed_s")
+    return ", ".join([f"sacct {record.get('state') or '?'}" + (f" on {record['node']}" if record.get("node") else ""),
+                      "? chips" if chips is None else f"{chips} chip{'s' if chips != 1 else ''}",
+                      "? s" if elapsed is None else f"{elapsed} s", f"exit {record.get('exit_code') or '?'}"])
+
+
 def task_state(entry: Dict[str, str]) -> Dict[str, Any]:
     """A task's state from its queue entry (empty when squeue no longer lists it): queued (with Slurm's
     reason), running, or gone."""

@@ -139,6 +139,9 @@ def test_a_drained_node_is_reported_and_the_play_goes_on(cluster, unchanged):
         wait_idle(cluster, host, "it was resumed")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    # Issue 23: --check --diff of the whole cluster shows slurmdbd's database password nowhere.
+    password = cluster.on(cluster.controller, "cat /etc/slurm/sophon-sd-slurmdbd.pass")
+    assert len(password) >= 32 and password not in output
     assert (f"{host} is drained in Slurm (Reason: kit-test-maintenance): no training task starts there until it is "
             f"back. When its fault is fixed, run scontrol update nodename={host} state=resume on {cluster.controller}"
             ) in output, output[-3000:]

@@ -83,6 +83,20 @@ def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, 
         assert json.loads((run_dir / host / "status.json").read_text())["state"] == "finished"
     assert (run_dir / "report.html").read_text().count('<polyline class="loss"') == 2 * len(cluster.compute)
 
+    # Issue 23: Slurm's accounting recorded each task, with its node and its chip, and make train-status shows it.
+    for host in cluster.compute:
+        records = cluster.on(cluster.controller, "sacct --noheader --parsable2 --allocations --starttime=now-1days "
+                                                 f"--name=sdkit-train-{run_ids['train']}.{host} "
+                                                 "--format=JobID,State,NodeList,AllocTRES")
+        assert len(records.splitlines()) == 2, records
+        for line in records.splitlines():
+            _, state, node, tres = line.split("|")
+            assert (state, node) == ("COMPLETED", host) and "gres/tpu=1" in tres.split(","), records
+    status = train(cluster, "train_status.yml", run_ids["train"], tmp_path)
+    assert status.returncode == 0, status.stdout[-3000:]
+    for host in cluster.compute:
+        assert status.stdout.count(f": sacct COMPLETED on {host}, 1 chip, ") == 2, status.stdout[-3000:]
+
     again = train(cluster, "train.yml", run_ids["train"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "already finished" in again.stdout

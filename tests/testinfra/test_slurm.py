@@ -111,3 +111,38 @@ def test_slurm_partition_admits_only_the_runners_group(host):
         assert refused.rc != 0 and "not permitted to use this partition" in refused.stderr, (submit, refused.stderr)
         admitted = host.run(f"runuser -u {RUNNER_USER} -- {submit} </dev/null")
         assert admitted.rc == 0, (submit, admitted.stderr)
+
+
+ACCOUNT = yaml.safe_load((REPO / "roles/sophon_slurm/defaults/main.yml").read_text())["sophon_slurm_account"]
+
+
+def test_slurm_accounting_keeps_its_database_password_from_everyone_but_slurm(host):
+    """Issue 23: slurmdbd with MariaDB on the controller. slurmdbd.conf holds the database password: SlurmUser's
+    alone (slurmdbd refuses it otherwise), and the file the role made the password in is root's alone."""
+    if not is_controller(host):
+        assert not host.file("/etc/slurm/slurmdbd.conf").exists
+        pytest.skip("accounting runs on the controller")
+    conf = host.file("/etc/slurm/slurmdbd.conf")
+    assert (conf.user, conf.group, conf.mode) == ("slurm", "slurm", 0o600)
+    password = host.file("/etc/slurm/sophon-sd-slurmdbd.pass")
+    assert (password.user, password.mode) == ("root", 0o600)
+    assert f"StoragePass={password.content_string}" in conf.content_string
+    for daemon in ("mariadb", "slurmdbd"):
+        assert host.service(daemon).is_running and host.service(daemon).is_enabled, daemon
+
+
+def test_slurm_accounting_and_fair_share_are_on_with_the_runner_in_its_account(host):
+    if not is_controller(host):
+        pytest.skip("read on the controller")
+    config = host.check_output("scontrol show config")
+    assert re.search(r"^AccountingStorageType\s+= accounting_storage/slurmdbd$", config, re.MULTILINE), config
+    assert re.search(r"^PriorityType\s+= priority/multifactor$", config, re.MULTILINE), config
+    assert re.search(rf"^AccountingStorageTRES\s+= .*gres/{GRES}\b", config, re.MULTILINE), config
+    cluster = re.search(r"^ClusterName=(\S+)", slurm_conf(host), re.MULTILINE).group(1)
+    associations = host.check_output("sacctmgr --noheader --parsable2 show associations format=cluster,account,user")
+    assert f"{cluster}|{ACCOUNT}|{RUNNER_USER}" in associations.splitlines(), associations
+    # sshare is fair share's own view: the runner user's association has a share (1 unless a site set another).
+    shares = host.check_output(f"sshare --noheader --parsable2 --accounts={ACCOUNT} --all --format=Account,User,RawShares")
+    # sshare indents an association by its depth in the tree.
+    assert [ACCOUNT, RUNNER_USER, "1"] in [[field.strip() for field in line.split("|")] for line in shares.splitlines()], \
+        shares

@@ -367,3 +367,61 @@ def test_the_batch_script_execs_the_task_tool_so_a_cancel_signal_does_not_end_th
     sdkit_slurm.submit_jobs([job], task=["/venv/bin/python", "/kit/sdkit_job.py", "slurm-task"], name="n", node="a",
                             gres="tpu", threads=2, site=[])
     assert submitted[0][-2:] == ["--wrap", "exec /venv/bin/python /kit/sdkit_job.py slurm-task"]
+
+
+# Issue 23: sacct lines as train_status.yml's one sacct of a pass gives them (--parsable2, ACCT_FIELDS' order).
+ACCT_LINES = [
+    "16_0|sdkit-train-r1.a|COMPLETED|00:00:35|node-a|billing=1,cpu=1,gres/tpu=1,node=1|0:0",
+    "16_1|sdkit-train-r1.a|CANCELLED by 1000|1-02:03:04|node-b|billing=2,cpu=2,gres/tpu:bm1684x=2,node=1|0:15",
+    "17|sdkit-train-r1.b|NODE_FAIL|12:34|node-c|billing=1,cpu=1,node=1|1:0",
+    # Not a task's line: a pending array's range, a line of another shape, a forged id.
+    "18_[0-3]|sdkit-train-r1.c|PENDING|00:00:00|None assigned||0:0",
+    "16_0|short|line",
+    "16_0;rm|x|COMPLETED|00:00:01|n|gres/tpu=1|0:0",
+]
+
+
+def test_sacct_lines_give_each_tasks_state_time_node_and_chips():
+    assert sdkit_slurm.parse_acct(ACCT_LINES, "tpu") == {
+        "16_0": {"state": "COMPLETED", "elapsed_s": 35, "node": "node-a", "chips": 1, "exit_code": "0:0"},
+        "16_1": {"state": "CANCELLED", "elapsed_s": 93784, "node": "node-b", "chips": 2, "exit_code": "0:15"},
+        # No chips in AllocTRES: the cluster does not account the resource (AccountingStorageTRES).
+        "17": {"state": "NODE_FAIL", "elapsed_s": 754, "node": "node-c", "chips": None, "exit_code": "1:0"}}
+
+
+@pytest.mark.parametrize("tres, chips", [
+    ("cpu=1,gres/tpu=2,gres/tpu:bm1684x=2,node=1", 2),
+    ("cpu=1,gres/tpu:a=1,gres/tpu:b=2", 3),
+    ("cpu=1,gres/gpu=4,gres/tpux=3", None),
+    ("", None),
+])
+def test_alloc_tres_counts_only_the_chips_resource(tres, chips):
+    assert sdkit_slurm.tres_chips(tres, "tpu") == chips
+
+
+def test_status_of_an_ended_task_shows_what_sacct_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
+    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0}, "0")
+    args = sdkit_job.parse_args(["status", "--run-id", "r1", "--slurm-gres=tpu"]
+                                + [f"--slurm-acct={line}" for line in ACCT_LINES])
+    status = sdkit_job.run_status(job_dir.parent, accounting=sdkit_slurm.parse_acct(args.slurm_acct, args.slurm_gres))
+    [job] = status["jobs"]
+    assert job["state"] == "finished" and job["slurm_job"] == "16_0"
+    assert job["accounting"] == {"state": "COMPLETED", "elapsed_s": 35, "node": "node-a", "chips": 1, "exit_code": "0:0"}
+    assert status["lines"][0].endswith(", slurm job 16_0: sacct COMPLETED on node-a, 1 chip, 35 s, exit 0:0")
+
+
+def test_a_task_still_running_shows_no_accounting_of_an_earlier_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {"16_0": {"state": "RUNNING", "reason": "None"}})
+    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0}, None)
+    status = sdkit_job.run_status(job_dir.parent, accounting=sdkit_slurm.parse_acct(ACCT_LINES, "tpu"))
+    assert status["jobs"][0]["state"] == "running" and "accounting" not in status["jobs"][0]
+    assert "sacct" not in status["lines"][0]
+
+
+def test_a_forged_job_id_is_not_handed_to_sacct(tmp_path, monkeypatch):
+    """slurm_job is the runner user's file: only an id's shape goes into the playbook's sacct --jobs."""
+    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
+    job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0}, "0")
+    (job_dir / "slurm_job").write_text("16_0,1-999999\n")
+    assert "slurm_job" not in sdkit_job.run_status(job_dir.parent)["jobs"][0]

@@ -20,7 +20,7 @@ ROLE_LISTS = {"sophon_venv": ["sophon_venv_apt_packages"], "sophon_upstream": ["
               "sophon_runners": ["sophon_runners_apt_packages"], "sophon_mirror": ["sophon_mirror_apt_packages"],
               "sophon_libsophon": ["sophon_libsophon_apt_packages", "sophon_libsophon_driver_apt_packages"],
               "sophon_slurm": ["sophon_slurm_apt_packages", "sophon_slurm_controller_apt_packages",
-                               "sophon_slurm_compute_apt_packages"]}
+                               "sophon_slurm_compute_apt_packages", "sophon_slurm_accounting_apt_packages"]}
 
 
 def roles_lists(tmp_path: Path) -> dict[str, list[str]]:

@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
 PIN = "1" * 40
-ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon", "sophon_slurm")
+ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon", "sophon_slurm",
+         "sophon_apt")
 
 PLAY = """
 - hosts: localhost
@@ -112,11 +113,16 @@ PLAY = """
       vars:
         recorded: {{nodes: {{bm-b: {{name: bm-b, addr: 10.0.0.3, cpus: 8, memory_mb: 15000, chips: [0, 2], user: "9:9"}}}}}}
       register: slurm_cluster
+    - name: The apt check of a repository built for another release, for a host with mirror transport and no mirror
+      sophon_apt_bundle_check:
+        {{bundle_dir: {tmp}/apt, signing_key: {tmp}/apt/key.asc, distribution_release: trixie, architecture: x86_64,
+         transport: mirror, mirror_url: ""}}
+      register: apt
     - name: Write the results
       ansible.builtin.copy:
         content: "{{{{ dict(torch_tpu=torch_tpu, torch_tpu_broken=torch_tpu_broken, torch_tpu_preflight=torch_tpu_preflight,
                            upstream=upstream, upstream_git=upstream_git, venv=venv, host_env=host_env, libsophon=libsophon,
-                           slurm_cluster=slurm_cluster) | to_json }}}}"
+                           slurm_cluster=slurm_cluster, apt=apt) | to_json }}}}"
         dest: {tmp}/results.json
         mode: "0644"
 """
@@ -128,6 +134,10 @@ def results(tmp_path_factory) -> dict:
         pytest.skip("no .venv with ansible-core (make setup builds it)")
     tmp = tmp_path_factory.mktemp("modules")
     (tmp / "vendor").mkdir()
+    (tmp / "apt").mkdir()
+    (tmp / "apt" / "release.yml").write_text("codename: bookworm\narchitecture: amd64\n")
+    (tmp / "apt" / "key.asc").write_text("key")
+    (tmp / "apt.tar").write_bytes(b"")
     wheel = make_wheel.sophgo(tmp, "cp%d%d" % sys.version_info[:2], "2.8.0", "2.1.0.post1")
     commit, git_sha = make_git_archive.make(tmp, tmp / "src/.archives/diffusers-0.29.2.git.tar.gz", "diffusers", "0.29.2")
     (tmp / "commit").write_text(commit)
@@ -174,6 +184,12 @@ def test_the_other_checks_return_their_problems(results):
     assert results["host_env"]["problems"][0].startswith("sophon_host_env_extra_env on localhost sets HF_TOKEN,")
     assert "secret" not in json.dumps(results["host_env"])
     assert results["libsophon"]["problems"][0].startswith("localhost runs Debian 11 on x86_64;")
+
+
+def test_the_apt_check_reads_the_repository_on_the_control_node(results):
+    assert results["apt"]["changed"] is False
+    assert [problem.split(",")[0] for problem in results["apt"]["problems"]] == [
+        "localhost runs trixie/x86_64", "localhost: sophon_sd_bundle_transport is mirror"]
 
 
 def test_the_slurm_cluster_check_reads_the_record_slurp_returns(results):

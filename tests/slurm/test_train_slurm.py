@@ -144,11 +144,6 @@ def test_on_shared_storage_tasks_go_to_any_node_and_each_result_comes_back_once(
         print(f"\nmake train SCHEDULER=slurm TINY=1 to all results fetched, {len(cluster.compute)} hosts x 2 stand-in "
               f"chips: pinned {TIMES.get('pinned', float('nan')):.0f} s, shared run folder {TIMES['shared']:.0f} s")
 
-    again = train(cluster, "train.yml", run_ids["shared"], tmp_path, **shared)
-    assert again.returncode == 0 and "already finished" in again.stdout, again.stdout[-3000:]
-    assert {h: c["changed"] for h, c in recap(again.stdout).items() if h in cluster.compute} == \
-        {h: 0 for h in cluster.compute}
-
 
 def test_cancel_leaves_a_checkpoint_in_every_task(cluster, run_ids, tmp_path):
     host = cluster.compute[0]

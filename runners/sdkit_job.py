@@ -15,7 +15,8 @@ or stopped ones with ``--resume_from_checkpoint latest``.
 With ``start --scheduler slurm`` the same jobs queue in the cluster of role sophon_slurm instead
 (sdkit_slurm.py): the same folders and states, plus ``queued``. Each task runs ``slurm-task``,
 which prepares the attempt as ``launch`` does and, as Slurm has no ExecStopPost, waits for the
-trainer to record its exit code.
+trainer to record its exit code. With ``--slurm-shared-dir`` the run's folders are on storage every
+node mounts, and Slurm may start (or requeue) a host's tasks on any node.
 
 A run lives in ``<runs-dir>/<run-id>/<job>/``: job.json (the command, its environment, every
 attempt), train.log, exit_status (negative: killed by that signal) and output/. A job folder is the
@@ -465,7 +466,8 @@ def job_status(job_dir: Path, live: Optional[dict] = None, accounting: Optional[
     attempt = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}  # {}: not run yet
     live = live or live_states([job_dir])[job_dir]
     status.update(device=attempt.get("device", job.get("device")), attempts=len(attempts), pid=live.get("pid"),
-                  scheduler=job.get("scheduler", "systemd"))
+                  scheduler=job.get("scheduler", "systemd"),
+                  node=printable(attempt["node"]) if isinstance(attempt.get("node"), str) else None)
     if status["scheduler"] == "slurm":
         job_id = sdkit_slurm.job_id_of(job_dir)
         status["unit"] = f"slurm job {job_id}"
@@ -676,8 +678,12 @@ def run_attempt(job_dir: Path, record: dict, attempt: dict) -> int:
 
 
 def run_dir_of(args: argparse.Namespace) -> Path:
-    """<runs-dir>/<run-id>; the env file is read only when --runs-dir is not given (the playbook gives it)."""
+    """<runs-dir>/<run-id>; the env file is read only when --runs-dir is not given (the playbook gives it).
+    With --slurm-shared-dir: <shared-dir>/<run-id>/<node>, this host's tasks of the run on storage every node
+    mounts (each host plans and submits its own, as without it)."""
     check_run_id(args.run_id)
+    if args.slurm_shared_dir:
+        return Path(args.slurm_shared_dir) / args.run_id / sdkit_slurm.node_name()
     runs_dir = args.runs_dir or f"{EnvFile.read(args.env_file).require(STATE_DIR_KEY)}/{RUNS_SUBDIR}"
     return Path(runs_dir) / args.run_id
 
@@ -704,9 +710,15 @@ def cmd_start(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
     account = account_of(args)
     plan = (run_dir, args.mode, devices, python, args.trainer, train_args)
+    if args.slurm_shared_dir and args.scheduler != "slurm":
+        raise JobError("--slurm-shared-dir (sophon_slurm_shared_run_dir) is for SCHEDULER=slurm: a systemd job never "
+                       "leaves its host, and keeps its checkpoints in the host's runs folder")
     if args.scheduler == "slurm":
         become(account)  # Slurm runs a task as whoever queued it: the runner user, never root
         account = None
+        problem = sdkit_slurm.shared_dir_problem(args.slurm_shared_dir) if args.slurm_shared_dir else None
+        if problem:
+            raise JobError(f"{problem}; then rerun site.yml (role sophon_slurm checks it on every compute node)")
         site = sdkit_slurm.site_args(args.slurm_args)
         node = sdkit_slurm.node_name()
         chips = sdkit_slurm.node_chips(node, args.slurm_gres)
@@ -722,7 +734,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.scheduler == "slurm" and to_start:
         task = [sys.executable, str(Path(__file__).resolve()), "slurm-task", "--run-dir", str(run_dir),
                 "--env-file", str(Path(args.env_file).resolve()), "--gres", args.slurm_gres]
-        sdkit_slurm.submit_jobs(to_start, task=task, name=scheduler["slurm_name"], node=node, gres=args.slurm_gres,
+        # Pinned to this host, which keeps the checkpoints, unless every node reaches them on shared storage.
+        sdkit_slurm.submit_jobs(to_start, task=task, name=scheduler["slurm_name"],
+                                node=None if args.slurm_shared_dir else node, gres=args.slurm_gres,
                                 threads=threads, site=site)
     elif args.scheduler == "systemd":
         token_file = credential_file(env_file.get(HUB_TOKEN_FILE_KEY))
@@ -804,7 +818,8 @@ def cmd_slurm_task(args: argparse.Namespace) -> int:
     os.environ.update(EnvFile.read(args.env_file).values)
     account = pwd.getpwuid(os.getuid())
     os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-    attempt["slurm_job"] = sdkit_slurm.job_id_of(job_dir)
+    # Where it ran: with a shared run folder, any node with a free chip, and after a requeue perhaps another.
+    attempt.update(slurm_job=sdkit_slurm.job_id_of(job_dir), node=sdkit_slurm.node_name())
     try:
         chips = sdkit_slurm.job_chips(sdkit_slurm.this_task(), args.gres)
     except (SlurmError, KeyError) as exc:
@@ -844,6 +859,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              f"runs folder only as it (default: {USER_KEY} from the env file, the inventory's "
                              f"sophon_sd_user; empty: as I am).")
     common.add_argument("--json", action="store_true", help="Print JSON (for Ansible) instead of one line per job.")
+    common.add_argument("--slurm-shared-dir", default="",
+                        help="With --scheduler slurm: a run folder on storage every compute node mounts (the "
+                             "inventory's sophon_slurm_shared_run_dir). This host's tasks then keep their state in "
+                             "<dir>/<run-id>/<node> instead of --runs-dir and are not pinned to this host: Slurm "
+                             "starts them on any node with free chips, and a requeued task resumes there.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     start = commands.add_parser(
@@ -871,7 +891,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     start.add_argument("--scheduler", default="systemd", choices=SCHEDULERS,
                        help="systemd: the jobs run here as systemd services (no controller needed); slurm: they "
                             "queue in the Slurm cluster (role sophon_slurm), one array task per chip, pinned to "
-                            "this host, which keeps their checkpoints.")
+                            "this host, which keeps their checkpoints (unless --slurm-shared-dir is given).")
     start.add_argument("--unit-dir", default=UNIT_DIR,
                        help=f"Where the jobs' units are written, enabled for boot (default {UNIT_DIR}).")
     start.add_argument("--slurm-gres", default="tpu",

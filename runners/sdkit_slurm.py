@@ -7,7 +7,10 @@ chips is a node whose chips are a generic resource (``Gres=tpu:bm1684x:N``, ``Fi
 
 Why the jobs of one host are pinned to it (``--nodelist``): a task keeps its checkpoints in the
 host's runs folder, so a requeued task must come back to the host that has them. Slurm still
-decides when each task runs and which of the host's chips it gets.
+decides when each task runs and which of the host's chips it gets. With a run folder on storage that
+every compute node mounts (``--slurm-shared-dir``, the inventory's sophon_slurm_shared_run_dir) no task
+is pinned: Slurm starts it on any node with a free chip, and a requeued task resumes from its
+checkpoint on whichever node it lands.
 
 Slurm sets no index variable for a resource of its own name (only ``gpu`` gets
 CUDA_VISIBLE_DEVICES), so the task reads its chips from ``scontrol show job -d`` (``IDX:n``), a
@@ -28,6 +31,7 @@ import pwd
 import re
 import shlex
 import socket
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -198,16 +202,18 @@ def site_args(text: str) -> List[str]:
     return words
 
 
-def submit_argv(*, name: str, node: str, gres: str, chips_per_task: int, cpus_per_task: int,
+def submit_argv(*, name: str, node: Optional[str], gres: str, chips_per_task: int, cpus_per_task: int,
                 array: Optional[List[int]], output: str, command: str, site: Optional[List[str]] = None) -> List[str]:
     """sbatch's command line for a host's tasks of one run.
 
+    ``node``: the node the tasks are pinned to, whose disk keeps their checkpoints; None when they are on
+    shared storage, and Slurm picks any node with free chips.
     --requeue: a task on a node that fails is queued again (and resumes from its checkpoint).
     --export=NIL: the task reads the kit's env file itself, as a systemd unit does; nothing of the
     submitting shell leaks into it. Output of the task tool itself (the trainer logs to train.log)
     is appended across requeues.
     """
-    argv = ["sbatch", "--parsable", f"--job-name={name}", f"--nodelist={node}", "--nodes=1", "--ntasks=1",
+    argv = ["sbatch", "--parsable", f"--job-name={name}", *([f"--nodelist={node}"] if node else []), "--nodes=1", "--ntasks=1",
             f"--gres={gres}:{chips_per_task}", f"--cpus-per-task={cpus_per_task}", "--requeue", "--export=NIL", "--open-mode=append",
             f"--output={output}"]
     if array is not None:
@@ -220,7 +226,7 @@ def submit(argv: List[str]) -> str:
     return slurm(*argv).strip().split(";")[0]
 
 
-def submit_jobs(jobs: Sequence[Any], *, task: List[str], name: str, node: str, gres: str, threads: int,
+def submit_jobs(jobs: Sequence[Any], *, task: List[str], name: str, node: Optional[str], gres: str, threads: int,
                 site: List[str]) -> None:
     """One sbatch for the jobs to (re)start (sdkit_job's Job: name, dir, chips): an array of the per-chip
     tasks (task<i>), or the one data-parallel job. Each task asks for the CPUs its processes' threads use, so
@@ -237,6 +243,43 @@ def submit_jobs(jobs: Sequence[Any], *, task: List[str], name: str, node: str, g
     for job in jobs:
         write_text_atomic(job.dir / JOB_ID_FILE, f"{job_id}_{job.name[len('task'):]}\n" if array is not None
                           else f"{job_id}\n")
+
+
+# What a shared run folder's path may hold: it reaches sbatch's --output, where '%' is a pattern, and every
+# node's argv. No '..': each folder in it is checked on the way down.
+SHARED_PATH = re.compile(r"(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)+")
+
+
+def shared_dir_problem(path: str) -> Optional[str]:
+    """What makes ``path`` unfit as the shared run folder for whoever runs this (the runner user): None when it
+    is fit. Every task of a run, on any node, writes there and the kit fetches from there, so nobody but this
+    user (or root) may change what it holds: the folder is this user's and no one else may write it, no folder
+    above it can be swapped by anyone else (writable by others and not sticky), and none of them is a link,
+    whose target a check here would not see change."""
+    if not SHARED_PATH.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
+        return (f"the shared run folder {path!r} (sophon_slurm_shared_run_dir) is not a plain absolute path: use "
+                "letters, digits and /._+- only, without . or .. parts")
+    me_id = os.geteuid()
+    for part in [Path(path), *Path(path).parents]:
+        try:
+            info = os.lstat(part)
+        except OSError as exc:
+            return (f"the shared run folder {path} (sophon_slurm_shared_run_dir) is not usable here: {part}: "
+                    f"{exc.strerror}; mount the shared storage there on every compute node and create the folder, "
+                    f"owned by {me()}")
+        if stat.S_ISLNK(info.st_mode):
+            return (f"{part} is a link: give sophon_slurm_shared_run_dir as the real path of the shared run folder "
+                    f"({os.path.realpath(part)})")
+        if part == Path(path):
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != me_id or info.st_mode & 0o022:
+                return (f"the shared run folder {path} must be a folder of {me()} that no one else may write "
+                        f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}): chown {me()} {path}; "
+                        f"chmod go-w {path}")
+        elif info.st_uid not in (0, me_id) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+            return (f"{part}, above the shared run folder {path}, can be changed by another user than {me()} or root "
+                    f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}), who could swap the run folder "
+                    f"for one of theirs: chmod go-w {part}, or choose another place")
+    return None
 
 
 def job_id_of(job_dir: Path) -> str:

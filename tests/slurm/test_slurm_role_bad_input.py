@@ -146,3 +146,25 @@ def test_a_drained_node_is_reported_and_the_play_goes_on(cluster, unchanged):
             f"back. When its fault is fixed, run scontrol update nodename={host} state=resume on {cluster.controller}"
             ) in output, output[-3000:]
     assert f"{cluster.compute[1]} is drained" not in output
+
+
+def test_a_run_folder_that_is_not_shared_is_found_on_every_compute_host(cluster, unchanged):
+    """Issue 23 item 4: sophon_slurm_shared_run_dir names a folder each host has on its own disk (the storage not
+    mounted there): every compute host names the others it does not share it with, also under --check, and the
+    probe's markers are gone."""
+    local = "/var/lib/sophon-sd/not-shared"
+    for host in cluster.compute:
+        cluster.on(host, f"install -d -o $(stat -c %U /var/lib/sophon-sd/runs) -m 0755 {local}")
+    try:
+        result = play(cluster, "--check", "--diff", "-e", f"sophon_slurm_shared_run_dir={local}")
+        leftovers = [cluster.on(host, f"ls -A {local}") for host in cluster.compute]
+    finally:
+        for host in cluster.compute:
+            cluster.on(host, f"rm -rf {local}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    flat = " ".join(output.split())
+    for here, other in (cluster.compute, cluster.compute[::-1]):
+        assert (f"{here}: {local} (sophon_slurm_shared_run_dir) here is not the folder that {other} see there") in flat, \
+            output[-3000:]
+    assert leftovers == ["", ""]

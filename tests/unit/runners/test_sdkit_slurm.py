@@ -226,6 +226,7 @@ def test_a_task_trains_on_the_chip_slurm_gave_it(tmp_path, monkeypatch, planned,
     assert (attempt["device"], attempt["env"], attempt["chips"]) == (device, {"ACCELERATE_TORCH_DEVICE": device}, chips)
     assert asked == ["16_0"] and supervised == [job_dir]  # Slurm's SIGTERM reaches the trainer itself (below)
     assert os.environ["HF_HOME"] == "/state/huggingface"  # the env file, as a unit's EnvironmentFile= gives it
+    assert attempt["node"] == sdkit_slurm.node_name()  # where it ran: on shared storage, any node
 
 
 def test_a_requeued_task_is_a_new_attempt_that_resumes(tmp_path, monkeypatch):
@@ -425,3 +426,105 @@ def test_a_forged_job_id_is_not_handed_to_sacct(tmp_path, monkeypatch):
     job_dir = slurm_job_dir(tmp_path, {"started": time.time(), "argv": ["t"], "ran_at": 1.0}, "0")
     (job_dir / "slurm_job").write_text("16_0,1-999999\n")
     assert "slurm_job" not in sdkit_job.run_status(job_dir.parent)["jobs"][0]
+
+
+# --------------------------------------------------------------------------- shared storage (issue 23, item 4)
+
+
+def test_on_shared_storage_sbatch_leaves_the_node_to_slurm():
+    common = dict(name="n", gres="tpu", chips_per_task=1, cpus_per_task=1, array=[0, 1], output="/o", command="c")
+    pinned = sdkit_slurm.submit_argv(node="a", **common)
+    anywhere = sdkit_slurm.submit_argv(node=None, **common)
+    assert "--nodelist=a" in pinned
+    assert anywhere == [arg for arg in pinned if arg != "--nodelist=a"]
+
+
+def start_slurm_run(tmp_path, monkeypatch, *extra: str) -> list:
+    """make train's start of a two-chip host's run under Slurm (as the runner user), with sbatch faked; its argv."""
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/state\n")
+    keep_environment(monkeypatch)
+    monkeypatch.setattr(sdkit_slurm, "node_name", lambda: "node-a")
+    monkeypatch.setattr(sdkit_slurm, "node_chips", lambda node, gres: 2)
+    monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
+    submitted = []
+    monkeypatch.setattr(sdkit_slurm, "submit", lambda argv: submitted.append(argv) or "42")
+    assert sdkit_job.main(["start", "--run-id", "r1", "--runs-dir", str(tmp_path / "runs"), "--env-file", str(env_file),
+                           "--user", "", "--json", "--scheduler", "slurm", "--devices", "cpu", "--cpu-threads", "1",
+                           "--python", "/venv/bin/python", "--trainer", "/kit/train_lora.py", *extra, "--", "--seed=1"]) == 0
+    return submitted
+
+
+def test_start_on_shared_storage_keeps_the_tasks_there_and_does_not_pin_them(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    [argv] = start_slurm_run(tmp_path, monkeypatch, f"--slurm-shared-dir={shared}")
+    folder = shared / "r1" / "node-a"  # this host's tasks of the run, on storage every node sees
+    assert not any(arg.startswith("--nodelist") for arg in argv)
+    assert f"--output={folder}/task%a/slurm.log" in argv
+    record = json.loads((folder / "task0" / "job.json").read_text())
+    assert record["argv"][-2:] == ["--output_dir", f"{folder}/task0/output"]  # the checkpoints too
+    assert f"--run-dir {folder}" in argv[-1]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_start_without_shared_storage_pins_the_tasks_to_this_host_as_before(tmp_path, monkeypatch):
+    [argv] = start_slurm_run(tmp_path, monkeypatch)
+    assert "--nodelist=node-a" in argv and f"--output={tmp_path}/runs/r1/task%a/slurm.log" in argv
+
+
+def test_a_shared_dir_that_is_not_fit_is_refused_before_anything_is_queued(tmp_path, monkeypatch, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    submitted = []
+    monkeypatch.setattr(sdkit_slurm, "submit", lambda argv: submitted.append(argv) or "42")
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/state\n")
+    assert sdkit_job.main(["start", "--run-id", "r1", "--env-file", str(env_file), "--user", "", "--scheduler", "slurm",
+                           f"--slurm-shared-dir={shared}", "--devices", "cpu"]) == 2
+    assert "no one else may write" in capsys.readouterr().err and not submitted and not (shared / "r1").exists()
+
+
+def test_a_shared_dir_is_for_slurm_only(tmp_path, capsys):
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/state\n")
+    assert sdkit_job.main(["start", "--run-id", "r1", "--env-file", str(env_file), "--user", "",
+                           f"--slurm-shared-dir={tmp_path}", "--devices", "cpu"]) == 2
+    assert "is for SCHEDULER=slurm" in capsys.readouterr().err
+
+
+def test_status_on_shared_storage_reads_this_hosts_folder_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(sdkit_slurm, "node_name", lambda: "node-b")
+    args = sdkit_job.parse_args(["status", "--run-id", "r1", "--runs-dir", "/local", f"--slurm-shared-dir={tmp_path}"])
+    assert sdkit_job.run_dir_of(args) == tmp_path / "r1" / "node-b"
+    args = sdkit_job.parse_args(["status", "--run-id", "r1", "--runs-dir", "/local"])
+    assert sdkit_job.run_dir_of(args) == Path("/local/r1")
+
+
+def test_a_fit_shared_dir_has_no_problem(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    assert sdkit_slurm.shared_dir_problem(str(shared)) is None
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "No such file or directory; mount the shared storage there"),
+    (lambda d: (d.mkdir(), d.chmod(0o775)), "no one else may write"),
+    (lambda d: (d.parent.joinpath("real").mkdir(), d.symlink_to(d.parent / "real")), "is a link"),
+    # Another user could swap the run folder, writing in a folder above it that is not sticky.
+    (lambda d: (d.mkdir(), d.parent.chmod(0o777)), "above the shared run folder"),
+    (lambda d: (d.mkdir(), os.chown(d, 12345, 12345)), "must be a folder of"),
+])
+def test_a_shared_dir_others_could_change_is_one_clear_problem(tmp_path, setup, message):
+    base = tmp_path / "base"
+    base.mkdir(mode=0o755)
+    shared = base / "shared"
+    setup(shared)
+    problem = sdkit_slurm.shared_dir_problem(str(shared))
+    assert problem and message in problem and str(shared) in problem
+
+
+@pytest.mark.parametrize("path", ["relative/runs", "/shared/../etc", "/shared/./runs", "/shared/run%j", "/shared/a b"])
+def test_a_shared_dir_path_that_is_not_plain_is_refused(path):
+    assert "not a plain absolute path" in sdkit_slurm.shared_dir_problem(path)

@@ -68,6 +68,9 @@ class TestHost:
     address: str
     port: int = 22
     internal_network: str = ""
+    # Podman volumes by name (not host paths) among its mounts, e.g. a folder shared by several hosts: removed
+    # with the hosts, so that the next run does not find this run's files in them.
+    named_volumes: list[str] = field(default_factory=list)
 
     @property
     def known_hosts_name(self) -> str:
@@ -157,6 +160,7 @@ class HostRun:
             host = TestHost(name, address, 22, internal_network)
         else:
             host = TestHost(name, "127.0.0.1", port)
+        host.named_volumes = [volume.split(":", 1)[0] for volume in volumes or [] if "/" not in volume.split(":", 1)[0]]
         self.hosts[name] = host
         self.save()
         self.wait_for_ssh(name)
@@ -201,10 +205,13 @@ class HostRun:
 
     def remove_all(self) -> None:
         networks = {host.internal_network for host in self.hosts.values() if host.internal_network}
+        volumes = {volume for host in self.hosts.values() for volume in host.named_volumes}
         for name in list(self.hosts):
             self.remove(name)
         for network in networks:
             podman("network", "rm", "-f", network, check=False)
+        for volume in volumes:
+            podman("volume", "rm", "-f", volume, check=False)
 
 
 def up(run: HostRun, platforms: list[dict], keep: bool = False) -> list[dict]:

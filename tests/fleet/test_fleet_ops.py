@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from fleet_support import REPO, ansible_env, recap
 
-BUNDLE_REPO = "file:/opt/sophon-sd/apt"
+BUNDLE_SOURCE = "/etc/apt/sources.list.d/sophon-sd-bundle.sources"
 KIT_PACKAGES = ["python3-venv", "python3-packaging", "git", "patch", "make"]
 
 # Reads the mirror from the host's own apt sources, so no mirror is named here.
@@ -33,8 +33,17 @@ def test_offline_hosts_cannot_reach_their_mirror(fleet, offline_hosts):
         assert result.returncode != 0 and "URLError" in result.stdout, f"{host} reached its mirror: {result.stdout}"
 
 
+def bundle_repository(fleet, host: str) -> str:
+    """Where the host's apt reads the bundle's repository: file:<dir> when pushed, the mirror's URL when pulled."""
+    source = fleet.command(host, ["cat", BUNDLE_SOURCE]).stdout
+    uris = [line.split(":", 1)[1].strip() for line in source.splitlines() if line.startswith("URIs:")]
+    assert len(uris) == 1, f"{BUNDLE_SOURCE} on {host} names no single repository:\n{source}"
+    return uris[0].rstrip("/")
+
+
 def test_offline_hosts_installed_the_kits_packages_from_the_bundle(fleet, offline_hosts):
     for host in offline_hosts:
+        repository = bundle_repository(fleet, host)
         policy = fleet.command(host, ["apt-cache", "policy", *KIT_PACKAGES])
         assert policy.returncode == 0, policy.stdout
         # For each package, the sources listed under the installed version (***) must include the
@@ -45,16 +54,34 @@ def test_offline_hosts_installed_the_kits_packages_from_the_bundle(fleet, offlin
             offered_by = [line for line in lines[installed + 1:] if line.startswith(" " * 8)]
             offered_by = offered_by[:next((i for i, line in enumerate(offered_by) if "/var/lib/dpkg/status" in line),
                                           len(offered_by))]
-            assert any(BUNDLE_REPO in line for line in offered_by), \
-                f"{package} on {host} is not offered by the bundle's repository:\n{section}"
+            assert any(repository in line for line in offered_by), \
+                f"{package} on {host} is not offered by the bundle's repository {repository}:\n{section}"
 
 
 def test_offline_hosts_check_the_bundle_repositorys_signature(fleet, offline_hosts):
     """Signed-By the bundle's key, never Trusted (issue 9, item 3): apt reads the index only when signed."""
     for host in offline_hosts:
-        source = fleet.command(host, ["cat", "/etc/apt/sources.list.d/sophon-sd-bundle.sources"])
+        source = fleet.command(host, ["cat", BUNDLE_SOURCE])
         assert "Signed-By: /etc/apt/keyrings/sophon-sd-bundle.asc" in source.stdout, source.stdout
         assert "Trusted" not in source.stdout, source.stdout
+
+
+def test_hosts_that_pull_from_the_mirror_got_no_copy_of_the_bundle(fleet):
+    """sophon_sd_bundle_transport: mirror (issue 20): apt, pip and the source archives read the mirror over HTTP,
+    pip checks every wheel against the hashes of the control node's verified manifest, and nothing large was
+    pushed to the host."""
+    pulling = [host for host in fleet.hosts if fleet.hostvars[host].get("sophon_sd_bundle_transport") == "mirror"]
+    if not pulling:
+        pytest.skip("no host of this fleet pulls from a bundle mirror (sophon_sd_bundle_transport: mirror)")
+    for host in pulling:
+        assert bundle_repository(fleet, host).startswith("http"), f"{host}'s apt does not read the mirror"
+        # What push mode leaves under the kit root (the apt repository's and the wheelhouse's archives).
+        pushed = fleet.command(host, ["find", "/opt/sophon-sd", "-maxdepth", "1", "-name", "apt.tar", "-o",
+                                      "-maxdepth", "1", "-name", "wheelhouse*"])
+        assert pushed.returncode == 0 and "/opt/sophon-sd/" not in pushed.stdout, pushed.stdout
+        requirements = fleet.command(host, ["cat", "/opt/sophon-sd/requirements-mirror.txt"]).stdout
+        wheels = [line for line in requirements.splitlines() if "==" in line]
+        assert wheels and all("--hash=sha256:" in line for line in wheels), requirements
 
 
 def _sections(policy_output: str) -> list[str]:

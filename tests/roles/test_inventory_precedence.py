@@ -5,13 +5,15 @@ and its YAML `vars:`: an inventory's sophon_sd_profile or sophon_sd_root there w
 kit's, and train.yml and smoke.yml named the runner user sophon-sd whatever the inventory said. Now they are
 role sophon_sd's defaults, the lowest precedence.
 
-One host, two inventories, each naming its own root, venv, state directory, runner user and profile: one in
-its group_vars/all, the other in its YAML `vars:`. Each provisions the runner user and the runners
-(runtime.yml --tags host_env, runners.yml), runs smoke.yml and a TINY train.yml, all with nothing but the
-inventory (no -e for any of these facts), and the host shows the inventory's names: the user exists and owns
-the smoke outputs and the run's job folder, the env file and the host Makefile name the inventory's paths and
-user, and the results come back. On the old layout the run stops at the preflight: the kit's profile
-(tutorial-2023) replaced the inventory's, and the test bundle is built for tutorial-2023-cpu only.
+One host and one inventory, which names its own root, venv, state directory, runner user and profile: some in
+its group_vars/all, the others in its YAML `vars:` (the lowest place an inventory can set them; anything
+the kit set above it would beat group_vars/all too, so each place is tried with one run, not one each). It
+provisions the runner user and the runners (runtime.yml --tags host_env, runners.yml), runs smoke.yml and a
+TINY train.yml, all with nothing but the inventory (no -e for any of these facts), and the host shows the
+inventory's names: the user exists and owns the smoke outputs and the run's job folder, the env file and the
+host Makefile name the inventory's paths and user, and the results come back. On the old layout the run
+stops at the preflight: the kit's profile (tutorial-2023) replaced the inventory's, and the test bundle is
+built for tutorial-2023-cpu only.
 
 To stay fast the host gets no pip installs: each inventory's venv borrows the control node's ML venv's
 site-packages (bind-mounted read-only), as in test_train_privileges.py.
@@ -30,29 +32,22 @@ import yaml
 from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, PlayResult, SshHost, bundle_fingerprint
 
 PODMAN_OPTIONS = ML_SITE_MOUNT
-# Where each inventory sets the facts, and the facts it sets: no value is the kit's default.
-FACTS = {
-    "group_vars_all": {"sophon_sd_root": "/opt/kit-gva", "sophon_sd_venv": "/opt/kit-gva/python",
-                       "sophon_sd_state_dir": "/var/lib/kit-gva", "sophon_sd_user": "trainer-gva",
-                       "sophon_sd_profile": TEST_PROFILE},
-    "inventory_vars": {"sophon_sd_root": "/srv/kit-iv", "sophon_sd_venv": "/srv/venv-iv",
-                       "sophon_sd_state_dir": "/srv/state-iv", "sophon_sd_user": "trainer-iv",
-                       "sophon_sd_profile": TEST_PROFILE},
-}
+# The facts, none of them the kit's default, and where the inventory sets each.
+FACTS = {"sophon_sd_root": "/srv/kit-iv", "sophon_sd_venv": "/srv/venv-iv", "sophon_sd_state_dir": "/var/lib/kit-gva",
+         "sophon_sd_user": "trainer-iv", "sophon_sd_profile": TEST_PROFILE}
+IN_GROUP_VARS_ALL = {"sophon_sd_state_dir", "sophon_sd_profile"}
 # What else these hosts need (no chips, models from the hub, sudo as on a fleet), set beside the facts.
 SETTINGS = {"sophon_sd_sophgo_runtime": False, "sophon_host_env_assets_source": "hub", "ansible_become": True}
 
 
-def write_inventory(host: SshHost, where: str, directory: Path) -> Path:
-    """An inventory folder whose group all gets the facts either from group_vars/all or from its `vars:`."""
-    variables = {**FACTS[where], **SETTINGS, "sophon_sd_bundle_signing_fingerprint": bundle_fingerprint()}
-    inventory = {"all": {"children": {"sophon_sd": {"hosts": {host.name: host.hosts.inventory_vars(host.name)}}}}}
-    directory.mkdir(parents=True)
-    if where == "group_vars_all":
-        (directory / "group_vars" / "all").mkdir(parents=True)
-        (directory / "group_vars" / "all" / "main.yml").write_text(yaml.safe_dump(variables))
-    else:
-        inventory["all"]["vars"] = variables
+def write_inventory(host: SshHost, directory: Path) -> Path:
+    """An inventory folder whose group all gets some facts from group_vars/all and the others from its `vars:`."""
+    in_vars = {name: value for name, value in FACTS.items() if name not in IN_GROUP_VARS_ALL}
+    in_group_vars = {name: FACTS[name] for name in IN_GROUP_VARS_ALL}
+    inventory = {"all": {"children": {"sophon_sd": {"hosts": {host.name: host.hosts.inventory_vars(host.name)}}},
+                         "vars": {**in_vars, **SETTINGS, "sophon_sd_bundle_signing_fingerprint": bundle_fingerprint()}}}
+    (directory / "group_vars" / "all").mkdir(parents=True)
+    (directory / "group_vars" / "all" / "main.yml").write_text(yaml.safe_dump(in_group_vars))
     (directory / "hosts.yml").write_text(yaml.safe_dump(inventory))
     return directory
 
@@ -79,12 +74,10 @@ def host(throwaway_host: SshHost) -> SshHost:
     return throwaway_host
 
 
-@pytest.mark.parametrize("where", sorted(FACTS))
-def test_inventory_facts_reach_the_roles_smoke_and_train(host: SshHost, where: str, tmp_path: Path):
-    facts = FACTS[where]
-    root, venv, state, user = (facts["sophon_sd_root"], facts["sophon_sd_venv"], facts["sophon_sd_state_dir"],
-                               facts["sophon_sd_user"])
-    inventory = write_inventory(host, where, tmp_path / "inventory")
+def test_inventory_facts_reach_the_roles_smoke_and_train(host: SshHost, tmp_path: Path):
+    root, venv, state, user = (FACTS["sophon_sd_root"], FACTS["sophon_sd_venv"], FACTS["sophon_sd_state_dir"],
+                               FACTS["sophon_sd_user"])
+    inventory = write_inventory(host, tmp_path / "inventory")
     borrow_ml_venv_at(host, venv)
 
     # The roles: sophon_host_env creates the inventory's user and writes its paths; sophon_runners deploys
@@ -111,10 +104,10 @@ def test_inventory_facts_reach_the_roles_smoke_and_train(host: SshHost, where: s
     runs = tmp_path / "runs"
     result = play(host, inventory, "train.yml", "-e", json.dumps({"sophon_sd_train_fetch_dir": str(runs),
                                                                     "sophon_sd_train_poll_interval": 5}),
-                  env={"RUN_ID": f"prec-{where}", "TINY": "1"})
+                  env={"RUN_ID": "prec", "TINY": "1"})
     assert not result.failed, f"train.yml: {result.output[-3000:]}"
-    job = f"{state}/runs/prec-{where}/cpu"
+    job = f"{state}/runs/prec/cpu"
     assert host.check_output(f"stat -c %U {job}").strip() == user
     assert host.check_output(f"cat {job}/job.json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"argv\"][0])'"
                              ).strip() == f"{venv}/bin/python"
-    assert (runs / f"prec-{where}" / host.name / "cpu" / "metrics.jsonl").is_file()
+    assert (runs / "prec" / host.name / "cpu" / "metrics.jsonl").is_file()

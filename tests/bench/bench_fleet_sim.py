@@ -18,8 +18,9 @@ node's, and real where it is:
     showing it.
 
 Phases, in this order:
-  1. fresh converge of site.yml on 2 real hosts: one pushed to over SSH, one pulling from a bundle mirror
-     (role sophon_mirror on its own loopback, set up first); bytes each received on its network interface;
+  1. fresh converge of site.yml on 2 real hosts, one run each: one pushed to over SSH, one pulling from a
+     bundle mirror (role sophon_mirror on its own loopback, set up first); bytes each received on its
+     network interface (the mirror's own setup is counted apart: once per fleet, not per host);
   2. no-op rerun on the pushed host alone, on an otherwise idle machine (goal <= 20 s);
   3. no-op rerun at HOSTS (the copies), with ansible.cfg's forks: control-node CPU seconds per host (the
      ansible-playbook process tree and its SSH connections, not the containers), wall seconds per host;
@@ -208,14 +209,17 @@ def fresh_converge(run: HostRun, measure: Measured, results: dict) -> tuple[str,
 
     mirror_vars = {"sophon_sd_bundle_transport": "mirror",
                    "sophon_sd_bundle_mirror_url": f"http://127.0.0.1:{MIRROR_PORT}"}
-    both = write_inventory(run.run_dir / "converge.yml", {pushed: run.inventory_vars(pushed),
-                                                          pulling: {**run.inventory_vars(pulling), **mirror_vars}})
-    before = {host: received_bytes(run, host) for host in (pushed, pulling)}
-    results["converge_2"], _ = measure.run("site.yml", both)
-    sent = {host: received_bytes(run, host) - before[host] for host in (pushed, pulling)}
-    results["fresh_converge_bytes_per_host"] = {"push": sent[pushed], "mirror": sent[pulling]}
-    show("fresh converge, 2 hosts", results["converge_2"])
-    print(f"  bytes the control node sent: push {sent[pushed] / 1e6:.1f} MB, mirror {sent[pulling] / 1e6:.1f} MB "
+    # One run each: a batch that mixes both transports fails today when its first host pulls (the push
+    # path's run_once checksum task takes that host's skip for the whole batch: sophon_venv).
+    sent = {}
+    for label, host, extra in (("push", pushed, {}), ("mirror", pulling, mirror_vars)):
+        inventory = write_inventory(run.run_dir / f"converge-{label}.yml", {host: {**run.inventory_vars(host), **extra}})
+        before = received_bytes(run, host)
+        results[f"converge_{label}"], _ = measure.run("site.yml", inventory)
+        sent[label] = received_bytes(run, host) - before
+        show(f"fresh converge, 1 host, {label}", results[f"converge_{label}"])
+    results["fresh_converge_bytes_per_host"] = sent
+    print(f"  bytes the control node sent: push {sent['push'] / 1e6:.1f} MB, mirror {sent['mirror'] / 1e6:.1f} MB "
           "per host (goal with a mirror <= 5 MB)", flush=True)
     run.remove(pulling)
 

@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -145,6 +146,10 @@ class Measured:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         masters_after = self.ssh_masters()
         output = "\n".join(line for _, line in lines)
+        # Each run's console, for where the time and bytes went (the profile_tasks timings are in it).
+        log = Path(self.marker) / "logs" / f"{len(list((Path(self.marker) / 'logs').glob('*.log'))) + 1:02d}-{playbook}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("\n".join(f"{when:.3f} {line}" for when, line in lines) + "\n")
         if check and process.returncode != 0:
             sys.exit(f"{playbook} {' '.join(args)} failed (rc {process.returncode}):\n{output[-4000:]}")
         children_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -301,6 +306,8 @@ def main() -> int:
           f"{args.containers} containers, {os.cpu_count()} CPUs\n", flush=True)
     run = HostRun(REPO / "build" / "testhosts" / "bench-fleet-sim")
     run.remove_all()
+    shutil.rmtree(run.run_dir / "logs", ignore_errors=True)
+    shutil.rmtree(run.run_dir / "runs", ignore_errors=True)
     measure = Measured(str(run.run_dir))
     results: dict = {"command": f"make bench-fleet HOSTS={args.hosts}", "script": command, "cpus": os.cpu_count(),
                      "hosts": args.hosts, "containers": args.containers,
@@ -328,7 +335,6 @@ def main() -> int:
         results["train"].update(forks=args.train_forks, poll_interval_s=args.poll_interval, steps=args.steps,
                                 step_seconds=args.step_seconds,
                                 **training_figures(console, fetch_dir / RUN_ID, POLL_TASK, REPORT_PLAY))
-        (run.run_dir / "train-console.log").write_text("\n".join(f"{when:.3f} {line}" for when, line in console.lines))
         train = results["train"]
         print(f"make train, {args.hosts} hosts, forks {args.train_forks}: {train['seconds']} s, rc {train['rc']}, "
               f"{train['rounds']} rounds (length {train['round_length_s']}), CPU {train['cpu_s']} s", flush=True)

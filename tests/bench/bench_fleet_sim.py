@@ -131,7 +131,10 @@ class Measured:
             check: bool = True) -> tuple[dict, Console]:
         command = ["ansible-playbook", "-i", str(inventory), str(REPO / "playbooks" / playbook), *args]
         full_env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-                    "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1",
+                    # A ControlPersist master renames itself "ssh: <control path> [mux]": with its sockets in the
+                    # run folder, the marker finds this bench's masters and no one else's.
+                    "ANSIBLE_SSH_CONTROL_PATH_DIR": str(Path(self.marker) / "cp"), **(env or {})}
         masters_before = self.ssh_masters()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()

@@ -215,8 +215,17 @@ bench-threads: $(ML_VENV)/.installed ## Tiny trainers side by side with torch's 
 bench-report: ## The run report on a simulated 100 hosts x 8 jobs x 2000 steps (build/report-run/sim/): time, size; writes build/bench-report.json
 	python3 tests/bench/bench_report.py --run-dir build/report-run/sim --out build/bench-report.json
 
-bench-fleet: setup test-image test-bundle ## Fleet control plane over SSH: converge 2 hosts from the bundle, rerun and --check on 1, rerun on 8 copies (linear, free, Mitogen if installed); writes build/bench-fleet.json
+# HOSTS=N: the simulated fleet of tests/bench/bench_fleet_sim.py instead (N inventory hosts on CONTAINERS
+# systemd test hosts, default 5): cost per host of a no-op rerun, bytes per host pushed or pulled from a
+# mirror, the poll's console delay with forks=10, make train-status; writes build/bench-fleet-N.json.
+HOSTS ?=
+CONTAINERS ?= 5
+bench-fleet: setup test-image test-bundle ## Fleet control plane over SSH: converge 2 hosts from the bundle, rerun and --check on 1, rerun on 8 copies; HOSTS=100: the simulated fleet (build/bench-fleet-100.json)
+ifeq ($(strip $(HOSTS)),)
 	python tests/bench/bench_fleet.py --out build/bench-fleet.json
+else
+	python tests/bench/bench_fleet_sim.py --hosts $(HOSTS) --containers $(CONTAINERS) --out build/bench-fleet-$(HOSTS).json
+endif
 
 test-image: ## Build the Debian 12 test-host image (debootstrap + podman import)
 	tests/hosts/build-image.sh $(TEST_IMAGE)

@@ -44,7 +44,7 @@ job = runs / host / "run1" / "job0"  # <runs-dir>/<run-id>/<job>, a runs folder 
 job.mkdir(parents=True, exist_ok=True)
 (job / "metrics.jsonl").write_text(json.dumps({"step": calls}) + "\\n")
 state = "running" if calls < finish else "finished"
-print(json.dumps({"state": state, "lines": [f"{host}-job0: {state}, round {calls}"],
+print(json.dumps({"state": state, "run_dir": str(job.parent), "lines": [f"{host}-job0: {state}, round {calls}"],
                   "jobs": [{"dir": str(job), "slurm_name": f"sdkit-train-run1.{host}"}]}))
 """
 PLAYBOOK = f"""

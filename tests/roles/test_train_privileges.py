@@ -172,7 +172,8 @@ def test_a_job_is_a_unit_of_the_runner_user_that_stops_with_a_checkpoint_and_res
     cancelled = host.play("train_cancel.yml", run)
     assert not cancelled.failed and f"{UNIT}: asked to stop" in cancelled.output, cancelled.output[-3000:]
     assert host.check_output(f"cat {UNIT_JOB}/exit_status").strip() == "130", cancelled.output[-2000:]
-    assert "cpu: stopped, step" in host.play("train_status.yml", run).output
+    status = host.play("train_status.yml", run)
+    assert "cpu: stopped, step" in status.output, status.output[-3000:]
     checkpoint = host.check_output(f"ls -d {UNIT_JOB}/output/checkpoint-*").strip().rsplit("/", 1)[1]
     assert "Started" in host.check_output(f"journalctl -u {UNIT} --no-pager")
 

@@ -108,7 +108,7 @@ class SshHost:
         if check:
             command += ["--check", "--diff"]
         env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
         return PlayResult(result.returncode, result.stdout + result.stderr)
 
 

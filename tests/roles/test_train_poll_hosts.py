@@ -51,7 +51,7 @@ def test_a_rebooted_host_resumes_by_itself_and_every_name_is_polled_each_round(t
     with log.open("w") as out:
         train = subprocess.Popen(["ansible-playbook", str(REPO / "playbooks/train.yml"), "-i", str(inventory),
                                   "-e", "sophon_sd_hosts=all", "-e", json.dumps(variables)],
-                                 stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             job = f"{RUNS}/{run_id}/cpu"
             deadline = time.monotonic() + 600

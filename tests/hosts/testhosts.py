@@ -39,6 +39,7 @@ CONTAINERS_CONF = REPO / "tests" / "hosts" / "containers.conf"
 # ControlPath sockets must fit in a Unix socket path (about 100 bytes), so they do not live in the run folder.
 CONTROL_PATH = "/tmp/sdkit-ssh-%C"
 BOOT_TIMEOUT_S = 120
+START_ATTEMPTS = 3
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -139,6 +140,29 @@ class HostRun:
             return self.hosts[name]
         host_key = self.run_dir / "hostkeys" / name
         new_key(host_key, name)
+        # A host that fails to start or boot is removed and started again: on a busy machine podman's
+        # network setup (netavark, aardvark-dns) or a just-taken free port fail now and then, and one such
+        # hiccup should not fail a whole scenario. Each attempt's reason is kept for the final message.
+        failures = []
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                host = self._run_container(name, host_key, podman_args, volumes, internal_network, port)
+                self.hosts[name] = host
+                self.save()
+                self.wait_for_ssh(name)
+                return host
+            except RuntimeError as error:
+                logs = podman("logs", "--tail", "15", name, check=False)
+                failures.append(f"attempt {attempt}: {error}\n  last lines of its console:\n    "
+                                + "\n    ".join((logs.stdout + logs.stderr).strip().splitlines()[-15:]))
+                podman("rm", "-f", "-t", "0", name, check=False)
+                self.hosts.pop(name, None)
+                self.save()
+        raise RuntimeError(f"test host {name} could not be started in {START_ATTEMPTS} attempts:\n"
+                           + "\n".join(failures))
+
+    def _run_container(self, name: str, host_key: Path, podman_args: list[str] | tuple[str, ...],
+                       volumes: list[str] | None, internal_network: str, port: int) -> TestHost:
         podman("rm", "-f", "-t", "0", name, check=False)
         mounts = [f"{host_key}:/etc/ssh/ssh_host_ed25519_key:ro",
                   f"{host_key}.pub:/etc/ssh/ssh_host_ed25519_key.pub:ro",
@@ -146,7 +170,7 @@ class HostRun:
                   *(volumes or [])]
         if internal_network:
             if podman("network", "exists", internal_network, check=False).returncode != 0:
-                podman("network", "create", "--internal", internal_network)
+                podman("network", "create", "--internal", internal_network, check=False)
             network_args = ["--network", internal_network]
         else:
             port = port or free_port()
@@ -161,9 +185,6 @@ class HostRun:
         else:
             host = TestHost(name, "127.0.0.1", port)
         host.named_volumes = [volume.split(":", 1)[0] for volume in volumes or [] if "/" not in volume.split(":", 1)[0]]
-        self.hosts[name] = host
-        self.save()
-        self.wait_for_ssh(name)
         return host
 
     def save(self) -> None:

@@ -8,20 +8,24 @@ One test host is both the mirror (playbooks/mirror.yml, nginx on port 8080) and 
 over its loopback, so the bytes it receives on its network interface are what the control node sent it.
 Tests run in file order on that host: the mirror serves the bundle; a wheel and a source archive changed on
 the mirror are refused and named; the mirror's own rerun puts them right; the venv then installs from it,
-and the bytes the control node sent the host are compared with a push. Last, since its bundle is newer
+and the bytes the control node sent the host stay a small share of the wheelhouse a push would send
+(the push itself is measured with SDKIT_MEASURE_PUSH=1). Last, since its bundle is newer
 than the test bundle: the assets of a small bundle come from the mirror, and one changed there is refused
 and named.
 """
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 
+import pytest
 from conftest import ML_SITE_MOUNT, REPO, TEST_PROFILE, borrow_ml_venv, build_bundle
 
 WHEELS = REPO / "bundle" / "wheelhouse" / TEST_PROFILE
+WHEELHOUSE_TAR = REPO / "bundle" / f"wheelhouse-{TEST_PROFILE}.tar"
 PODMAN_OPTIONS = [*ML_SITE_MOUNT]
 DOCROOT = "/srv/sophon-sd-mirror"
 SERVED = f"{DOCROOT}/wheelhouse/{TEST_PROFILE}"
@@ -91,7 +95,7 @@ def test_a_source_archive_changed_on_the_mirror_is_refused_and_named(throwaway_h
     assert not throwaway_host.exists(f"/opt/sophon-sd/src/.archives/{ARCHIVE}")
 
 
-def test_the_mirror_put_right_installs_and_a_rerun_changes_nothing(throwaway_host):
+def test_the_mirror_put_right_installs_and_sends_the_host_little(throwaway_host):
     # The mirror's own run finds both changed files against the manifest and serves the signed ones again.
     repaired = throwaway_host.play("mirror.yml", MIRROR_PLAY)
     assert not repaired.failed and re.search(r"changed=[1-9]", recap(repaired.output)), repaired.output[-3000:]
@@ -106,22 +110,27 @@ def test_the_mirror_put_right_installs_and_a_rerun_changes_nothing(throwaway_hos
     assert not throwaway_host.exists("/opt/sophon-sd/wheelhouse")
     assert not throwaway_host.exists("/opt/sophon-sd/wheelhouse.tar")
 
-    rerun = throwaway_host.play("stack.yml", MIRROR, tags="venv")
-    assert not rerun.failed and "changed=0" in recap(rerun.output), rerun.output[-3000:]
-    checked = throwaway_host.play("stack.yml", MIRROR, tags="venv", check=True)
-    assert not checked.failed and "changed=0" in recap(checked.output), checked.output[-3000:]
+    # Its rerun and --check (changed=0) are the fleet scenario's: its offline host pulls from its own mirror.
+    (REPO / "build").mkdir(exist_ok=True)
+    (REPO / "build" / "mirror-bytes.json").write_text(json.dumps(
+        {"profile": TEST_PROFILE, "wheels": len(list(WHEELS.glob("*.whl"))), "mirror_bytes": mirror_bytes}))
+    assert mirror_bytes <= MAX_MIRROR_BYTES, mirror_bytes
+    # A push sends at least the wheelhouse tar.
+    assert mirror_bytes * 20 < WHEELHOUSE_TAR.stat().st_size, mirror_bytes
 
-    # The same install by push, into another wheelhouse folder, for the comparison the README quotes.
+
+@pytest.mark.skipif(not os.environ.get("SDKIT_MEASURE_PUSH"),
+                    reason="a measurement, not a check: set SDKIT_MEASURE_PUSH=1 to push the wheelhouse and record its bytes")
+def test_the_same_install_by_push_costs_the_wheelhouse(throwaway_host):
+    """The figure docs/bundle.md quotes beside the mirror's: the same venv step by push, into another wheelhouse
+    folder (a 300 MB copy over SSH: out of make test, where it cost minutes of both cores)."""
     before = sent_to_host(throwaway_host)
     pushed = throwaway_host.play("stack.yml", {"sophon_venv_wheelhouse_dir": "/opt/pushed-wheelhouse"}, tags="venv")
     push_bytes = sent_to_host(throwaway_host) - before
     assert not pushed.failed, pushed.output[-3000:]
-    (REPO / "build").mkdir(exist_ok=True)
-    (REPO / "build" / "mirror-bytes.json").write_text(json.dumps(
-        {"profile": TEST_PROFILE, "wheels": len(list(WHEELS.glob("*.whl"))), "mirror_bytes": mirror_bytes,
-         "push_bytes": push_bytes}))
-    assert mirror_bytes <= MAX_MIRROR_BYTES, (mirror_bytes, push_bytes)
-    assert mirror_bytes * 20 < push_bytes, (mirror_bytes, push_bytes)
+    record = REPO / "build" / "mirror-bytes.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "push_bytes": push_bytes}))
+    assert push_bytes >= WHEELHOUSE_TAR.stat().st_size, push_bytes
 
 
 # The assets test's download share: a model file big enough that a push would show in the bytes sent.

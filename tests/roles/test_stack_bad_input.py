@@ -64,9 +64,11 @@ def test_too_little_disk_is_caught_before_installing(throwaway_host):
 
 
 def test_disk_filling_up_during_the_build_leaves_no_venv(throwaway_host):
-    # With the free-space check disabled, pip itself runs out of space half-way through torch.
+    # With the free-space check disabled, pip itself runs out of space half-way through torch. The wheelhouse
+    # goes where the kit's own run puts it, so the provisioning below reuses it instead of a second 300 MB push.
+    throwaway_host.check_output("mkdir -p /opt/sophon-sd")
     result = throwaway_host.play("stack.yml", {"sophon_venv_root": "/opt/tiny", "sophon_sd_venv": "/opt/tiny/venv",
-                                               "sophon_venv_min_free_mb": 0, "sophon_venv_wheelhouse_dir": "/var/tmp/wheelhouse"},
+                                               "sophon_venv_min_free_mb": 0, "sophon_venv_wheelhouse_dir": "/opt/sophon-sd/wheelhouse"},
                                  tags="venv")
     assert result.failed
     single_line(result.output, "Disk full while installing into the venv /opt/tiny/venv")

@@ -169,6 +169,9 @@ def test_a_job_is_a_unit_of_the_runner_user_that_stops_with_a_checkpoint_and_res
     # Once a step is done, stop it as an operator would: make train-cancel, which is systemctl stop (as a
     # shutdown is) and waits for the checkpoint.
     host.check_output(f"for i in $(seq 600); do test -s {UNIT_JOB}/output/metrics.jsonl && break; sleep 0.5; done")
+    # Held still until the cancel: on a quiet machine the 80 steps end in seconds, before the cancel's play
+    # has started. systemd sends SIGCONT after its SIGTERM, so the held trainer still gets to checkpoint.
+    host.check_output(f"kill -STOP {main_pid}")
     cancelled = host.play("train_cancel.yml", run)
     assert not cancelled.failed and f"{UNIT}: asked to stop" in cancelled.output, cancelled.output[-3000:]
     assert host.check_output(f"cat {UNIT_JOB}/exit_status").strip() == "130", cancelled.output[-2000:]

@@ -724,7 +724,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         chips = sdkit_slurm.node_chips(node, args.slurm_gres)
         jobs = plan_jobs(*plan, slurm_chips=chips)
         threads = share_cpus(jobs, chips, args.cpu_threads, env_file)
-        scheduler = {"scheduler": "slurm", "slurm_name": sdkit_slurm.job_name(run_dir.name, node)}
+        # The run id, not run_dir's name: on shared storage that is <dir>/<run-id>/<node>, whose name is the node,
+        # and every run of this host would share one name (squeue and scancel find a run's tasks by it).
+        scheduler = {"scheduler": "slurm", "slurm_name": sdkit_slurm.job_name(args.run_id, node)}
     else:
         jobs = plan_jobs(*plan)
         share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)

@@ -468,6 +468,19 @@ def test_start_on_shared_storage_keeps_the_tasks_there_and_does_not_pin_them(tmp
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_runs_tasks_are_named_by_the_run_and_host_also_on_shared_storage(tmp_path, monkeypatch, shared):
+    """squeue and scancel find a run's tasks by their name. On shared storage the run folder is <dir>/r1/node-a,
+    whose last part is the host: a name from it would be the same for every run of the host (train-cancel of one
+    would cancel all of them, and no poll would find a run's tasks by the run)."""
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    [argv] = start_slurm_run(tmp_path, monkeypatch, *([f"--slurm-shared-dir={folder}"] if shared else []))
+    assert "--job-name=sdkit-train-r1.node-a" in argv
+    run_dir = folder / "r1" / "node-a" if shared else tmp_path / "runs" / "r1"
+    assert json.loads((run_dir / "task0" / "job.json").read_text())["slurm_name"] == "sdkit-train-r1.node-a"
+
+
 def test_start_without_shared_storage_pins_the_tasks_to_this_host_as_before(tmp_path, monkeypatch):
     [argv] = start_slurm_run(tmp_path, monkeypatch)
     assert "--nodelist=node-a" in argv and f"--output={tmp_path}/runs/r1/task%a/slurm.log" in argv

@@ -567,11 +567,14 @@ def wait_while_running(run_dir: Path, seconds: float, pause: float,
 # --------------------------------------------------------------------------- attempts (as the runner user)
 
 
-def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, str]] = None) -> List[dict]:
+def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, str]] = None,
+                run_id: str = "") -> List[dict]:
     """Record each job (job.json) and say what happens to it: left alone, started or resumed. The job's
     own process (launch, slurm-task) records each attempt as it begins. ``scheduler``: what a new job's
-    record keeps of its scheduler (default: a systemd unit)."""
+    record keeps of its scheduler (default: a systemd unit). ``run_id``: the run's name in messages (default
+    run_dir's, which on shared storage is the host's: <dir>/<run-id>/<node>)."""
     scheduler = scheduler or {"scheduler": "systemd"}
+    run_id = run_id or run_dir.name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -583,10 +586,10 @@ def prepare_run(run_dir: Path, jobs: List[Job], scheduler: Optional[Dict[str, st
     for name in sorted(existing):
         used = (read_json(run_dir / name / "job.json") or {}).get("scheduler", "systemd")
         if used != scheduler["scheduler"]:
-            raise JobError(f"run '{run_dir.name}' was started with SCHEDULER={used}, not {scheduler['scheduler']}: "
+            raise JobError(f"run '{run_id}' was started with SCHEDULER={used}, not {scheduler['scheduler']}: "
                            "rerun it with that scheduler, or choose a new run id")
     if existing and existing != planned:
-        raise JobError(f"run '{run_dir.name}' has jobs {', '.join(sorted(existing))}, but these settings make "
+        raise JobError(f"run '{run_id}' has jobs {', '.join(sorted(existing))}, but these settings make "
                        f"{', '.join(sorted(planned))} (another mode or other chips); choose a new run id")
     records = {}
     for job in jobs:
@@ -724,12 +727,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         chips = sdkit_slurm.node_chips(node, args.slurm_gres)
         jobs = plan_jobs(*plan, slurm_chips=chips)
         threads = share_cpus(jobs, chips, args.cpu_threads, env_file)
-        scheduler = {"scheduler": "slurm", "slurm_name": sdkit_slurm.job_name(run_dir.name, node)}
+        # The run id, not run_dir's name: on shared storage that is <dir>/<run-id>/<node>, whose name is the node,
+        # and every run of this host would share one name (squeue and scancel find a run's tasks by it).
+        scheduler = {"scheduler": "slurm", "slurm_name": sdkit_slurm.job_name(args.run_id, node)}
     else:
         jobs = plan_jobs(*plan)
         share_cpus(jobs, max(1, len(devices)), args.cpu_threads, env_file)
         scheduler = {"scheduler": "systemd"}
-    plans = as_user(account, prepare_run, run_dir, jobs, scheduler)
+    plans = as_user(account, prepare_run, run_dir, jobs, scheduler, args.run_id)
     to_start = [job for job, planned in zip(jobs, plans) if planned["launch"]]
     if args.scheduler == "slurm" and to_start:
         task = [sys.executable, str(Path(__file__).resolve()), "slurm-task", "--run-dir", str(run_dir),

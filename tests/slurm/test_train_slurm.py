@@ -12,9 +12,10 @@ In order:
   results fetched is printed for both ways;
 * make train-cancel stops a running run: every task saves a checkpoint (SIGTERM from scancel);
 * make train resumes it; the host then fails (its node set DOWN): Slurm requeues its tasks, which
-  resume from their checkpoints once the node is back, and the run finishes. (A task that moves to
-  the other node from the shared run folder is not tested here yet: that test never saw its resumed
-  tasks running in the scenario.)
+  resume from their checkpoints once the node is back, and the run finishes;
+* on the shared run folder, the node running a task fails (its slurmd and tasks killed, the node DOWN):
+  Slurm requeues the task, which resumes from its checkpoint on the other node, and its result comes
+  back once.
 
 The long runs train from one host only: the other adds minutes of CPU to the test suite and nothing
 to what is checked.
@@ -52,7 +53,8 @@ LONG_RUN = {"sophon_sd_train_args": f"--max_train_steps={STEPS} --checkpointing_
 @pytest.fixture(scope="module")
 def run_ids(cluster: Cluster):
     stamp = time.strftime("%H%M%S")
-    ids = {"train": f"slurm-{stamp}", "long": f"slurm-long-{stamp}", "shared": f"slurm-shared-{stamp}"}
+    ids = {"train": f"slurm-{stamp}", "long": f"slurm-long-{stamp}", "shared": f"slurm-shared-{stamp}",
+           "moved": f"slurm-moved-{stamp}"}
     yield ids
     for host in cluster.compute:
         cluster.on(host, " ".join(f"rm -rf {RUNS_ON_HOST}/{run_id} {SHARED}/{run_id};" for run_id in ids.values()))
@@ -83,6 +85,12 @@ def wait_on(cluster: Cluster, host: str, condition: str, timeout: int = 600, fol
         raise AssertionError(f"{condition!r} did not hold on {host} in {timeout} s. squeue:\n"
                              + cluster.on(cluster.controller, "squeue --all --array -o '%i %j %T %r %N'; sinfo -N")
                              + f"\n{logs}") from None
+
+
+def attempts_beyond(job_dir: str, count: int, node: str) -> str:
+    """A shell test, true once the job's record holds more than COUNT attempts, the last one on NODE."""
+    return (f"python3 -c \"import json, sys; a = json.load(open('{job_dir}/job.json'))['attempts']; "
+            f"sys.exit(not (len(a) > {count} and a[-1].get('node') == '{node}'))\"")
 
 
 def test_a_run_is_one_task_per_chip_and_its_results_come_back(cluster, run_ids, tmp_path):
@@ -204,3 +212,55 @@ def test_tasks_of_a_failed_node_are_requeued_and_resume(cluster, run_ids, tmp_pa
                  (tmp_path / run_ids["long"] / failing / task / "metrics.jsonl").read_text().splitlines()]
         # Every step trained, step 1 once: each attempt carried on from a checkpoint, none started over.
         assert set(steps) == set(range(1, STEPS + 1)) and steps.count(1) == 1 and steps[-1] == STEPS
+
+
+def test_on_shared_storage_a_failed_nodes_task_resumes_on_the_other_node(cluster, run_ids, tmp_path):
+    submitter = cluster.compute[0]
+    run_id = run_ids["moved"]
+    folder = f"{SHARED}/{run_id}/{submitter}"
+    moved_run = {**LONG_RUN, "sophon_slurm_shared_run_dir": SHARED}
+    first = train(cluster, "train.yml", run_id, tmp_path, submitter, sophon_sd_train_poll_rounds=1,
+                  sophon_sd_train_poll_interval=1, **moved_run)
+    assert "rerun the same command to poll again" in first.stdout, first.stdout[-3000:]
+    # The tasks' Slurm name is the run's (and the host's): squeue finds them by it.
+    name = f"sdkit-train-{run_id}.{submitter}"
+    wait_on(cluster, cluster.controller, f"test $(squeue --noheader --array --states=RUNNING --name={name} | wc -l) = 2")
+    # task0 has trained a little and saved a checkpoint where it runs now (not pinned: either node).
+    wait_on(cluster, submitter, f"ls -d {folder}/task0/output/checkpoint-* >/dev/null 2>&1", folder=folder)
+    before = tasks_of(cluster, submitter, run_id, folder)["task0"]["attempts"]
+    failing = before[-1]["node"]
+    other = next(host for host in cluster.compute if host != failing)
+
+    # The node fails: everything on it stops at once (slurmd, and the tasks it started, killed: no checkpoint
+    # on the way out), and Slurm marks it DOWN, as slurmctld does by itself after SlurmdTimeout (5 minutes), and
+    # queues its tasks again. Not a DOWN alone: a node whose slurmd still answers is back at once
+    # (ReturnToService=2), and the task would start there again. With the node down, the other one (two chips,
+    # nothing else queued) takes them, and task0 resumes there from the shared run folder.
+    cluster.on(failing, "systemctl kill --signal=KILL slurmd.service; sleep 1; ! pgrep -f '[t]rain_lora.py'")
+    try:
+        cluster.on(cluster.controller, f"scontrol update NodeName={failing} State=DOWN Reason=sdkit-test")
+        wait_on(cluster, other, attempts_beyond(f"{folder}/task0", len(before), other), timeout=120, folder=folder)
+        job = cluster.on(other, f"cat {folder}/task0/slurm_job")
+        wait_on(cluster, cluster.controller, f"test \"$(squeue --noheader --jobs={job} --format=%T/%N)\" = RUNNING/{other}",
+                timeout=30)
+    finally:
+        # Back: its slurmd registers again, and the node returns to service by itself (ReturnToService=2).
+        cluster.on(failing, "systemctl reset-failed slurmd.service; systemctl start slurmd.service")
+        wait_on(cluster, cluster.controller, f"sinfo --noheader --nodes={failing} --format=%t | grep -qv down",
+                timeout=60)
+
+    finished = train(cluster, "train.yml", run_id, tmp_path, submitter, **moved_run)
+    assert finished.returncode == 0, finished.stdout[-5000:]
+    moved = tasks_of(cluster, other, run_id, folder)["task0"]["attempts"]
+    # Slurm's requeue (not make train) made the attempt on the other node, which resumed from the checkpoint.
+    assert moved[len(before)]["node"] == other, moved
+    assert moved[len(before)]["argv"][-2:] == ["--resume_from_checkpoint", "latest"]
+    assert set(moved[len(before)]["chips"]) <= set(USABLE[other])
+    # The host's results came back once: its own folder under the run, one per task.
+    run_dir = tmp_path / run_id
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == [submitter]
+    for task in ("task0", "task1"):
+        assert (run_dir / submitter / task / "pytorch_lora_weights.safetensors").stat().st_size > 0
+        steps = [json.loads(line)["step"] for line in (run_dir / submitter / task / "metrics.jsonl").read_text().splitlines()]
+        # Every step trained, step 1 once: the moved attempt carried on from the checkpoint, not from the start.
+        assert set(steps) == set(range(1, STEPS + 1)) and steps.count(1) == 1 and steps[-1] == STEPS, steps

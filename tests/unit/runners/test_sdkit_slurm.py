@@ -439,19 +439,19 @@ def test_on_shared_storage_sbatch_leaves_the_node_to_slurm():
     assert anywhere == [arg for arg in pinned if arg != "--nodelist=a"]
 
 
-def start_slurm_run(tmp_path, monkeypatch, *extra: str) -> list:
-    """make train's start of a two-chip host's run under Slurm (as the runner user), with sbatch faked; its argv."""
+def start_slurm_run(tmp_path, monkeypatch, *extra: str, chips: int = 2, code: int = 0) -> list:
+    """make train's start of a CHIPS-chip host's run under Slurm (as the runner user), with sbatch faked; its argv."""
     env_file = tmp_path / "env"
     env_file.write_text("SOPHON_SD_STATE_DIR=/state\n")
     keep_environment(monkeypatch)
     monkeypatch.setattr(sdkit_slurm, "node_name", lambda: "node-a")
-    monkeypatch.setattr(sdkit_slurm, "node_chips", lambda node, gres: 2)
+    monkeypatch.setattr(sdkit_slurm, "node_chips", lambda node, gres: chips)
     monkeypatch.setattr(sdkit_slurm, "queue", lambda name: {})
     submitted = []
     monkeypatch.setattr(sdkit_slurm, "submit", lambda argv: submitted.append(argv) or "42")
     assert sdkit_job.main(["start", "--run-id", "r1", "--runs-dir", str(tmp_path / "runs"), "--env-file", str(env_file),
                            "--user", "", "--json", "--scheduler", "slurm", "--devices", "cpu", "--cpu-threads", "1",
-                           "--python", "/venv/bin/python", "--trainer", "/kit/train_lora.py", *extra, "--", "--seed=1"]) == 0
+                           "--python", "/venv/bin/python", "--trainer", "/kit/train_lora.py", *extra, "--", "--seed=1"]) == code
     return submitted
 
 
@@ -466,6 +466,29 @@ def test_start_on_shared_storage_keeps_the_tasks_there_and_does_not_pin_them(tmp
     assert record["argv"][-2:] == ["--output_dir", f"{folder}/task0/output"]  # the checkpoints too
     assert f"--run-dir {folder}" in argv[-1]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_runs_tasks_are_named_by_the_run_and_host_also_on_shared_storage(tmp_path, monkeypatch, shared):
+    """squeue and scancel find a run's tasks by their name. On shared storage the run folder is <dir>/r1/node-a,
+    whose last part is the host: a name from it would be the same for every run of the host (train-cancel of one
+    would cancel all of them, and no poll would find a run's tasks by the run)."""
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    [argv] = start_slurm_run(tmp_path, monkeypatch, *([f"--slurm-shared-dir={folder}"] if shared else []))
+    assert "--job-name=sdkit-train-r1.node-a" in argv
+    run_dir = folder / "r1" / "node-a" if shared else tmp_path / "runs" / "r1"
+    assert json.loads((run_dir / "task0" / "job.json").read_text())["slurm_name"] == "sdkit-train-r1.node-a"
+
+
+def test_a_refused_start_on_shared_storage_names_the_run_not_the_host(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    start_slurm_run(tmp_path, monkeypatch, f"--slurm-shared-dir={folder}")
+    capsys.readouterr()
+    # The host now counts three chips: the run's two tasks no longer fit its plan.
+    assert start_slurm_run(tmp_path, monkeypatch, f"--slurm-shared-dir={folder}", chips=3, code=2) == []
+    assert "run 'r1' has jobs task0, task1, but these settings make task0, task1, task2" in capsys.readouterr().err
 
 
 def test_start_without_shared_storage_pins_the_tasks_to_this_host_as_before(tmp_path, monkeypatch):

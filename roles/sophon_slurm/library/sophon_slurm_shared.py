@@ -75,7 +75,6 @@ missing:
 """
 
 import errno
-import json
 import os
 import pwd
 import re
@@ -117,31 +116,13 @@ def probe(params: Dict[str, Any], sdkit_slurm: Any) -> Dict[str, List[str]]:
     return {"problems": [], "missing": missing}
 
 
-def as_user(user: str, work: Callable[[], Dict[str, List[str]]]) -> Dict[str, List[str]]:
-    """``work()`` in a child that became ``user`` for good (here when already that user); its answer as JSON."""
+def as_user(user: str, work: Callable[[], Dict[str, List[str]]], sdkit_job: Any) -> Dict[str, List[str]]:
+    """``work()`` in a child that became ``user`` for good (the job tool's as_user; here when already that user)."""
     account = pwd.getpwnam(user)
-    if os.geteuid() == account.pw_uid:
-        return work()
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.close(read_end)
-            try:
-                os.initgroups(account.pw_name, account.pw_gid)
-                os.setgid(account.pw_gid)
-                os.setuid(account.pw_uid)
-                answer: Dict[str, Any] = work()
-            except Exception as exc:  # noqa: BLE001 - reported as a problem of this host
-                answer = {"problems": [f"{type(exc).__name__}: {exc}"], "missing": []}
-            os.write(write_end, json.dumps(answer).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        text = pipe.read()
-    os.waitpid(child, 0)
-    return json.loads(text) if text else {"problems": [f"the check as {user} died without an answer"], "missing": []}
+    try:
+        return sdkit_job.as_user(None if os.geteuid() == account.pw_uid else account, work)
+    except sdkit_job.JobError as exc:
+        return {"problems": [str(exc)], "missing": []}
 
 
 def main() -> None:
@@ -162,12 +143,13 @@ def main() -> None:
     )
     sys.path.insert(0, module.params["runners_dir"])
     try:
+        import sdkit_job  # pylint: disable=import-outside-toplevel
         import sdkit_slurm  # pylint: disable=import-outside-toplevel
     except ImportError as exc:
-        module.fail_json(msg=f"no sdkit_slurm in {module.params['runners_dir']} ({exc}): deploy the runners first "
+        module.fail_json(msg=f"no sdkit_job or sdkit_slurm in {module.params['runners_dir']} ({exc}): deploy the runners first "
                              "(role sophon_runners, in site.yml before the Slurm play)")
     try:
-        answer = as_user(module.params["user"], lambda: probe(module.params, sdkit_slurm))
+        answer = as_user(module.params["user"], lambda: probe(module.params, sdkit_slurm), sdkit_job)
     except KeyError:
         module.fail_json(msg=f"{module.params['host']}: the runner user {module.params['user']} does not exist here: "
                              "provision the host with site.yml (role sophon_host_env creates it)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "runners"))
+import sdkit_job  # noqa: E402
 import sdkit_slurm  # noqa: E402
 
 SPEC = importlib.util.spec_from_file_location("sophon_slurm_shared", REPO / "roles/sophon_slurm/library/sophon_slurm_shared.py")
@@ -20,7 +21,7 @@ SPEC.loader.exec_module(shared)
 def step(folder: Path, host: str, state=None, expect=()) -> dict:
     params = {"host": host, "path": str(folder), "user": getpass.getuser(), "marker": f".sdkit-shared-T-{host}",
               "state": state, "expect": list(expect)}
-    return shared.as_user(params["user"], lambda: shared.probe(params, sdkit_slurm))
+    return shared.as_user(params["user"], lambda: shared.probe(params, sdkit_slurm), sdkit_job)
 
 
 def test_hosts_that_share_the_folder_see_each_others_markers_which_are_gone_after(tmp_path):

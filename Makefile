@@ -286,10 +286,13 @@ test-profile: setup test-image test-bundle ## Not in make test (several GB): PRO
 test-long: setup ## Long checks, not in make test: train.yml's poll for 400 rounds at a flat CPU per round (the old poll broke at 246)
 	SDKIT_POLL_ROUNDS=400 pytest -q -p no:cacheprovider tests/roles/test_train_poll.py
 
+# make starts them in this order, five at a time: the longest first (the bad-input tests, then the slurm
+# scenario), lint once the first part has ended, so that no long part starts late and runs alone at the end.
+TEST_PARTS := roles molecule-slurm molecule-fleet unit molecule-runtime lint
 test: ## Every test, side by side: lint, unit tests, the Molecule scenarios and the bad-input tests
 	$(MAKE) --no-print-directory -j3 test-inputs
-	@echo "Running lint, unit and $(HOST_TESTS) side by side; each prints its output when it ends."
-	$(MAKE) --no-print-directory -j5 --output-sync=target HOST_TEST_INPUTS= lint unit $(HOST_TESTS)
+	@echo "Running $(TEST_PARTS) side by side; each prints its output when it ends."
+	$(MAKE) --no-print-directory -j5 --output-sync=target HOST_TEST_INPUTS= $(TEST_PARTS)
 
 clean: ## Remove build outputs (keeps bundle/ and the venvs)
 	rm -rf build

@@ -36,7 +36,8 @@ def best_seconds(work: Callable[[], object], repeats: int) -> float:
         started = time.perf_counter()
         work()
         best = min(best, time.perf_counter() - started)
-    return round(best, 3)
+    # Microseconds: a tiny model's phase can take under half a millisecond, which 3 digits would round to 0.
+    return round(best, 6)
 
 
 def profile(model_dir: Path, resolution: int, variants, repeats: int) -> Dict[str, float]:

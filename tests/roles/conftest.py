@@ -37,6 +37,22 @@ TEST_GNUPGHOME = REPO / "build" / "test-bundle-gnupg"
 BUNDLE_TOOL = REPO / "tools" / "sdkit_bundle.py"
 
 
+# The modules that take longest, first: pytest-xdist (--dist loadfile) hands whole modules to its workers in
+# collection order, and a long module collected last would leave one worker running alone at the end while
+# make test's other parts have finished. Ranked by one run each, alone on 2 cores (tests/bench/cpu_cost.py).
+LONGEST_FIRST = ["test_stack_bad_input.py", "test_bundle_mirror.py", "test_train_privileges.py",
+                 "test_inventory_precedence.py", "test_runtime_bad_input.py", "test_train_poll_hosts.py",
+                 "test_host_boundaries.py", "test_bundle_guard.py", "test_train_poll.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first; within a module the file's order, which its tests rely on (one host each)."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items[:] = [item for _, item in sorted(enumerate(items), key=lambda pair: (rank(pair[1]), pair[0]))]
+
+
 def bundle_fingerprint() -> str:
     return (TEST_GNUPGHOME / "fingerprint").read_text().strip()
 

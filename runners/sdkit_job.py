@@ -538,8 +538,10 @@ def run_job_dirs(run_dir: Path) -> List[Path]:
 
 
 def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None,
-               accounting: Optional[sdkit_slurm.Accounting] = None) -> dict:
-    """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome."""
+               accounting: Optional[sdkit_slurm.Accounting] = None, run_id: str = "") -> dict:
+    """All jobs of a run, and the run's state: running while any job runs or waits, else the worst outcome.
+    ``run_id``: as prepare_run's (default run_dir's name, which on shared storage is the host's)."""
+    run_id = run_id or run_dir.name
     job_dirs = run_job_dirs(run_dir)
     live = live_states(job_dirs, slurm_queue)
     jobs = [job_status(d, live[d], accounting) for d in job_dirs]
@@ -547,20 +549,20 @@ def run_status(run_dir: Path, slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]
     # A queued job counts as running: it will run, and polling must go on.
     state = "running" if "queued" in states else next(
         (s for s in ("running", "failed", "stopped", "finished") if s in states), "absent")
-    return {"run_id": run_dir.name, "run_dir": str(run_dir), "state": state, "jobs": jobs,
-            "lines": [describe(j) for j in jobs] or [printable(f"{run_dir.name}: no jobs on this host")]}
+    return {"run_id": run_id, "run_dir": str(run_dir), "state": state, "jobs": jobs,
+            "lines": [describe(j) for j in jobs] or [printable(f"{run_id}: no jobs on this host")]}
 
 
 def wait_while_running(run_dir: Path, seconds: float, pause: float,
                        slurm_queue: Optional[Dict[str, sdkit_slurm.Queue]] = None,
-                       accounting: Optional[sdkit_slurm.Accounting] = None) -> dict:
+                       accounting: Optional[sdkit_slurm.Accounting] = None, run_id: str = "") -> dict:
     """run_status, once no job runs or after ``seconds``; ``slurm_queue`` stands for the first look only
     (``accounting``, of tasks that had ended then, holds for every look)."""
     deadline = time.monotonic() + seconds
-    status = run_status(run_dir, slurm_queue, accounting)
+    status = run_status(run_dir, slurm_queue, accounting, run_id)
     while status["state"] == "running" and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        status = run_status(run_dir, accounting=accounting)
+        status = run_status(run_dir, accounting=accounting, run_id=run_id)
     return status
 
 
@@ -765,7 +767,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     # every --wait seconds rather than every second.
     queue = sdkit_slurm.given_queue(args.slurm_queue_names, args.slurm_queue)
     accounting = sdkit_slurm.parse_acct(args.slurm_acct, args.slurm_gres)
-    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue, accounting)
+    status = wait_while_running(run_dir, args.wait, STATUS_PAUSE_S, queue, accounting, args.run_id)
     print(json.dumps(status, sort_keys=True) if args.json else "\n".join(status["lines"]))
     return 0
 
@@ -785,7 +787,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for name in sorted({(read_json(d / "job.json") or {}).get("slurm_name") for d in run_job_dirs(run_dir)} - {None}):
         sdkit_slurm.cancel(name)
         print(f"{name}: cancelled in Slurm (running tasks get SIGTERM, then save a checkpoint)")
-    print("\n".join(wait_while_running(run_dir, args.wait, 0.5)["lines"]))
+    print("\n".join(wait_while_running(run_dir, args.wait, 0.5, run_id=args.run_id)["lines"]))
     return 0
 
 

@@ -491,6 +491,18 @@ def test_a_refused_start_on_shared_storage_names_the_run_not_the_host(tmp_path, 
     assert "run 'r1' has jobs task0, task1, but these settings make task0, task1, task2" in capsys.readouterr().err
 
 
+def test_status_on_shared_storage_names_the_run_not_the_host(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    monkeypatch.setattr(sdkit_slurm, "node_name", lambda: "node-a")
+    env_file = tmp_path / "env"
+    env_file.write_text("SOPHON_SD_STATE_DIR=/state\n")
+    assert sdkit_job.main(["status", "--run-id", "r1", "--env-file", str(env_file), "--user", "",
+                           f"--slurm-shared-dir={folder}", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["run_id"] == "r1" and status["lines"] == ["r1: no jobs on this host"]
+
+
 def test_start_without_shared_storage_pins_the_tasks_to_this_host_as_before(tmp_path, monkeypatch):
     [argv] = start_slurm_run(tmp_path, monkeypatch)
     assert "--nodelist=node-a" in argv and f"--output={tmp_path}/runs/r1/task%a/slurm.log" in argv

@@ -31,7 +31,7 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # Each venv's bytecode is compiled once, in parallel, when it is built. Where PYTHONDONTWRITEBYTECODE is set
-# (CI machines often set it) or a venv is read-only (the test hosts mount the ML venv so), Python would
+# (our build machine sets it) or a venv is read-only (the test hosts mount the ML venv so), Python would
 # otherwise compile every module it imports, in every process: 9 s of CPU for torch and diffusers each
 # time a trainer starts, 3 s with the bytecode there; ansible-playbook starts in half the time. torch's
 # test helper written for Python 3.12 is left out, as pip's own compile step skips it.

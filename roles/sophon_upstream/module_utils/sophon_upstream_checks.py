@@ -170,3 +170,28 @@ def look(src_dir, source, libraries, manifest_sources=None):
     """What the host has of each library, keyed by name."""
     return {lib["name"]: probe(src_dir, source, lib["name"], str(lib["version"]), manifest_sources)
             for lib in libraries}
+
+
+def remote_tag(url, tag, commit, host, run=subprocess.run):
+    """What stops a fresh clone of URL at TAG, asked with `git ls-remote` before cloning: the source cannot be
+    reached, has no such tag, or its tag is not the pinned COMMIT (empty: unpinned). Returns (problem, the
+    commit the tag names); the problem is empty when the clone may go ahead. HOST names the host in the message."""
+    try:
+        answer = run(["git", "ls-remote", "--tags", url, f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}"],
+                     capture_output=True, text=True, check=False, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    except OSError as error:
+        return f"Cannot run git on {host} ({error}): install git (role sophon_apt does) and rerun.", ""
+    if answer.returncode != 0:
+        reason = " ".join(answer.stderr.split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        return (f"Cannot reach {url} from {host} ({reason}). Set sophon_upstream_git_base_url to a mirror this host "
+                "can reach, or use sophon_upstream_source=bundle, and rerun."), ""
+    refs = {ref: sha for sha, ref in (line.split("\t", 1) for line in answer.stdout.splitlines() if "\t" in line)}
+    # An annotated tag is an object of its own: the commit it names is the peeled (^{}) line.
+    tag_commit = refs.get(f"refs/tags/{tag}^{{}}", refs.get(f"refs/tags/{tag}", ""))
+    if not tag_commit:
+        return f"{url} has no tag {tag}. Push the upstream tag to the mirror (or fix the pin) and rerun.", ""
+    if commit and tag_commit != commit:
+        return (f"Tag {tag} of {url} points to {tag_commit}, not the pinned commit {commit}: the tag was moved or the "
+                "mirror is wrong. Fix the mirror's tag (or the pin in sophon_upstream_libraries) and rerun."), tag_commit
+    return "", tag_commit

@@ -7,6 +7,7 @@ by the other tests here; this asserts that each module returns them through Ansi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
 PIN = "1" * 40
-ROLES = ("sophon_torch_tpu", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon", "sophon_slurm",
+ROLES = ("sophon_torch_tpu", "sophon_assets", "sophon_bundle", "sophon_upstream", "sophon_venv", "sophon_host_env", "sophon_libsophon", "sophon_slurm",
          "sophon_apt")
 
 PLAY = """
@@ -79,6 +80,9 @@ PLAY = """
         archives_on_control_node: [diffusers-0.29.2.git.tar.gz]
         manifest_sources: {{"sources/diffusers-0.29.2.git.tar.gz": "{git_sha}"}}
       register: upstream_git
+    - name: The question to a git source that is not there
+      sophon_upstream_remote: {{url: "file://{tmp}/nowhere.git", tag: v1.0, commit: "{pin}", host: h1}}
+      register: upstream_remote
     - name: The venv check with an interpreter that is not there
       sophon_venv_check:
         {{host: h1, facts: "{{{{ facts }}}}", python: /nowhere/python3, venv: {tmp}/venv, root: {tmp}/root,
@@ -118,11 +122,29 @@ PLAY = """
         {{bundle_dir: {tmp}/apt, signing_key: {tmp}/apt/key.asc, distribution_release: trixie, architecture: x86_64,
          transport: mirror, mirror_url: ""}}
       register: apt
+    - name: The assets check of a folder without its checksum list
+      sophon_assets_sums: {{folder: "{tmp}", items: [dataset]}}
+      register: assets
+    - name: The bundle guard, for a host whose last bundle is newer than the verified one
+      sophon_bundle_guard:
+        manifest: "{tmp}/manifest.yml"
+        bundle_dir: "{tmp}"
+        verified: {{sha256: "{manifest_sha}", serial: 6}}
+        serial_file: "{tmp}/bundle-serial"
+      register: bundle_older
+    - name: The bundle guard, for a host that never got a bundle
+      sophon_bundle_guard:
+        manifest: "{tmp}/manifest.yml"
+        bundle_dir: "{tmp}"
+        verified: {{sha256: "{manifest_sha}", serial: 6}}
+        serial_file: "{tmp}/no-serial"
+      register: bundle_first
     - name: Write the results
       ansible.builtin.copy:
         content: "{{{{ dict(torch_tpu=torch_tpu, torch_tpu_broken=torch_tpu_broken, torch_tpu_preflight=torch_tpu_preflight,
-                           upstream=upstream, upstream_git=upstream_git, venv=venv, host_env=host_env, libsophon=libsophon,
-                           slurm_cluster=slurm_cluster, apt=apt) | to_json }}}}"
+                           upstream=upstream, upstream_git=upstream_git, upstream_remote=upstream_remote, venv=venv, host_env=host_env, libsophon=libsophon,
+                           slurm_cluster=slurm_cluster, apt=apt, assets=assets,
+                           bundle_older=bundle_older, bundle_first=bundle_first) | to_json }}}}"
         dest: {tmp}/results.json
         mode: "0644"
 """
@@ -141,9 +163,12 @@ def results(tmp_path_factory) -> dict:
     wheel = make_wheel.sophgo(tmp, "cp%d%d" % sys.version_info[:2], "2.8.0", "2.1.0.post1")
     commit, git_sha = make_git_archive.make(tmp, tmp / "src/.archives/diffusers-0.29.2.git.tar.gz", "diffusers", "0.29.2")
     (tmp / "commit").write_text(commit)
+    (tmp / "manifest.yml").write_text("serial: 6\n")
+    (tmp / "bundle-serial").write_text("7\n")
+    manifest_sha = hashlib.sha256(b"serial: 6\n").hexdigest()
     (tmp / "play.yml").write_text(PLAY.format(
         python=sys.executable, pyver="%d.%d" % sys.version_info[:2], wheel=wheel, wheel_name=wheel.name,
-        venv=Path(sys.prefix), tmp=tmp, pin=PIN, git_sha=git_sha))
+        venv=Path(sys.prefix), tmp=tmp, pin=PIN, git_sha=git_sha, manifest_sha=manifest_sha))
     (tmp / "ansible.cfg").write_text("[defaults]\n")
     env = {**os.environ, "ANSIBLE_CONFIG": str(tmp / "ansible.cfg"),
            "ANSIBLE_LIBRARY": ":".join(str(REPO / "roles" / role / "library") for role in ROLES),
@@ -153,7 +178,7 @@ def results(tmp_path_factory) -> dict:
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return {**json.loads((tmp / "results.json").read_text()), "commit": (tmp / "commit").read_text(),
-            "output": run.stdout + run.stderr}
+            "output": run.stdout + run.stderr, "tmp": str(tmp)}
 
 
 def test_torch_tpu_check_runs_under_the_venvs_python(results):
@@ -179,6 +204,15 @@ def test_the_other_checks_return_their_problems(results):
         f"diffusers-0.29.2.git.tar.gz was made from commit {results['commit']}, not diffusers v0.29.2's pinned "
         f"commit {PIN} (the tag moved, or the bundle was built from another repository). Rebuild the bundle (make "
         "bundle) from a repository whose tag is at the pin, or correct the pin in the profile, and rerun."]
+    assert results["upstream_remote"]["problem"].startswith("Cannot reach file://") and \
+        results["upstream_remote"]["tag_commit"] == ""
+    assert results["assets"]["problems"] == [f"{results['tmp']}/SHA256SUMS is missing. Put the download share's "
+                                             f"folders (dataset) in {results['tmp']}, run `make assets-sums`, and rerun."]
+    assert results["bundle_older"]["problems"][0].startswith("localhost: the bundle ") and \
+        "has serial 6, older than serial 7" in results["bundle_older"]["problems"][0]
+    assert results["bundle_older"]["changed"] is False
+    assert results["bundle_first"] | {"problems": [], "serial": 6, "host_serial": 0, "changed": True} == \
+        results["bundle_first"]
     assert results["venv"]["python"] is None and results["venv"]["problems"][0].startswith(
         "/nowhere/python3 on h1 is missing, but the pins")
     assert results["host_env"]["problems"][0].startswith("sophon_host_env_extra_env on localhost sets HF_TOKEN,")

@@ -297,14 +297,12 @@ test-long: setup ## Long checks, not in make test: train.yml's poll for 400 roun
 
 # One make, five jobs at a time: each part starts as soon as its own inputs are built (lint once the
 # control node's venv is there, the unit tests once the ML venvs are), so the CPU works on tests while the
-# test image and the wheelhouses download. The scenarios are the longest chains of waits (a play, then
-# a training run, then a poll): they run at normal priority, and the parts made of many short independent
-# tests (the bad-input modules, the unit tests, lint) at nice 10, so that they take the CPU the scenarios
-# leave idle instead of stretching them. Each part prints its output, and the seconds since make test
-# began, when it ends. CPU_COST=1: each part also prints its CPU seconds, its own and its test hosts'
+# test image and the wheelhouses download. (Running the short tests at a lower priority gains nothing:
+# each test host is a cgroup of its own, and the kernel shares the CPU between cgroups, not by nice
+# values; tried once, it took longer.) Each part prints its output, and the seconds since make test began,
+# when it ends. CPU_COST=1: each part also prints its CPU seconds, its own and its test hosts'
 # (tests/bench/cpu_cost.py, which tells the parts' hosts apart by their names).
 TEST_PARTS := roles molecule-slurm molecule-fleet unit molecule-runtime lint
-TEST_BACKGROUND_PARTS := roles unit lint
 TEST_PART_HOSTS := roles:sdkit-bad- molecule-slurm:sdkit-slurm- molecule-fleet:sdkit-fleet- molecule-runtime:sdkit-rt-
 CPU_COST ?=
 test: ## Every test, side by side: lint, unit tests, the Molecule scenarios and the bad-input tests; CPU_COST=1 prints each part's CPU seconds
@@ -316,8 +314,7 @@ part-unit: $(ML_VENV)/.installed $(PEFT_VENV)/.installed
 $(addprefix part-,roles $(addprefix molecule-,$(SCENARIOS))): $(HOST_TEST_INPUTS) $(ML_VENV)/.installed
 # Its inputs are built by now: HOST_TEST_INPUTS= keeps the part's own make from looking at them again.
 part-%:
-	@$(if $(filter $*,$(TEST_BACKGROUND_PARTS)),nice -n 10) \
-	  $(if $(CPU_COST),python3 tests/bench/cpu_cost.py \
+	@$(if $(CPU_COST),python3 tests/bench/cpu_cost.py \
 	    --hosts $(or $(patsubst $*:%,%,$(filter $*:%,$(TEST_PART_HOSTS))),sdkit-no-hosts-) --) \
 	  $(MAKE) --no-print-directory HOST_TEST_INPUTS= $* && \
 	  echo "make test: $* ended $$(( $$(date +%s) - $${SDKIT_TEST_STARTED:-$$(date +%s)} )) s after make test began"

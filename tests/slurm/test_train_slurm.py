@@ -225,8 +225,11 @@ def test_on_shared_storage_a_failed_nodes_task_resumes_on_the_other_node(cluster
     # The tasks' Slurm name is the run's (and the host's): squeue finds them by it.
     name = f"sdkit-train-{run_id}.{submitter}"
     wait_on(cluster, cluster.controller, f"test $(squeue --noheader --array --states=RUNNING --name={name} | wc -l) = 2")
-    # task0 has trained a little and saved a checkpoint where it runs now (not pinned: either node).
-    wait_on(cluster, submitter, f"ls -d {folder}/task0/output/checkpoint-* >/dev/null 2>&1", folder=folder)
+    # Both tasks have trained a little and saved a checkpoint where they run now (not pinned: either node, maybe
+    # the same one). A task killed before its first checkpoint starts again at step 1, rightly, and would log it
+    # twice: under load task1 can start well after task0.
+    wait_on(cluster, submitter, f"ls -d {folder}/task0/output/checkpoint-* {folder}/task1/output/checkpoint-* "
+                                ">/dev/null 2>&1", folder=folder)
     before = tasks_of(cluster, submitter, run_id, folder)["task0"]["attempts"]
     failing = before[-1]["node"]
     other = next(host for host in cluster.compute if host != failing)

@@ -25,7 +25,7 @@ PEFT_PROFILE := sophgo-peft-cpu
 TEST_PROFILES := $(TEST_PROFILE) $(PEFT_PROFILE)
 PEFT_VENV := .venv-ml-peft
 
-.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs measured test unit bench bench-data-scale bench-threads bench-fleet bench-report molecule host-tests role-known test-inputs test-long test-profile roles test-image clean
+.PHONY: help patches-upstream setup known-hosts demo demo-clean wheelhouse bundle bundle-key bundle-verify slurm-key test-bundle assets-sums provision verify train train-status train-cancel doctor lint docs measured test unit bench bench-data-scale bench-threads bench-fleet bench-report molecule host-tests role-known test-long test-profile roles test-image clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -286,7 +286,6 @@ HOST_TESTS := $(addprefix molecule-,$(SCENARIOS)) roles
 host-tests: $(HOST_TEST_INPUTS)
 	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(HOST_TESTS)
 
-test-inputs: $(HOST_TEST_INPUTS) $(ML_VENV)/.installed $(PEFT_VENV)/.installed
 
 # Checks that prove something once and cost too much CPU for every CI run; run them and record.
 test-profile: setup test-image test-bundle ## Not in make test (several GB): PROFILE's real pins installed by site.yml on a Debian 12 host, rerun, make smoke; writes build/test-profile-PROFILE.json

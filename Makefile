@@ -286,7 +286,6 @@ HOST_TESTS := $(addprefix molecule-,$(SCENARIOS)) roles
 host-tests: $(HOST_TEST_INPUTS)
 	$(MAKE) --no-print-directory -j3 --output-sync=target HOST_TEST_INPUTS= $(HOST_TESTS)
 
-
 # Checks that prove something once and cost too much CPU for every CI run; run them and record.
 test-profile: setup test-image test-bundle ## Not in make test (several GB): PROFILE's real pins installed by site.yml on a Debian 12 host, rerun, make smoke; writes build/test-profile-PROFILE.json
 	python tests/profiles/install_profile.py --profile $(PROFILE)
